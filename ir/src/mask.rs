@@ -1,0 +1,278 @@
+//! Mask expressions and the scalar index-lambda language.
+//!
+//! A mask is a boolean predicate over a query index `q`, a key index `k` and
+//! the head `h`. Applied to a score tensor of shape `[..., T, S]`, `q` runs
+//! along axis `-2`, `k` along axis `-1` and `h` along axis `-3` (always 0 for
+//! rank-2 scores). Masks never hold a materialised `T×S` tensor: they stay
+//! formulas, so later passes can classify tiles from the predicate itself.
+//!
+//! Data-dependent masks (`document(ids)`, `blocks(layout)` with a tensor
+//! layout, lambdas that index integer inputs) refer to tensors by *operand
+//! index*: position `i` in the input list of the graph node that holds the
+//! expression.
+
+use crate::types::DType;
+
+/// A compile-time constant tensor: a scalar literal or a constant array.
+///
+/// Values are stored as `f64` whatever the element type (`i32` and `bool`
+/// are exact in `f64`); `data.len()` equals the product of `shape`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConstValue {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+impl ConstValue {
+    pub fn scalar(dtype: DType, value: f64) -> ConstValue {
+        ConstValue { dtype, shape: Vec::new(), data: vec![value] }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// An array a lambda or a `blocks` mask reads: either a constant (from a
+/// `const` array) or a tensor operand of the node holding the expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ArrayRef {
+    Const(ConstValue),
+    Operand(usize),
+}
+
+/// The variables of a lambda: the score `s` (score modifiers only), the query
+/// index `q`, the key index `k` and the head index `h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LambdaVar {
+    S,
+    Q,
+    K,
+    H,
+}
+
+impl LambdaVar {
+    pub fn name(self) -> &'static str {
+        match self {
+            LambdaVar::S => "s",
+            LambdaVar::Q => "q",
+            LambdaVar::K => "k",
+            LambdaVar::H => "h",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScalarUnary {
+    Neg,
+    Not,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Tanh,
+    Sigmoid,
+}
+
+impl ScalarUnary {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScalarUnary::Neg => "neg",
+            ScalarUnary::Not => "not",
+            ScalarUnary::Abs => "abs",
+            ScalarUnary::Exp => "exp",
+            ScalarUnary::Log => "log",
+            ScalarUnary::Sqrt => "sqrt",
+            ScalarUnary::Tanh => "tanh",
+            ScalarUnary::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+/// Binary operators of the lambda language.
+///
+/// Integer arithmetic is 64-bit and wraps on overflow. On two integers `Div`
+/// is floor division and `Mod` the matching floor modulo (Python's `//` and
+/// `%`), so `(q - k) % d` is never negative for positive `d`; `x / 0` is `0`
+/// and `x % 0` is `x`, so every lambda is total (generated code needs no
+/// traps). A float on either side makes the operation a float one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScalarBinary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Min,
+    Max,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    And,
+    Or,
+}
+
+impl ScalarBinary {
+    /// The infix spelling, or `None` for `min`/`max`, which are calls.
+    pub fn symbol(self) -> Option<&'static str> {
+        Some(match self {
+            ScalarBinary::Add => "+",
+            ScalarBinary::Sub => "-",
+            ScalarBinary::Mul => "*",
+            ScalarBinary::Div => "/",
+            ScalarBinary::Mod => "%",
+            ScalarBinary::Lt => "<",
+            ScalarBinary::Le => "<=",
+            ScalarBinary::Gt => ">",
+            ScalarBinary::Ge => ">=",
+            ScalarBinary::Eq => "==",
+            ScalarBinary::Ne => "!=",
+            ScalarBinary::And => "&",
+            ScalarBinary::Or => "|",
+            ScalarBinary::Min | ScalarBinary::Max => return None,
+        })
+    }
+
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            ScalarBinary::Lt | ScalarBinary::Le | ScalarBinary::Gt | ScalarBinary::Ge | ScalarBinary::Eq | ScalarBinary::Ne
+        )
+    }
+}
+
+/// An expression of the lambda language: integers, floats and booleans over
+/// the lambda variables, constants, dimension symbols and indexed arrays.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScalarExpr {
+    Var(LambdaVar),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// A dimension symbol of the graph (`T`, `S`), bound at run time.
+    Sym(String),
+    /// `array[i, j, ...]`; one index per axis of the array.
+    Index { array: ArrayRef, indices: Vec<ScalarExpr> },
+    Unary(ScalarUnary, Box<ScalarExpr>),
+    Binary(ScalarBinary, Box<ScalarExpr>, Box<ScalarExpr>),
+    /// `where(c, a, b)`.
+    Select(Box<ScalarExpr>, Box<ScalarExpr>, Box<ScalarExpr>),
+}
+
+impl ScalarExpr {
+    pub fn binary(op: ScalarBinary, a: ScalarExpr, b: ScalarExpr) -> ScalarExpr {
+        ScalarExpr::Binary(op, Box::new(a), Box::new(b))
+    }
+
+    /// Calls `f` on every operand index the expression reads, mutably, so
+    /// callers can renumber operands when they merge expressions.
+    pub fn map_operands(&mut self, f: &mut dyn FnMut(usize) -> usize) {
+        match self {
+            ScalarExpr::Var(_) | ScalarExpr::Int(_) | ScalarExpr::Float(_) | ScalarExpr::Bool(_) | ScalarExpr::Sym(_) => {}
+            ScalarExpr::Index { array, indices } => {
+                if let ArrayRef::Operand(i) = array {
+                    *i = f(*i);
+                }
+                for e in indices {
+                    e.map_operands(f);
+                }
+            }
+            ScalarExpr::Unary(_, a) => a.map_operands(f),
+            ScalarExpr::Binary(_, a, b) => {
+                a.map_operands(f);
+                b.map_operands(f);
+            }
+            ScalarExpr::Select(c, a, b) => {
+                c.map_operands(f);
+                a.map_operands(f);
+                b.map_operands(f);
+            }
+        }
+    }
+
+    /// Every operand index the expression reads, in order of appearance.
+    pub fn operands(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.clone().map_operands(&mut |i| {
+            out.push(i);
+            i
+        });
+        out
+    }
+}
+
+/// A mask expression. The variants are the built-in masks of the language
+/// (see `docs/language.md` for their exact predicates), index lambdas and the
+/// combinators.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskExpr {
+    /// `k <= q + (S - T)`: causal, aligned bottom-right when `T < S`.
+    Causal,
+    /// `q - left <= k <= q + right`.
+    Local { left: i64, right: i64 },
+    /// `causal & local(left = w - 1, right = 0)`.
+    Window { w: i64 },
+    /// `causal`, `q - k < w*d` and `(q - k) % d == 0`.
+    Dilated { w: i64, d: i64 },
+    /// `k < n`.
+    Sink { n: i64 },
+    /// `(k + offset) % stride == 0`.
+    Strided { stride: i64, offset: i64 },
+    /// NATTEN's neighborhood attention over a 1-D, 2-D or 3-D grid; all four
+    /// vectors have one entry per grid axis.
+    Neighborhood { kernel: Vec<i64>, grid: Vec<i64>, dilation: Vec<i64>, causal: Vec<bool> },
+    /// Block `(q / block[0], k / block[1])` is set in the 2-D bool `layout`.
+    Blocks { layout: ArrayRef, block: [i64; 2] },
+    /// `ids[q] == ids[k]`; `ids` is the operand at this index (an `i32[T]`).
+    Document { ids: usize },
+    /// `mask(q, k, h) => expr`: a boolean lambda.
+    Lambda(ScalarExpr),
+    And(Box<MaskExpr>, Box<MaskExpr>),
+    Or(Box<MaskExpr>, Box<MaskExpr>),
+    Not(Box<MaskExpr>),
+}
+
+impl MaskExpr {
+    /// Calls `f` on every operand index the mask reads, mutably.
+    pub fn map_operands(&mut self, f: &mut dyn FnMut(usize) -> usize) {
+        match self {
+            MaskExpr::Causal
+            | MaskExpr::Local { .. }
+            | MaskExpr::Window { .. }
+            | MaskExpr::Dilated { .. }
+            | MaskExpr::Sink { .. }
+            | MaskExpr::Strided { .. }
+            | MaskExpr::Neighborhood { .. } => {}
+            MaskExpr::Blocks { layout, .. } => {
+                if let ArrayRef::Operand(i) = layout {
+                    *i = f(*i);
+                }
+            }
+            MaskExpr::Document { ids } => *ids = f(*ids),
+            MaskExpr::Lambda(e) => e.map_operands(f),
+            MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
+                a.map_operands(f);
+                b.map_operands(f);
+            }
+            MaskExpr::Not(a) => a.map_operands(f),
+        }
+    }
+
+    /// Every operand index the mask reads, in order of appearance.
+    pub fn operands(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.clone().map_operands(&mut |i| {
+            out.push(i);
+            i
+        });
+        out
+    }
+}
