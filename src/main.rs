@@ -1,1 +1,346 @@
-fn main() {}
+//! `tdlc`, the command-line compiler.
+//!
+//! Exit codes (scripts rely on them): 0 success; 1 user error (bad source,
+//! bad input, bad arguments); 2 internal error (a bug in tdlc: it prints
+//! "internal error", the stage, and how to report it).
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tdl::frontend::diag::{emit_stderr, line_col};
+use tdl::inputs::{assemble_inputs, InputPlan, InputSource};
+use tdl::ir::VerifiedGraph;
+use tdl::reference::{npy, Limits, Tensor};
+use tdl::{CheckError, Checked};
+
+/// Source files larger than this are refused, so no input allocates without
+/// bound.
+const MAX_SOURCE_BYTES: u64 = 16 << 20;
+
+thread_local! {
+    static STAGE: Cell<&'static str> = const { Cell::new("start-up") };
+}
+
+fn stage(name: &'static str) {
+    STAGE.with(|s| s.set(name));
+}
+
+#[derive(Parser)]
+#[command(name = "tdlc", version, about = "tdlc: a compiler for attention and sparsity", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and type-check a file; print each graph's signature.
+    Check { file: PathBuf },
+    /// Run a graph on inputs and print (or save) its results.
+    Run(RunArgs),
+    /// Print a file in canonical format (idempotent; keeps comments).
+    Fmt {
+        file: PathBuf,
+        /// Rewrite the file in place instead of printing it.
+        #[arg(long, short = 'w')]
+        write: bool,
+        /// Print nothing; exit 1 if the file is not formatted.
+        #[arg(long, conflicts_with = "write")]
+        check: bool,
+    },
+    /// Compile a file and print an intermediate stage.
+    Compile {
+        file: PathBuf,
+        /// The stage to print.
+        #[arg(long, value_enum, default_value = "graph")]
+        emit: Emit,
+        /// Only this graph.
+        #[arg(long)]
+        graph: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// The verified typed graph, in its text form.
+    Graph,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// The f64 reference interpreter (the oracle).
+    Reference,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    file: PathBuf,
+    /// The graph to run (needed when the file has several).
+    #[arg(long)]
+    graph: Option<String>,
+    #[arg(long, value_enum, default_value = "reference")]
+    backend: Backend,
+    /// NAME=PATH.npy, NAME=random or NAME=random:SEED. Repeatable.
+    #[arg(long = "input", value_name = "NAME=SOURCE")]
+    inputs: Vec<String>,
+    /// Bind parameters from a .safetensors file by name.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Give a dimension symbol a size: T=128. Repeatable.
+    #[arg(long = "bind", value_name = "SYM=N")]
+    binds: Vec<String>,
+    /// Fill every input not otherwise given with random data.
+    #[arg(long)]
+    random: bool,
+    /// Base seed for random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write result i to the i-th path given (.npy). Repeatable, in order.
+    #[arg(long = "output", value_name = "PATH.npy")]
+    outputs: Vec<PathBuf>,
+}
+
+/// A user error: already printed (diagnostics) or a message to print.
+enum Failure {
+    User(Option<String>),
+    Internal(String),
+}
+
+type Res<T> = Result<T, Failure>;
+
+fn user(msg: impl Into<String>) -> Failure {
+    Failure::User(Some(msg.into()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let where_ = STAGE.with(|s| s.get());
+        eprintln!("internal error: tdlc panicked during `{where_}`: {info}");
+        eprintln!("this is a bug in tdlc, not in your input; please report it with the input file and this message");
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default_hook(info);
+        }
+    }));
+    let result = std::panic::catch_unwind(|| dispatch(cli));
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(Failure::User(msg))) => {
+            if let Some(m) = msg {
+                eprintln!("error: {m}");
+            }
+            ExitCode::from(1)
+        }
+        Ok(Err(Failure::Internal(msg))) => {
+            let where_ = STAGE.with(|s| s.get());
+            eprintln!("internal error during `{where_}`: {msg}");
+            eprintln!("this is a bug in tdlc, not in your input; please report it with the input file and this message");
+            ExitCode::from(2)
+        }
+        Err(_) => ExitCode::from(2),
+    }
+}
+
+fn dispatch(cli: Cli) -> Res<()> {
+    match cli.command {
+        Command::Check { file } => {
+            let (name, src) = read_source(&file)?;
+            let checked = check(&name, &src)?;
+            for g in &checked.graphs {
+                println!("graph {}", g.signature());
+            }
+            Ok(())
+        }
+        Command::Fmt { file, write, check } => {
+            let (name, src) = read_source(&file)?;
+            stage("fmt");
+            let out = tdl::frontend::fmt::format_source(&src).map_err(|d| {
+                emit_stderr(&d, &name, &src);
+                Failure::User(None)
+            })?;
+            if check {
+                if out != src {
+                    return Err(user(format!(
+                        "{name} is not formatted (run `tdlc fmt --write {name}`)"
+                    )));
+                }
+            } else if write {
+                if out != src {
+                    std::fs::write(&file, out)
+                        .map_err(|e| user(format!("cannot write {name}: {e}")))?;
+                }
+            } else {
+                print!("{out}");
+            }
+            Ok(())
+        }
+        Command::Compile {
+            file,
+            emit,
+            graph,
+            output,
+        } => {
+            let (name, src) = read_source(&file)?;
+            let checked = check(&name, &src)?;
+            let graphs: Vec<&VerifiedGraph> = match &graph {
+                Some(g) => vec![select(&checked, Some(g), &name)?],
+                None => checked.graphs.iter().collect(),
+            };
+            stage("emit");
+            let text = match emit {
+                Emit::Graph => graphs
+                    .iter()
+                    .map(|g| tdl::ir::text::print_graph(g.graph()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+            match output {
+                Some(p) => std::fs::write(&p, text)
+                    .map_err(|e| user(format!("cannot write {}: {e}", p.display())))?,
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Run(args) => run(args),
+    }
+}
+
+fn read_source(path: &Path) -> Res<(String, String)> {
+    stage("read");
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| user(format!("cannot read {name}: {e}")))?;
+    if meta.len() > MAX_SOURCE_BYTES {
+        return Err(user(format!(
+            "{name} is {} bytes; tdlc reads source files up to {MAX_SOURCE_BYTES} bytes",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| user(format!("cannot read {name}: {e}")))?;
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok((name, s)),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let valid = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
+            let (line, col) = line_col(&valid, at);
+            Err(user(format!("{name}:{line}:{col}: the file is not valid UTF-8 (byte {at}); .tdl files are UTF-8 text")))
+        }
+    }
+}
+
+fn check(name: &str, src: &str) -> Res<Checked> {
+    stage("check");
+    match tdl::check_source(src) {
+        Ok(c) => {
+            emit_stderr(&c.warnings, name, src);
+            Ok(c)
+        }
+        Err(CheckError::User(d)) => {
+            emit_stderr(&d, name, src);
+            let n = d.iter().filter(|d| d.is_error()).count();
+            Err(user(format!("{name}: {n} error(s)")))
+        }
+        Err(CheckError::Internal(m)) => Err(Failure::Internal(m)),
+    }
+}
+
+fn select<'c>(checked: &'c Checked, graph: Option<&str>, file: &str) -> Res<&'c VerifiedGraph> {
+    let names: Vec<&str> = checked.graphs.iter().map(|g| g.name.as_str()).collect();
+    match graph {
+        Some(n) => checked.graphs.iter().find(|g| g.name == n).ok_or_else(|| {
+            user(format!(
+                "{file} has no graph `{n}` (its graphs: {})",
+                names.join(", ")
+            ))
+        }),
+        None if checked.graphs.len() == 1 => Ok(&checked.graphs[0]),
+        None if checked.graphs.is_empty() => Err(user(format!("{file} has no graphs"))),
+        None => Err(user(format!(
+            "{file} has several graphs ({}): choose one with --graph NAME",
+            names.join(", ")
+        ))),
+    }
+}
+
+fn parse_kv<'s>(s: &'s str, flag: &str, example: &str) -> Res<(&'s str, &'s str)> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| user(format!("{flag} {s}: expected {example}")))
+}
+
+fn run(args: RunArgs) -> Res<()> {
+    let (name, src) = read_source(&args.file)?;
+    let checked = check(&name, &src)?;
+    let g = select(&checked, args.graph.as_deref(), &name)?;
+    stage("inputs");
+    let mut plan = InputPlan {
+        weights: args.weights.clone(),
+        random_rest: args.random,
+        seed: args.seed,
+        ..InputPlan::default()
+    };
+    for s in &args.inputs {
+        let (k, v) = parse_kv(s, "--input", "NAME=PATH.npy or NAME=random[:SEED]")?;
+        let src = InputSource::parse(v).map_err(|e| user(format!("--input {s}: {e}")))?;
+        if plan.sources.insert(k.to_string(), src).is_some() {
+            return Err(user(format!("--input {k} is given twice")));
+        }
+    }
+    for s in &args.binds {
+        let (k, v) = parse_kv(s, "--bind", "SYM=N")?;
+        let n: i64 = v
+            .parse()
+            .map_err(|_| user(format!("--bind {s}: `{v}` is not an integer")))?;
+        plan.binds.insert(k.to_string(), n);
+    }
+    if args.outputs.len() > g.results().len() {
+        return Err(user(format!(
+            "graph `{}` has {} result(s) but {} --output paths were given",
+            g.name,
+            g.results().len(),
+            args.outputs.len()
+        )));
+    }
+    let limits = Limits::default();
+    let inputs = assemble_inputs(g, &plan, &limits).map_err(user)?;
+    stage("run");
+    let outputs = match args.backend {
+        Backend::Reference => {
+            tdl::reference::run_with_limits(g, &inputs, &limits).map_err(|e| user(e.to_string()))?
+        }
+    };
+    stage("output");
+    for (i, t) in outputs.iter().enumerate() {
+        let t = t.round_to_dtype();
+        println!("result {i}: {}", summary(&t));
+        if let Some(p) = args.outputs.get(i) {
+            npy::write_npy(p, &t).map_err(|e| user(e.to_string()))?;
+            println!("  written to {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn summary(t: &Tensor) -> String {
+    let n = t.data.len();
+    if n == 0 {
+        return format!("{} (empty)", t.type_text());
+    }
+    let min = t.data.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = t.data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = t.data.iter().sum::<f64>() / n as f64;
+    let finite = if t.all_finite() {
+        "all finite"
+    } else {
+        "NOT all finite"
+    };
+    format!(
+        "{}  min {min:.6}  max {max:.6}  mean {mean:.6}  ({finite})",
+        t.type_text()
+    )
+}
