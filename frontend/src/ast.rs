@@ -69,15 +69,8 @@ pub struct TypeExpr {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
-    Let {
-        name: Ident,
-        value: Expr,
-        span: Span,
-    },
-    Return {
-        values: Vec<Expr>,
-        span: Span,
-    },
+    Let { name: Ident, value: Expr, span: Span },
+    Return { values: Vec<Expr>, span: Span },
 }
 
 impl Stmt {

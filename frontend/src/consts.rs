@@ -48,10 +48,11 @@ pub fn eval(e: &Expr, env: &ConstEnv) -> Result<Const, Diagnostic> {
 
 fn eval_inner(e: &Expr, env: &ConstEnv) -> Result<Const, Diagnostic> {
     let not_const = |what: &str| {
-        Diagnostic::error(format!("expected a constant, found {what}"))
-            .at(e.span, "not a compile-time constant")
+        Diagnostic::error(format!("expected a constant, found {what}")).at(e.span, "not a compile-time constant")
     };
     Ok(match &e.kind {
+        // Already reported by the parser; an empty message is dropped.
+        ExprKind::Error => return Err(Diagnostic::error("")),
         ExprKind::Int(i) => Const::Int(*i),
         ExprKind::Float(f) => Const::Float(*f),
         ExprKind::Bool(b) => Const::Bool(*b),
@@ -60,8 +61,9 @@ fn eval_inner(e: &Expr, env: &ConstEnv) -> Result<Const, Diagnostic> {
         ExprKind::Ident(name) => match env.get(name) {
             Some((c, _)) => c.clone(),
             None => {
-                return Err(not_const(&format!("`{name}`"))
-                    .hint("only `const` names, literals and arrays can appear here"))
+                return Err(
+                    not_const(&format!("`{name}`")).hint("only `const` names, literals and arrays can appear here")
+                )
             }
         },
         ExprKind::Array(elems) => Const::Array(array(e.span, elems, env)?),
@@ -93,10 +95,8 @@ fn eval_inner(e: &Expr, env: &ConstEnv) -> Result<Const, Diagnostic> {
                     return Err(not_const("a non-integer index"));
                 };
                 if v < 0 || v as u128 >= n as u128 {
-                    return Err(Diagnostic::error(format!(
-                        "index {v} is out of range for axis {ix} of length {n}"
-                    ))
-                    .at(i.span, "out of range"));
+                    return Err(Diagnostic::error(format!("index {v} is out of range for axis {ix} of length {n}"))
+                        .at(i.span, "out of range"));
                 }
                 flat = flat * n + v as usize;
             }
@@ -135,8 +135,7 @@ fn binary(op: BinOp, a: Const, b: Const, span: Span) -> Result<Const, Diagnostic
                 BinOp::Mul => Int(x.checked_mul(y).ok_or_else(|| overflow(span))?),
                 BinOp::Div | BinOp::Mod => {
                     if y == 0 {
-                        return Err(Diagnostic::error("division by zero in a constant")
-                            .at(span, "divides by zero"));
+                        return Err(Diagnostic::error("division by zero in a constant").at(span, "divides by zero"));
                     }
                     let fl = floor_div(x, y).ok_or_else(|| overflow(span))?;
                     if op == BinOp::Div {
@@ -232,8 +231,7 @@ fn array(span: Span, elems: &[Expr], env: &ConstEnv) -> Result<ConstValue, Diagn
                 if inner_dtype.is_some_and(|d| d != a.dtype)
                     && !(a.dtype.is_float() || inner_dtype.is_some_and(|d| d.is_float()))
                 {
-                    return Err(Diagnostic::error("array rows have different element types")
-                        .at(s, "this row differs"));
+                    return Err(Diagnostic::error("array rows have different element types").at(s, "this row differs"));
                 }
                 inner_dtype = Some(a.dtype);
                 data.extend_from_slice(&a.data);
@@ -241,24 +239,22 @@ fn array(span: Span, elems: &[Expr], env: &ConstEnv) -> Result<ConstValue, Diagn
             }
         };
         if data.len() > MAX_CONST_ELEMENTS {
-            return Err(Diagnostic::error(format!(
-                "constant array has more than {MAX_CONST_ELEMENTS} elements"
-            ))
-            .at(span, "too large"));
+            return Err(Diagnostic::error(format!("constant array has more than {MAX_CONST_ELEMENTS} elements"))
+                .at(span, "too large"));
         }
         match &inner_shape {
             None => inner_shape = Some(this_shape),
             Some(prev) if *prev != this_shape => {
-                return Err(Diagnostic::error(format!("array is not rectangular: a row of shape {this_shape:?} after rows of shape {prev:?}"))
-                    .at(s, "this row has another shape"))
+                return Err(Diagnostic::error(format!(
+                    "array is not rectangular: a row of shape {this_shape:?} after rows of shape {prev:?}"
+                ))
+                .at(s, "this row has another shape"))
             }
             Some(_) => {}
         }
     }
     if any_bool && (any_int || any_float) {
-        return Err(
-            Diagnostic::error("array mixes booleans and numbers").at(span, "mixed element types")
-        );
+        return Err(Diagnostic::error("array mixes booleans and numbers").at(span, "mixed element types"));
     }
     let dtype = if any_bool {
         DType::Bool
@@ -267,10 +263,8 @@ fn array(span: Span, elems: &[Expr], env: &ConstEnv) -> Result<ConstValue, Diagn
     } else {
         for v in &data {
             if *v < i32::MIN as f64 || *v > i32::MAX as f64 {
-                return Err(Diagnostic::error(format!(
-                    "integer {v} does not fit the array's element type i32"
-                ))
-                .at(span, "out of i32 range"));
+                return Err(Diagnostic::error(format!("integer {v} does not fit the array's element type i32"))
+                    .at(span, "out of i32 range"));
             }
         }
         DType::I32

@@ -38,10 +38,7 @@ impl Diagnostic {
     }
 
     pub fn warning(message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(message) }
     }
 
     pub fn at(mut self, span: Span, label: impl Into<String>) -> Diagnostic {
@@ -84,10 +81,7 @@ impl Diagnostic {
         for (s, l) in &self.secondary {
             labels.push(Label::secondary((), clamp(*s)).with_message(l));
         }
-        CsDiagnostic::new(sev)
-            .with_message(&self.message)
-            .with_labels(labels)
-            .with_notes(self.notes.clone())
+        CsDiagnostic::new(sev).with_message(&self.message).with_labels(labels).with_notes(self.notes.clone())
     }
 }
 
@@ -125,18 +119,12 @@ pub fn render(diags: &[Diagnostic], file_name: &str, source: &str) -> String {
 pub fn emit_stderr(diags: &[Diagnostic], file_name: &str, source: &str) {
     use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
     use std::io::IsTerminal;
-    let choice = if std::io::stderr().is_terminal() {
-        ColorChoice::Auto
-    } else {
-        ColorChoice::Never
-    };
+    let choice = if std::io::stderr().is_terminal() { ColorChoice::Auto } else { ColorChoice::Never };
     let mut stream = StandardStream::stderr(choice);
     let file = SimpleFile::new(file_name, source);
     let config = term::Config::default();
     for d in diags {
-        if term::emit_to_write_style(&mut stream, &config, &file, &d.to_codespan(source.len()))
-            .is_err()
-        {
+        if term::emit_to_write_style(&mut stream, &config, &file, &d.to_codespan(source.len())).is_err() {
             eprintln!("{file_name}: {}", d.message);
         }
     }

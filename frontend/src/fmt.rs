@@ -22,13 +22,7 @@ pub fn format_source(src: &str) -> Result<String, Vec<Diagnostic>> {
     if parsed.diagnostics.iter().any(|d| d.is_error()) {
         return Err(parsed.diagnostics);
     }
-    let mut f = Formatter {
-        src,
-        comments: parsed.comments,
-        next_comment: 0,
-        lines: Vec::new(),
-        last_end: 0,
-    };
+    let mut f = Formatter { src, comments: parsed.comments, next_comment: 0, lines: Vec::new(), last_end: 0 };
     f.file(&parsed.file);
     let mut out = f.lines.join("\n");
     out.push('\n');
@@ -53,10 +47,7 @@ impl Formatter<'_> {
     /// thing and `pos`, unless a block just opened.
     fn blank_before(&mut self, pos: usize) {
         let gap = self.src.get(self.last_end..pos).unwrap_or("");
-        let opened = self
-            .lines
-            .last()
-            .is_none_or(|l| l.ends_with('{') || l.ends_with('('));
+        let opened = self.lines.last().is_none_or(|l| l.ends_with('{') || l.ends_with('('));
         if gap.matches('\n').count() >= 2 && !opened {
             self.lines.push(String::new());
         }
@@ -113,11 +104,7 @@ impl Formatter<'_> {
     }
 
     fn graph(&mut self, g: &GraphDecl) {
-        let params: Vec<String> = g
-            .params
-            .iter()
-            .map(|p| format!("{}: {}", p.name.name, self.ty(&p.ty)))
-            .collect();
+        let params: Vec<String> = g.params.iter().map(|p| format!("{}: {}", p.name.name, self.ty(&p.ty))).collect();
         let results: Vec<String> = g.results.iter().map(|t| self.ty(t)).collect();
         let ret = if g.results_parenthesized || results.len() != 1 {
             format!("({})", results.join(", "))
@@ -127,10 +114,7 @@ impl Formatter<'_> {
         let body_start = g.body.first().map_or(g.close.start, |s| s.span().start);
         let header_end = g.results.last().map_or(g.name.span.end, |r| r.span.end);
         let one_line = format!("graph {}({}) -> {} {{", g.name.name, params.join(", "), ret);
-        let header_has_comments = self
-            .comments
-            .get(self.next_comment)
-            .is_some_and(|c| c.start < header_end);
+        let header_has_comments = self.comments.get(self.next_comment).is_some_and(|c| c.start < header_end);
         if one_line.len() <= MAX_WIDTH && !header_has_comments {
             self.lines.push(one_line);
         } else {
@@ -138,9 +122,7 @@ impl Formatter<'_> {
             for (p, text) in g.params.iter().zip(&params) {
                 self.comments_before(p.span.start, "    ");
                 self.lines.push(format!("    {text},"));
-                self.trailing(
-                    p.span.end + usize::from(self.src.as_bytes().get(p.span.end) == Some(&b',')),
-                );
+                self.trailing(p.span.end + usize::from(self.src.as_bytes().get(p.span.end) == Some(&b',')));
             }
             self.comments_before(header_end, "    ");
             self.lines.push(format!(") -> {ret} {{"));
@@ -223,21 +205,12 @@ impl Formatter<'_> {
                 let parts: Vec<String> = indices.iter().map(|x| self.expr(x)).collect();
                 format!("{}[{}]", self.expr(base), parts.join(", "))
             }
-            ExprKind::Lambda {
-                is_mask,
-                params,
-                body,
-            } => {
+            ExprKind::Lambda { is_mask, params, body } => {
                 let ps: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
                 let head = if *is_mask { "mask" } else { "" };
                 format!("{head}({}) => {}", ps.join(", "), self.expr(body))
             }
-            ExprKind::Pipe {
-                lhs,
-                func,
-                args,
-                has_parens,
-            } => {
+            ExprKind::Pipe { lhs, func, args, has_parens } => {
                 if *has_parens {
                     format!("{} |> {}({})", self.expr(lhs), func.name, self.args(args))
                 } else {
@@ -267,10 +240,7 @@ mod tests {
     fn long_headers_break_per_parameter() {
         let src = "graph block(x: f32[T, 512], g1: f32[512], wqkv: f32[512, 1536], wo: f32[512, 512],\n  g2: f32[512], w1: f32[512, 2048], w2: f32[2048, 512]) -> f32[T, 512] {\n return x\n}\n";
         let out = format_source(src).unwrap();
-        assert!(
-            out.starts_with("graph block(\n    x: f32[T, 512],\n"),
-            "{out}"
-        );
+        assert!(out.starts_with("graph block(\n    x: f32[T, 512],\n"), "{out}");
         assert_eq!(format_source(&out).unwrap(), out);
     }
 

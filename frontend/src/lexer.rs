@@ -30,6 +30,9 @@ pub enum Tok {
     Float,
     #[regex(r"//[^\n]*", allow_greedy = true)]
     Comment,
+    /// `# ...`: not a comment in `.tdl`; reported, then skipped like one.
+    #[regex(r"#[^\n]*", allow_greedy = true)]
+    HashComment,
 
     #[token("(")]
     LParen,
@@ -112,7 +115,7 @@ impl Tok {
             Tok::Ident => "an identifier",
             Tok::Int => "an integer",
             Tok::Float => "a number",
-            Tok::Comment => "a comment",
+            Tok::Comment | Tok::HashComment => "a comment",
             Tok::LParen => "`(`",
             Tok::RParen => "`)`",
             Tok::LBracket => "`[`",
@@ -165,15 +168,9 @@ pub fn lex(src: &str) -> Vec<Token> {
     while let Some(res) = lexer.next() {
         let r = lexer.span();
         let tok = res.unwrap_or(Tok::Error);
-        out.push(Token {
-            tok,
-            span: Span::new(r.start, r.end),
-        });
+        out.push(Token { tok, span: Span::new(r.start, r.end) });
     }
-    out.push(Token {
-        tok: Tok::Eof,
-        span: Span::new(src.len(), src.len()),
-    });
+    out.push(Token { tok: Tok::Eof, span: Span::new(src.len(), src.len()) });
     out
 }
 
@@ -212,23 +209,12 @@ mod tests {
     fn numbers() {
         assert_eq!(
             toks("64 0.125 1e-5 3. .5 inf"),
-            vec![
-                Tok::Int,
-                Tok::Float,
-                Tok::Float,
-                Tok::Float,
-                Tok::Float,
-                Tok::Inf,
-                Tok::Eof
-            ]
+            vec![Tok::Int, Tok::Float, Tok::Float, Tok::Float, Tok::Float, Tok::Inf, Tok::Eof]
         );
     }
 
     #[test]
     fn bad_characters_become_error_tokens() {
-        assert_eq!(
-            toks("a \0 $ b"),
-            vec![Tok::Ident, Tok::Error, Tok::Error, Tok::Ident, Tok::Eof]
-        );
+        assert_eq!(toks("a \0 $ b"), vec![Tok::Ident, Tok::Error, Tok::Error, Tok::Ident, Tok::Eof]);
     }
 }

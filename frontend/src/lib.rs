@@ -58,15 +58,8 @@ pub fn check(src: &str) -> Result<Checked, CheckError> {
         g.remove_dead_nodes();
         match tdl_ir::verify(g) {
             Ok(v) => verified.push(v),
-            Err(e) => {
-                return Err(CheckError::Internal(format!(
-                    "frontend produced an invalid graph: {e}"
-                )))
-            }
+            Err(e) => return Err(CheckError::Internal(format!("frontend produced an invalid graph: {e}"))),
         }
     }
-    Ok(Checked {
-        graphs: verified,
-        warnings: diags,
-    })
+    Ok(Checked { graphs: verified, warnings: diags })
 }

@@ -10,8 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use tdl_ir::infer::{infer_type, InferError};
 use tdl_ir::{
-    ArrayRef, BinaryOp, ConstValue, DType, Dim, Graph, LambdaVar, MaskExpr, NodeId, Op, ReduceOp,
-    ScalarBinary, ScalarExpr, ScalarUnary, Span, TensorType, Type, UnaryOp,
+    ArrayRef, BinaryOp, ConstValue, DType, Dim, Graph, LambdaVar, MaskExpr, NodeId, Op, ReduceOp, ScalarBinary,
+    ScalarExpr, ScalarUnary, Span, TensorType, Type, UnaryOp,
 };
 
 use crate::ast::*;
@@ -80,6 +80,8 @@ pub fn lower_file(src: &str, file: &File) -> (Vec<Graph>, Vec<Diagnostic>) {
             }
         }
     }
+    // Errors already reported elsewhere come back with an empty message.
+    diags.retain(|d| !d.message.is_empty());
     (graphs, diags)
 }
 
@@ -108,9 +110,7 @@ enum ArgValue<'e> {
     Val(Val),
 }
 
-const UNARY_FNS: [&str; 10] = [
-    "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "gelu", "silu", "abs",
-];
+const UNARY_FNS: [&str; 10] = ["exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "gelu", "silu", "abs"];
 const BUILTINS: [&str; 32] = [
     "exp",
     "log",
@@ -152,11 +152,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
         }
         prev = cur;
     }
@@ -164,12 +160,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn closest<'n>(name: &str, candidates: impl Iterator<Item = &'n str>) -> Option<&'n str> {
+    if name.chars().count() <= 1 {
+        // Every one-letter name is one edit from every other: no useful guess.
+        return None;
+    }
     let limit = if name.len() <= 3 { 1 } else { 2 };
-    candidates
-        .map(|c| (edit_distance(name, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .min()
-        .map(|(_, c)| c)
+    candidates.map(|c| (edit_distance(name, c), c)).filter(|(d, _)| *d <= limit).min().map(|(_, c)| c)
 }
 
 impl<'a> Lowerer<'a> {
@@ -221,11 +217,7 @@ impl<'a> Lowerer<'a> {
             let id = self.g.add_param(&p.name.name, ty, Some(p.span));
             self.locals.insert(p.name.name.clone(), Val::Node(id));
         }
-        let result_types: Vec<Option<TensorType>> = decl
-            .results
-            .iter()
-            .map(|t| self.type_expr(t, false))
-            .collect();
+        let result_types: Vec<Option<TensorType>> = decl.results.iter().map(|t| self.type_expr(t, false)).collect();
 
         let mut returned = false;
         for stmt in &decl.body {
@@ -274,9 +266,9 @@ impl<'a> Lowerer<'a> {
                 ))
                 .at(span, format!("{} value(s) returned", values.len()))
                 .with(
-                    decl.results.first().map_or(decl.name.span, |r| {
-                        r.span.to(decl.results[decl.results.len() - 1].span)
-                    }),
+                    decl.results
+                        .first()
+                        .map_or(decl.name.span, |r| r.span.to(decl.results[decl.results.len() - 1].span)),
                     "declared here",
                 ),
             );
@@ -322,9 +314,7 @@ impl<'a> Lowerer<'a> {
                         a.sort();
                         b.sort();
                         if a == b {
-                            d = d.hint(
-                                "the axes are in another order: a `permute` is probably missing",
-                            );
+                            d = d.hint("the axes are in another order: a `permute` is probably missing");
                         }
                     }
                 } else if got.dtype != want.dtype && got.shape == want.shape {
@@ -372,9 +362,11 @@ impl<'a> Lowerer<'a> {
                         }
                     } else if is_param && d.as_sym().is_none() {
                         self.diags.push(
-                            Diagnostic::error(format!("not supported yet: parameter dimension `{d}` is an expression of symbols"))
-                                .at(e.span, "use a constant or a single symbol")
-                                .note("symbols are bound from input shapes, one dimension each"),
+                            Diagnostic::error(format!(
+                                "not supported yet: parameter dimension `{d}` is an expression of symbols"
+                            ))
+                            .at(e.span, "use a constant or a single symbol")
+                            .note("symbols are bound from input shapes, one dimension each"),
                         );
                         ok = false;
                     }
@@ -400,10 +392,8 @@ impl<'a> Lowerer<'a> {
                 Some((c, _)) => {
                     let what = c.describe();
                     self.diags.push(
-                        Diagnostic::error(format!(
-                            "constant `{n}` is {what}, not an integer dimension"
-                        ))
-                        .at(e.span, "expected an integer"),
+                        Diagnostic::error(format!("constant `{n}` is {what}, not an integer dimension"))
+                            .at(e.span, "expected an integer"),
                     );
                     return None;
                 }
@@ -411,15 +401,16 @@ impl<'a> Lowerer<'a> {
                 None => {
                     let mut d = Diagnostic::error(format!("unknown dimension `{n}`"))
                         .at(e.span, "not a constant, and no parameter's shape binds it");
-                    if let Some(c) = closest(
-                        n,
-                        self.symbols
-                            .iter()
-                            .map(|s| s.as_str())
-                            .chain(self.env.keys().map(|s| s.as_str())),
-                    ) {
+                    if let Some(c) =
+                        closest(n, self.symbols.iter().map(|s| s.as_str()).chain(self.env.keys().map(|s| s.as_str())))
+                    {
                         d = d.hint(format!("did you mean `{c}`?"));
                     }
+                    let bound: Vec<&str> = self.symbols.iter().map(|s| s.as_str()).collect();
+                    d = d.note(format!(
+                        "dimensions are integers, constants, or symbols bound by a parameter's shape (bound here: {})",
+                        if bound.is_empty() { "none".to_string() } else { bound.join(", ") }
+                    ));
                     self.diags.push(d);
                     return None;
                 }
@@ -438,20 +429,17 @@ impl<'a> Lowerer<'a> {
                 }
             }
             _ => {
-                self.diags
-                    .push(Diagnostic::error("expected a dimension").at(
-                        e.span,
-                        "dimensions are integers, constants, symbols and `+ - *` of them",
-                    ));
+                self.diags.push(
+                    Diagnostic::error("expected a dimension")
+                        .at(e.span, "dimensions are integers, constants, symbols and `+ - *` of them"),
+                );
                 return None;
             }
         };
         match r {
             Ok(d) => Some(d),
             Err(err) => {
-                self.diags.push(
-                    Diagnostic::error(format!("invalid dimension: {err}")).at(e.span, "here"),
-                );
+                self.diags.push(Diagnostic::error(format!("invalid dimension: {err}")).at(e.span, "here"));
                 None
             }
         }
@@ -503,8 +491,7 @@ impl<'a> Lowerer<'a> {
             Const::Int(i) => {
                 if dtype == DType::Bool {
                     self.diags.push(
-                        Diagnostic::error("an integer where a bool is expected")
-                            .at(span, "expected `true` or `false`"),
+                        Diagnostic::error("an integer where a bool is expected").at(span, "expected `true` or `false`"),
                     );
                     return None;
                 }
@@ -513,10 +500,8 @@ impl<'a> Lowerer<'a> {
             Const::Float(f) => {
                 if !dtype.is_float() {
                     self.diags.push(
-                        Diagnostic::error(format!(
-                            "a floating-point number where {dtype} is expected"
-                        ))
-                        .at(span, format!("expected {dtype}")),
+                        Diagnostic::error(format!("a floating-point number where {dtype} is expected"))
+                            .at(span, format!("expected {dtype}")),
                     );
                     return None;
                 }
@@ -541,11 +526,8 @@ impl<'a> Lowerer<'a> {
                     };
                     if !fits {
                         self.diags.push(
-                            Diagnostic::error(format!(
-                                "a {} array where {dtype} is expected",
-                                a.dtype
-                            ))
-                            .at(span, format!("expected {dtype}")),
+                            Diagnostic::error(format!("a {} array where {dtype} is expected", a.dtype))
+                                .at(span, format!("expected {dtype}")),
                         );
                         return None;
                     }
@@ -554,18 +536,8 @@ impl<'a> Lowerer<'a> {
                 a
             }
         };
-        let ty = TensorType::new(
-            value.dtype,
-            value
-                .shape
-                .iter()
-                .map(|&d| Dim::constant(d as i64))
-                .collect(),
-        );
-        Some(
-            self.g
-                .add_node(Op::Constant(value), Type::Tensor(ty), &[], Some(span)),
-        )
+        let ty = TensorType::new(value.dtype, value.shape.iter().map(|&d| Dim::constant(d as i64)).collect());
+        Some(self.g.add_node(Op::Constant(value), Type::Tensor(ty), &[], Some(span)))
     }
 
     /// A value as a tensor node; constants default to f32 (or i32/bool arrays).
@@ -591,9 +563,9 @@ impl<'a> Lowerer<'a> {
     }
 
     fn mask_not_tensor(&self, span: Span) -> Diagnostic {
-        Diagnostic::error("a mask is not a tensor")
-            .at(span, "this is a mask")
-            .hint("apply a mask to scores with `s + m` or `where(m, s, -inf)`, or pass it as `attention(..., mask = m)`")
+        Diagnostic::error("a mask is not a tensor").at(span, "this is a mask").hint(
+            "apply a mask to scores with `s + m` or `where(m, s, -inf)`, or pass it as `attention(..., mask = m)`",
+        )
     }
 
     /// Two operands of an elementwise op: constants take the other side's dtype.
@@ -636,7 +608,9 @@ impl<'a> Lowerer<'a> {
             ExprKind::Ident(n) => self.ident(n, span),
             ExprKind::Array(_) => match consts::eval(e, self.env) {
                 Ok(c) => Val::Const(c),
-                Err(d) => self.err(d.note("array literals are constants; to join tensors use `concat([a, b], axis = ...)`")),
+                Err(d) => {
+                    self.err(d.note("array literals are constants; to join tensors use `concat([a, b], axis = ...)`"))
+                }
             },
             ExprKind::Unary(op, a) => {
                 let v = self.expr(a);
@@ -648,22 +622,28 @@ impl<'a> Lowerer<'a> {
                 self.binary(*op, va, a.span, vb, b.span, span)
             }
             ExprKind::Call { func, args } => {
-                let args: Vec<CallArg> =
-                    args.iter().map(|a| CallArg { name: a.name.as_ref(), value: ArgValue::Expr(&a.value), span: a.value.span }).collect();
+                let args: Vec<CallArg> = args
+                    .iter()
+                    .map(|a| CallArg { name: a.name.as_ref(), value: ArgValue::Expr(&a.value), span: a.value.span })
+                    .collect();
                 self.call(func, args, span)
             }
             ExprKind::Pipe { lhs, func, args, .. } => {
                 let first = self.expr(lhs);
                 let mut all = vec![CallArg { name: None, value: ArgValue::Val(first), span: lhs.span }];
-                all.extend(args.iter().map(|a| CallArg { name: a.name.as_ref(), value: ArgValue::Expr(&a.value), span: a.value.span }));
+                all.extend(args.iter().map(|a| CallArg {
+                    name: a.name.as_ref(),
+                    value: ArgValue::Expr(&a.value),
+                    span: a.value.span,
+                }));
                 self.call(func, all, span)
             }
             ExprKind::Index { .. } => match consts::eval(e, self.env) {
                 Ok(c) => Val::Const(c),
-                Err(_) => self.err(
-                    Diagnostic::error("not supported yet: indexing a tensor outside a lambda")
-                        .at(span, "indexing is for constant arrays, and for inputs inside `mask(q, k, h) => ...` and score lambdas"),
-                ),
+                Err(_) => self.err(Diagnostic::error("not supported yet: indexing a tensor outside a lambda").at(
+                    span,
+                    "indexing is for constant arrays, and for inputs inside `mask(q, k, h) => ...` and score lambdas",
+                )),
             },
             ExprKind::Lambda { is_mask: true, params, body } => self.mask_lambda(params, body, span),
             ExprKind::Lambda { is_mask: false, .. } => self.err(
@@ -692,13 +672,8 @@ impl<'a> Lowerer<'a> {
             );
         }
         let mut d = Diagnostic::error(format!("unknown name `{n}`")).at(span, "not defined");
-        let cands: Vec<String> = self
-            .locals
-            .keys()
-            .chain(self.env.keys())
-            .cloned()
-            .chain(BUILTINS.iter().map(|s| s.to_string()))
-            .collect();
+        let cands: Vec<String> =
+            self.locals.keys().chain(self.env.keys()).cloned().chain(BUILTINS.iter().map(|s| s.to_string())).collect();
         if let Some(c) = closest(n, cands.iter().map(|s| s.as_str())) {
             d = d.hint(format!("did you mean `{c}`?"));
         } else if BUILTINS.contains(&n) || n == "document" {
@@ -720,10 +695,8 @@ impl<'a> Lowerer<'a> {
                     a.data.iter_mut().for_each(|x| *x = -*x);
                     Val::Const(Const::Array(a))
                 }
-                other => self.err(
-                    Diagnostic::error(format!("`-` cannot be applied to {}", other.describe()))
-                        .at(span, "here"),
-                ),
+                other => self
+                    .err(Diagnostic::error(format!("`-` cannot be applied to {}", other.describe())).at(span, "here")),
             },
             (UnOp::Not, Val::Const(Const::Bool(b))) => Val::Const(Const::Bool(!b)),
             (UnOp::Neg, Val::Node(id)) => match self.tensor(Val::Node(id), vspan) {
@@ -746,20 +719,13 @@ impl<'a> Lowerer<'a> {
         if matches!(a, Val::Error) || matches!(b, Val::Error) {
             return Val::Error;
         }
-        let is_mask =
-            |s: &Self, v: &Val| matches!(v, Val::Node(id) if matches!(s.ty(*id), Type::Mask));
+        let is_mask = |s: &Self, v: &Val| matches!(v, Val::Node(id) if matches!(s.ty(*id), Type::Mask));
         let (ma, mb) = (is_mask(self, &a), is_mask(self, &b));
         // Constant folding.
         if let (Val::Const(x), Val::Const(y)) = (&a, &b) {
             if !matches!(x, Const::Array(_)) && !matches!(y, Const::Array(_)) {
-                let fake = Expr {
-                    kind: ExprKind::Binary(
-                        op,
-                        Box::new(const_expr(x, sa)),
-                        Box::new(const_expr(y, sb)),
-                    ),
-                    span,
-                };
+                let fake =
+                    Expr { kind: ExprKind::Binary(op, Box::new(const_expr(x, sa)), Box::new(const_expr(y, sb))), span };
                 return match consts::eval(&fake, self.env) {
                     Ok(c) => Val::Const(c),
                     Err(d) => self.err(d),
@@ -773,7 +739,11 @@ impl<'a> Lowerer<'a> {
                     let (mx, ox) = self.mask_of(*x);
                     let (mut my, oy) = self.mask_of(*y);
                     let ops = merge_operands(ox, oy, &mut my);
-                    let m = if op == BinOp::And { MaskExpr::And(Box::new(mx), Box::new(my)) } else { MaskExpr::Or(Box::new(mx), Box::new(my)) };
+                    let m = if op == BinOp::And {
+                        MaskExpr::And(Box::new(mx), Box::new(my))
+                    } else {
+                        MaskExpr::Or(Box::new(mx), Box::new(my))
+                    };
                     return self.mask_node(m, ops, span);
                 }
                 let bad = if !ma { sa } else { sb };
@@ -804,7 +774,9 @@ impl<'a> Lowerer<'a> {
                     if op != BinOp::Add {
                         return self.err(self.mask_not_tensor(if ma { sa } else { sb }));
                     }
-                    let (Val::Node(m), other, so) = (if ma { (a.clone(), b.clone(), sb) } else { (b.clone(), a.clone(), sa) }) else {
+                    let (Val::Node(m), other, so) =
+                        (if ma { (a.clone(), b.clone(), sb) } else { (b.clone(), a.clone(), sa) })
+                    else {
                         return Val::Error;
                     };
                     let Some(s) = self.tensor(other, so) else { return Val::Error };
@@ -829,9 +801,9 @@ impl<'a> Lowerer<'a> {
                 }
             }
             BinOp::Mod | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne => self.err(
-                Diagnostic::error(format!("not supported yet: `{}` on tensors", op.symbol()))
-                    .at(span, "here")
-                    .note("comparisons and `%` are for constants and for lambdas such as `mask(q, k, h) => q - k < 64`"),
+                Diagnostic::error(format!("not supported yet: `{}` on tensors", op.symbol())).at(span, "here").note(
+                    "comparisons and `%` are for constants and for lambdas such as `mask(q, k, h) => q - k < 64`",
+                ),
             ),
         }
     }
@@ -853,25 +825,35 @@ impl<'a> Lowerer<'a> {
 
     /// Compile-time checks of a mask against the scores it is applied to,
     /// where the score shape is known.
+    /// Compile-time checks of a mask against the scores it is applied to,
+    /// where the score shape is known: one error per offending mask, at the
+    /// mask, with the application as a secondary label.
     fn check_mask_fits(&mut self, mask: NodeId, t: Option<i64>, s: Option<i64>, span: Span) {
         let (m, _) = self.mask_of(mask);
+        let mask_span = self.g.node(mask).span.unwrap_or(span);
         let mut problems = Vec::new();
         let _ = tdl_ir::infer::visit_mask(&m, &mut |leaf| {
             if let MaskExpr::Neighborhood { grid, .. } = leaf {
                 let prod: i64 = grid.iter().product();
-                for (what, n) in [("T", t), ("S", s)] {
-                    if let Some(n) = n {
-                        if n != prod {
-                            problems.push(format!("neighborhood grid {grid:?} holds {prod} positions but the scores have {what} = {n}"));
-                        }
-                    }
+                let bad: Vec<String> = [("T", t), ("S", s)]
+                    .into_iter()
+                    .filter_map(|(what, n)| n.filter(|n| *n != prod).map(|n| format!("{what} = {n}")))
+                    .collect();
+                if !bad.is_empty() {
+                    problems.push(format!(
+                        "neighborhood grid {grid:?} holds {prod} positions, but the scores have {}",
+                        bad.join(" and ")
+                    ));
                 }
             }
             Ok(())
         });
         for p in problems {
-            self.diags
-                .push(Diagnostic::error(p).at(span, "mask applied here"));
+            let d = Diagnostic::error(p)
+                .at(mask_span, "grid does not match the sequence")
+                .with(span, "mask applied here")
+                .hint("the product of `grid` must equal the number of queries and keys");
+            self.diags.push(d);
         }
     }
 
@@ -885,23 +867,17 @@ impl<'a> Lowerer<'a> {
                 .at(span, "here"),
             );
         }
-        let vars: Vec<(String, LambdaVar)> = params
-            .iter()
-            .zip([LambdaVar::Q, LambdaVar::K, LambdaVar::H])
-            .map(|(p, v)| (p.name.clone(), v))
-            .collect();
+        let vars: Vec<(String, LambdaVar)> =
+            params.iter().zip([LambdaVar::Q, LambdaVar::K, LambdaVar::H]).map(|(p, v)| (p.name.clone(), v)).collect();
         let mut operands = Vec::new();
         let Some((e, ty)) = self.scalar(body, &vars, &mut operands) else {
             return Val::Error;
         };
         if ty != SType::Bool {
             return self.err(
-                Diagnostic::error(format!(
-                    "a mask lambda must give a boolean, this gives {}",
-                    ty.name()
-                ))
-                .at(body.span, "not a predicate")
-                .hint("compare something, e.g. `q - k < 64`"),
+                Diagnostic::error(format!("a mask lambda must give a boolean, this gives {}", ty.name()))
+                    .at(body.span, "not a predicate")
+                    .hint("compare something, e.g. `q - k < 64`"),
             );
         }
         self.mask_node(MaskExpr::Lambda(e), operands, span)
@@ -909,12 +885,7 @@ impl<'a> Lowerer<'a> {
 
     // ---- the lambda language -----------------------------------------------------
 
-    fn scalar(
-        &mut self,
-        e: &Expr,
-        vars: &[(String, LambdaVar)],
-        ops: &mut Vec<NodeId>,
-    ) -> Option<(ScalarExpr, SType)> {
+    fn scalar(&mut self, e: &Expr, vars: &[(String, LambdaVar)], ops: &mut Vec<NodeId>) -> Option<(ScalarExpr, SType)> {
         crate::grow(|| self.scalar_inner(e, vars, ops))
     }
 

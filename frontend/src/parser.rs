@@ -14,6 +14,31 @@ use tdl_ir::Span;
 /// The deepest expression tree the frontend accepts.
 pub const MAX_DEPTH: usize = 1024;
 
+/// How many unexpected characters are reported one by one.
+const MAX_BAD_CHARS: usize = 50;
+
+fn bad_char(src: &str, t: Token) -> Diagnostic {
+    let text = src.get(t.span.range()).unwrap_or("");
+    let c = text.chars().next().unwrap_or('?');
+    if t.tok == Tok::HashComment {
+        return Diagnostic::error("`#` does not start a comment in .tdl")
+            .at(Span::new(t.span.start, t.span.start + 1), "not a comment")
+            .hint("comments start with `//`");
+    }
+    if c == '\0' {
+        let (line, col) = crate::diag::line_col(src, t.span.start);
+        return Diagnostic::error(format!("the file contains a NUL byte (line {line}, column {col})"))
+            .at(t.span, "NUL byte here")
+            .note(".tdl files are UTF-8 text");
+    }
+    let d = Diagnostic::error(format!("unexpected character {c:?}")).at(t.span, "not part of the language");
+    if c.is_alphabetic() || c == '$' {
+        d.hint("names are ASCII letters, digits and `_`")
+    } else {
+        d
+    }
+}
+
 /// The result of parsing a file: the tree (with `Error` nodes where it
 /// recovered), the diagnostics, and the comments (for `tdlc fmt`).
 #[derive(Debug)]
@@ -26,25 +51,31 @@ pub struct Parsed {
 /// Parses a whole file.
 pub fn parse(src: &str) -> Parsed {
     let all = lex(src);
-    let comments = all
-        .iter()
-        .filter(|t| t.tok == Tok::Comment)
-        .map(|t| t.span)
-        .collect();
-    let toks: Vec<Token> = all.into_iter().filter(|t| t.tok != Tok::Comment).collect();
-    let mut p = Parser {
-        src,
-        toks,
-        pos: 0,
-        diags: Vec::new(),
-        depth: 0,
-    };
-    let file = p.file();
-    Parsed {
-        file,
-        diagnostics: p.diags,
-        comments,
+    let comments = all.iter().filter(|t| t.tok == Tok::Comment).map(|t| t.span).collect();
+    // Characters no token starts with are reported here, once each, and
+    // dropped, so the parser sees the program as if they were not there.
+    let mut diags = Vec::new();
+    let mut bad = 0usize;
+    let mut toks = Vec::with_capacity(all.len());
+    for t in all {
+        match t.tok {
+            Tok::Comment => {}
+            Tok::Error | Tok::HashComment => {
+                bad += 1;
+                if bad <= MAX_BAD_CHARS {
+                    diags.push(bad_char(src, t));
+                } else if bad == MAX_BAD_CHARS + 1 {
+                    diags.push(Diagnostic::error(format!(
+                        "more than {MAX_BAD_CHARS} unexpected characters; not reporting the rest"
+                    )));
+                }
+            }
+            _ => toks.push(t),
+        }
     }
+    let mut p = Parser { src, toks, pos: 0, diags, depth: 0 };
+    let file = p.file();
+    Parsed { file, diagnostics: p.diags, comments }
 }
 
 /// Errors are recorded in `Parser::diags` when they happen; `Err(())` only
@@ -112,8 +143,8 @@ impl<'s> Parser<'s> {
 
     fn error_expected(&mut self, what: &str) {
         let found = self.found();
-        let mut d = Diagnostic::error(format!("expected {what}, found {found}"))
-            .at(self.span(), format!("expected {what}"));
+        let mut d =
+            Diagnostic::error(format!("expected {what}, found {found}")).at(self.span(), format!("expected {what}"));
         if self.tok() == Tok::Assign && what.contains("statement") {
             d = d.hint("use `==` to compare");
         }
@@ -131,10 +162,7 @@ impl<'s> Parser<'s> {
 
     fn ident(&mut self, what: &str) -> PResult<Ident> {
         let t = self.expect(Tok::Ident, what)?;
-        Ok(Ident {
-            name: self.text(t.span).to_string(),
-            span: t.span,
-        })
+        Ok(Ident { name: self.text(t.span).to_string(), span: t.span })
     }
 
     // ---- items ----------------------------------------------------------
@@ -174,11 +202,7 @@ impl<'s> Parser<'s> {
         self.expect(Tok::Assign, "`=`")?;
         let value = self.expr()?;
         self.eat(Tok::Semi);
-        Ok(ConstDecl {
-            name,
-            value,
-            span: start.to(self.prev_span()),
-        })
+        Ok(ConstDecl { name, value, span: start.to(self.prev_span()) })
     }
 
     fn graph_decl(&mut self) -> PResult<GraphDecl> {
@@ -190,11 +214,7 @@ impl<'s> Parser<'s> {
             let pname = self.ident("a parameter name or `)`")?;
             self.expect(Tok::Colon, "`:` and the parameter's type")?;
             let ty = self.type_expr()?;
-            params.push(Param {
-                span: pname.span.to(ty.span),
-                name: pname,
-                ty,
-            });
+            params.push(Param { span: pname.span.to(ty.span), name: pname, ty });
             if !self.eat(Tok::Comma) {
                 break;
             }
@@ -220,15 +240,24 @@ impl<'s> Parser<'s> {
             match self.tok() {
                 Tok::RBrace => break,
                 Tok::Eof | Tok::Graph | Tok::Const => {
-                    let d = Diagnostic::error(format!(
-                        "expected `}}` to close graph `{}`, found {}",
-                        name.name,
-                        self.found()
-                    ))
-                    .at(self.span(), "expected `}`")
-                    .with(name.span, "this graph's body is not closed");
+                    // Keep the graph: its body is still checked.
+                    let end = Span::new(self.prev_span().end, self.prev_span().end);
+                    let mut d = Diagnostic::error(format!("expected `}}` to close graph `{}`", name.name))
+                        .at(end, "expected `}` after this")
+                        .with(name.span, "this graph's body is not closed");
+                    if self.tok() != Tok::Eof {
+                        d = d.with(self.span(), "the next item starts here");
+                    }
                     self.diags.push(d);
-                    return Err(());
+                    return Ok(GraphDecl {
+                        name,
+                        params,
+                        results,
+                        results_parenthesized,
+                        body,
+                        span: start.to(end),
+                        close: end,
+                    });
                 }
                 _ => match self.stmt() {
                     Ok(s) => body.push(s),
@@ -237,15 +266,7 @@ impl<'s> Parser<'s> {
             }
         }
         let close = self.bump().span;
-        Ok(GraphDecl {
-            name,
-            params,
-            results,
-            results_parenthesized,
-            body,
-            span: start.to(close),
-            close,
-        })
+        Ok(GraphDecl { name, params, results, results_parenthesized, body, span: start.to(close), close })
     }
 
     fn type_expr(&mut self) -> PResult<TypeExpr> {
@@ -261,50 +282,79 @@ impl<'s> Parser<'s> {
             }
             end = self.expect(Tok::RBracket, "`,` or `]` in the shape")?.span;
         }
-        Ok(TypeExpr {
-            span: dtype.span.to(end),
-            dtype,
-            dims,
-        })
+        Ok(TypeExpr { span: dtype.span.to(end), dtype, dims })
     }
 
     // ---- statements -----------------------------------------------------
 
+    /// A statement. Once a `let NAME` or a `return` has been read, an error
+    /// later in the statement still yields the statement (with an `Error`
+    /// value), so the name stays bound and the graph keeps its `return`: the
+    /// one mistake is reported once, without follow-on errors.
     fn stmt(&mut self) -> PResult<Stmt> {
         let start = self.span();
-        let s = match self.tok() {
+        match self.tok() {
             Tok::Let => {
                 self.bump();
                 let name = self.ident("a name after `let`")?;
-                self.expect(Tok::Assign, "`=`")?;
-                let value = self.expr()?;
-                Stmt::Let {
-                    name,
-                    value,
-                    span: start.to(self.prev_span()),
+                if self.tok() != Tok::Assign {
+                    let found = self.found();
+                    self.diags.push(
+                        Diagnostic::error(format!("expected `=` after `let {}`, found {found}", name.name))
+                            .at(self.span(), "expected `=`")
+                            .hint(format!("write `let {} = ...`", name.name)),
+                    );
+                    self.skip_to_stmt();
+                    return Ok(Stmt::Let { span: start.to(self.prev_span()), name, value: self.error_expr() });
                 }
+                self.bump();
+                let value = self.stmt_expr();
+                Ok(Stmt::Let { name, value, span: start.to(self.prev_span()) })
             }
             Tok::Return => {
                 self.bump();
-                let mut values = vec![self.expr()?];
-                while self.eat(Tok::Comma) {
-                    values.push(self.expr()?);
+                let mut values = vec![self.stmt_expr()];
+                while !matches!(values.last().map(|e| &e.kind), Some(ExprKind::Error)) && self.eat(Tok::Comma) {
+                    values.push(self.stmt_expr());
                 }
-                Stmt::Return {
-                    values,
-                    span: start.to(self.prev_span()),
-                }
+                Ok(Stmt::Return { values, span: start.to(self.prev_span()) })
             }
             _ => {
                 self.error_expected("`let`, `return` or `}`");
-                return Err(());
+                Err(())
             }
-        };
-        if !self.eat(Tok::Semi) && !matches!(self.tok(), Tok::Let | Tok::Return | Tok::RBrace) {
-            self.error_expected("the end of the statement");
-            return Err(());
         }
-        Ok(s)
+    }
+
+    fn error_expr(&self) -> Expr {
+        Expr { kind: ExprKind::Error, span: self.prev_span() }
+    }
+
+    /// The expression of a statement, and the statement's end. On an error
+    /// the rest of the statement is skipped and the value is `Error`.
+    fn stmt_expr(&mut self) -> Expr {
+        let Ok(e) = self.expr() else {
+            self.skip_to_stmt();
+            return self.error_expr();
+        };
+        if self.eat(Tok::Semi) || matches!(self.tok(), Tok::Let | Tok::Return | Tok::RBrace | Tok::Comma) {
+            return e;
+        }
+        // A missing `}` is reported by the graph, where it is clearer.
+        if matches!(self.tok(), Tok::Graph | Tok::Const | Tok::Eof) {
+            return e;
+        }
+        if self.tok() == Tok::Assign {
+            self.diags.push(
+                Diagnostic::error("`=` is not a comparison")
+                    .at(self.span(), "assignment is only `let NAME = ...`")
+                    .hint("use `==` to compare"),
+            );
+        } else {
+            self.error_expected("the end of the statement");
+        }
+        self.skip_to_stmt();
+        self.error_expr()
     }
 
     /// Skips to the next `let`, `return`, closing `}` of the body, or item.
@@ -338,13 +388,28 @@ impl<'s> Parser<'s> {
         Ok(())
     }
 
+    fn starts_expr(&self) -> bool {
+        matches!(
+            self.tok(),
+            Tok::Int
+                | Tok::Float
+                | Tok::True
+                | Tok::False
+                | Tok::Inf
+                | Tok::Ident
+                | Tok::LParen
+                | Tok::LBracket
+                | Tok::Minus
+                | Tok::Bang
+        )
+    }
+
     fn too_deep(&mut self, span: Span) {
         self.diags.push(
-            Diagnostic::error(format!(
-                "expression is nested more than {MAX_DEPTH} levels deep"
-            ))
-            .at(span, "too deep here")
-            .hint("split the expression into several `let` statements"),
+            Diagnostic::error(format!("expression is nested more than {MAX_DEPTH} levels deep"))
+                .at(span, "too deep here")
+                .note("parentheses, calls, unary operators and each operator of a chain like `a + b + c` add a level")
+                .hint("split the expression into several `let` statements"),
         );
     }
 
@@ -377,15 +442,7 @@ impl<'s> Parser<'s> {
             depth = depth.max(adepth) + 1;
             let span = lhs.span.to(self.prev_span());
             self.check_depth(depth, span)?;
-            lhs = Expr {
-                kind: ExprKind::Pipe {
-                    lhs: Box::new(lhs),
-                    func,
-                    args,
-                    has_parens,
-                },
-                span,
-            };
+            lhs = Expr { kind: ExprKind::Pipe { lhs: Box::new(lhs), func, args, has_parens }, span };
         }
         Ok((lhs, depth))
     }
@@ -407,18 +464,11 @@ impl<'s> Parser<'s> {
             Tok::Amp => BinOp::And,
             Tok::Bar => BinOp::Or,
             Tok::AmpAmp | Tok::BarBar => {
-                let (sym, op) = if self.tok() == Tok::AmpAmp {
-                    ("&", BinOp::And)
-                } else {
-                    ("|", BinOp::Or)
-                };
+                let (sym, op) = if self.tok() == Tok::AmpAmp { ("&", BinOp::And) } else { ("|", BinOp::Or) };
                 self.diags.push(
-                    Diagnostic::error(format!(
-                        "`{}` is not an operator of the language",
-                        self.text(self.span())
-                    ))
-                    .at(self.span(), format!("write `{sym}`"))
-                    .hint(format!("masks and predicates combine with `{sym}`")),
+                    Diagnostic::error(format!("`{}` is not an operator of the language", self.text(self.span())))
+                        .at(self.span(), format!("write `{sym}`"))
+                        .hint(format!("masks and predicates combine with `{sym}`")),
                 );
                 op
             }
@@ -439,6 +489,14 @@ impl<'s> Parser<'s> {
                 break;
             }
             self.bump();
+            if !self.starts_expr() {
+                let found = self.found();
+                self.diags.push(
+                    Diagnostic::error(format!("expected an expression after `{}`, found {found}", op.symbol()))
+                        .at(op_span, "this operator has no right operand"),
+                );
+                return Err(());
+            }
             if prec == 3 {
                 if let Some(prev) = last_cmp {
                     self.diags.push(
@@ -454,11 +512,8 @@ impl<'s> Parser<'s> {
             let (rhs, rdepth) = self.binary(prec)?;
             depth = depth.max(rdepth) + 1;
             let span = lhs.span.to(rhs.span);
-            self.check_depth(depth, span)?;
-            lhs = Expr {
-                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
-                span,
-            };
+            self.check_depth(depth, op_span)?;
+            lhs = Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span };
         }
         Ok((lhs, depth))
     }
@@ -475,13 +530,7 @@ impl<'s> Parser<'s> {
         self.depth -= 1;
         let (e, d) = r?;
         let span = start.to(e.span);
-        Ok((
-            Expr {
-                kind: ExprKind::Unary(op, Box::new(e)),
-                span,
-            },
-            d + 1,
-        ))
+        Ok((Expr { kind: ExprKind::Unary(op, Box::new(e)), span }, d + 1))
     }
 
     fn postfix(&mut self) -> PResult<(Expr, usize)> {
@@ -497,19 +546,11 @@ impl<'s> Parser<'s> {
                     break;
                 }
             }
-            let end = self
-                .expect(Tok::RBracket, "`,` or `]` after the index")?
-                .span;
+            let end = self.expect(Tok::RBracket, "`,` or `]` after the index")?.span;
             depth += 1;
             let span = e.span.to(end);
             self.check_depth(depth, span)?;
-            e = Expr {
-                kind: ExprKind::Index {
-                    base: Box::new(e),
-                    indices,
-                },
-                span,
-            };
+            e = Expr { kind: ExprKind::Index { base: Box::new(e), indices }, span };
         }
         Ok((e, depth))
     }
@@ -526,6 +567,18 @@ impl<'s> Parser<'s> {
         self.peek(i) == Tok::RParen && self.peek(i + 1) == Tok::FatArrow
     }
 
+    /// At `(`: is this `(a, b, ...)`, whether or not `=>` follows?
+    fn at_lambda_params_maybe_arrowless(&self) -> bool {
+        let mut i = 1;
+        if self.peek(i) == Tok::Ident {
+            i += 1;
+            while self.peek(i) == Tok::Comma && self.peek(i + 1) == Tok::Ident {
+                i += 2;
+            }
+        }
+        self.peek(i) == Tok::RParen
+    }
+
     fn lambda(&mut self, is_mask: bool, start: Span) -> PResult<(Expr, usize)> {
         self.expect(Tok::LParen, "`(`")?;
         let mut params = Vec::new();
@@ -536,20 +589,21 @@ impl<'s> Parser<'s> {
             }
         }
         self.expect(Tok::RParen, "`)`")?;
-        self.expect(Tok::FatArrow, "`=>`")?;
+        if !self.eat(Tok::FatArrow) {
+            let found = self.found();
+            let params_text: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            self.diags.push(
+                Diagnostic::error(format!("expected `=>` after the lambda's parameters, found {found}"))
+                    .at(Span::new(self.prev_span().end, self.prev_span().end), "expected `=>`")
+                    .hint(format!("write `mask({}) => predicate`", params_text.join(", "))),
+            );
+            if !self.starts_expr() {
+                return Err(());
+            }
+        }
         let (body, d) = self.expr_depth()?;
         let span = start.to(body.span);
-        Ok((
-            Expr {
-                kind: ExprKind::Lambda {
-                    is_mask,
-                    params,
-                    body: Box::new(body),
-                },
-                span,
-            },
-            d + 1,
-        ))
+        Ok((Expr { kind: ExprKind::Lambda { is_mask, params, body: Box::new(body) }, span }, d + 1))
     }
 
     fn args(&mut self) -> PResult<(Vec<Arg>, usize)> {
@@ -570,6 +624,14 @@ impl<'s> Parser<'s> {
             if !self.eat(Tok::Comma) {
                 break;
             }
+        }
+        if self.tok() == Tok::Assign {
+            self.diags.push(
+                Diagnostic::error("`=` is not a comparison")
+                    .at(self.span(), "`=` only names an argument (`axis = -1`) or binds `let NAME = ...`")
+                    .hint("use `==` to compare"),
+            );
+            return Err(());
         }
         self.expect(Tok::RParen, "`,` or `)` in the argument list")?;
         Ok((args, depth + 1))
@@ -625,25 +687,16 @@ impl<'s> Parser<'s> {
                 let name = self.text(span);
                 if self.peek(1) == Tok::LParen {
                     self.bump();
-                    if name == "mask" && self.at_lambda_params() {
+                    if name == "mask" && self.at_lambda_params_maybe_arrowless() {
                         return self.lambda(true, span);
                     }
-                    let func = Ident {
-                        name: name.to_string(),
-                        span,
-                    };
+                    let func = Ident { name: name.to_string(), span };
                     self.enter()?;
                     let r = self.args();
                     self.depth -= 1;
                     let (args, d) = r?;
                     let span = span.to(self.prev_span());
-                    return Ok((
-                        Expr {
-                            kind: ExprKind::Call { func, args },
-                            span,
-                        },
-                        d,
-                    ));
+                    return Ok((Expr { kind: ExprKind::Call { func, args }, span }, d));
                 }
                 self.bump();
                 leaf(ExprKind::Ident(name.to_string()))
@@ -655,13 +708,7 @@ impl<'s> Parser<'s> {
                 self.bump();
                 let (inner, d) = self.expr_depth()?;
                 let end = self.expect(Tok::RParen, "`)`")?.span;
-                Ok((
-                    Expr {
-                        kind: ExprKind::Paren(Box::new(inner)),
-                        span: span.to(end),
-                    },
-                    d + 1,
-                ))
+                Ok((Expr { kind: ExprKind::Paren(Box::new(inner)), span: span.to(end) }, d + 1))
             }
             Tok::LBracket => {
                 self.bump();
@@ -676,13 +723,7 @@ impl<'s> Parser<'s> {
                     }
                 }
                 let end = self.expect(Tok::RBracket, "`,` or `]` in the array")?.span;
-                Ok((
-                    Expr {
-                        kind: ExprKind::Array(elems),
-                        span: span.to(end),
-                    },
-                    depth + 1,
-                ))
+                Ok((Expr { kind: ExprKind::Array(elems), span: span.to(end) }, depth + 1))
             }
             _ => {
                 self.error_expected("an expression");
@@ -727,72 +768,44 @@ mod tests {
                 let a: Vec<String> = args.iter().map(|a| show(&a.value)).collect();
                 format!("{}({})", func.name, a.join(", "))
             }
-            ExprKind::Pipe {
-                lhs, func, args, ..
-            } => {
+            ExprKind::Pipe { lhs, func, args, .. } => {
                 let a: Vec<String> = args.iter().map(|a| show(&a.value)).collect();
                 format!("{} |> {}({})", show(lhs), func.name, a.join(", "))
             }
             ExprKind::Lambda { body, .. } => format!("(=> {})", show(body)),
-            ExprKind::Index { base, indices } => format!(
-                "{}[{}]",
-                show(base),
-                indices.iter().map(show).collect::<Vec<_>>().join(", ")
-            ),
+            ExprKind::Index { base, indices } => {
+                format!("{}[{}]", show(base), indices.iter().map(show).collect::<Vec<_>>().join(", "))
+            }
             other => format!("{other:?}"),
         }
     }
 
     #[test]
     fn precedence() {
-        assert_eq!(
-            show(&body_expr("q @ k * 0.125 + m")),
-            "(((q @ k) * 0.125) + m)"
-        );
+        assert_eq!(show(&body_expr("q @ k * 0.125 + m")), "(((q @ k) * 0.125) + m)");
         assert_eq!(show(&body_expr("a - b - c")), "((a - b) - c)");
         assert_eq!(show(&body_expr("-a * b")), "((-a) * b)");
         assert_eq!(show(&body_expr("a | b & !c")), "(a | (b & (!c)))");
         assert_eq!(show(&body_expr("a + b |> f(1)")), "(a + b) |> f(1)");
-        assert_eq!(
-            show(&body_expr("causal & mask(q, k, h) => q - k < s[h]")),
-            "(causal & (=> ((q - k) < s[h])))"
-        );
-        assert_eq!(
-            show(&body_expr("f(x, score = (s, q, k, h) => s * 2, y = 1)")),
-            "f(x, (=> (s * 2)), 1)"
-        );
+        assert_eq!(show(&body_expr("causal & mask(q, k, h) => q - k < s[h]")), "(causal & (=> ((q - k) < s[h])))");
+        assert_eq!(show(&body_expr("f(x, score = (s, q, k, h) => s * 2, y = 1)")), "f(x, (=> (s * 2)), 1)");
     }
 
     #[test]
     fn recovers_and_reports_several_errors() {
-        let p = parse(
-            "graph g(x: f32[4]) -> f32[4] {\n let a = x +\n let b = )\n return x\n}\ngraph h(",
-        );
+        let p = parse("graph g(x: f32[4]) -> f32[4] {\n let a = x +\n let b = )\n return x\n}\ngraph h(");
         assert_eq!(p.diagnostics.len(), 3, "{:?}", p.diagnostics);
         assert_eq!(p.file.items.len(), 1);
     }
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let src = format!(
-            "graph g(x: f32[4]) -> f32[4] {{ return {}x{} }}",
-            "(".repeat(100_000),
-            ")".repeat(100_000)
-        );
+        let src = format!("graph g(x: f32[4]) -> f32[4] {{ return {}x{} }}", "(".repeat(100_000), ")".repeat(100_000));
         let p = parse(&src);
-        assert!(p
-            .diagnostics
-            .iter()
-            .any(|d| d.message.contains("nested more than")));
-        let long = format!(
-            "graph g(x: f32[4]) -> f32[4] {{ return x{} }}",
-            " + x".repeat(50_000)
-        );
+        assert!(p.diagnostics.iter().any(|d| d.message.contains("nested more than")));
+        let long = format!("graph g(x: f32[4]) -> f32[4] {{ return x{} }}", " + x".repeat(50_000));
         let p = parse(&long);
-        assert!(p
-            .diagnostics
-            .iter()
-            .any(|d| d.message.contains("nested more than")));
+        assert!(p.diagnostics.iter().any(|d| d.message.contains("nested more than")));
     }
 
     #[test]

@@ -51,8 +51,8 @@ impl<'a> Lowerer<'a> {
                         .at(span, "expected `=>` and a predicate after the parameters"),
                 );
             }
-            let mut d = Diagnostic::error(format!("unknown function `{name}`"))
-                .at(func.span, "not a built-in function");
+            let mut d =
+                Diagnostic::error(format!("unknown function `{name}`")).at(func.span, "not a built-in function");
             if let Some(c) = closest(name, BUILTINS.iter().copied().chain(["causal", "document"])) {
                 d = d.hint(format!("did you mean `{c}`?"));
             }
@@ -68,13 +68,7 @@ impl<'a> Lowerer<'a> {
         self.builtin(name, b, span)
     }
 
-    fn bind<'e>(
-        &mut self,
-        func: &Ident,
-        args: Vec<CallArg<'e>>,
-        sig: &Sig,
-        span: Span,
-    ) -> Option<Bound<'e>> {
+    fn bind<'e>(&mut self, func: &Ident, args: Vec<CallArg<'e>>, sig: &Sig, span: Span) -> Option<Bound<'e>> {
         let mut out: Bound<'e> = vec![None; sig.params.len()];
         let mut ok = true;
         let mut positional = 0;
@@ -102,12 +96,9 @@ impl<'a> Lowerer<'a> {
                 Some(n) => match sig.params.iter().position(|p| *p == n.name) {
                     Some(p) => p,
                     None => {
-                        let mut d = Diagnostic::error(format!(
-                            "`{}` has no argument named `{}`",
-                            func.name, n.name
-                        ))
-                        .at(n.span, "unknown argument")
-                        .note(format!("usage: {usage}"));
+                        let mut d = Diagnostic::error(format!("`{}` has no argument named `{}`", func.name, n.name))
+                            .at(n.span, "unknown argument")
+                            .note(format!("usage: {usage}"));
                         if let Some(c) = closest(&n.name, sig.params.iter().copied()) {
                             d = d.hint(format!("did you mean `{c}`?"));
                         }
@@ -119,11 +110,8 @@ impl<'a> Lowerer<'a> {
             };
             if out[slot].is_some() {
                 self.diags.push(
-                    Diagnostic::error(format!(
-                        "argument `{}` of `{}` is given twice",
-                        sig.params[slot], func.name
-                    ))
-                    .at(a.span, "given again here"),
+                    Diagnostic::error(format!("argument `{}` of `{}` is given twice", sig.params[slot], func.name))
+                        .at(a.span, "given again here"),
                 );
                 ok = false;
                 continue;
@@ -174,11 +162,8 @@ impl<'a> Lowerer<'a> {
             Const::Int(i) => Some(i),
             other => {
                 self.diags.push(
-                    Diagnostic::error(format!(
-                        "{what} must be an integer, found {}",
-                        other.describe()
-                    ))
-                    .at(a.span, "expected an integer"),
+                    Diagnostic::error(format!("{what} must be an integer, found {}", other.describe()))
+                        .at(a.span, "expected an integer"),
                 );
                 None
             }
@@ -191,11 +176,8 @@ impl<'a> Lowerer<'a> {
             Const::Float(f) => Some(f),
             other => {
                 self.diags.push(
-                    Diagnostic::error(format!(
-                        "{what} must be a number, found {}",
-                        other.describe()
-                    ))
-                    .at(a.span, "expected a number"),
+                    Diagnostic::error(format!("{what} must be a number, found {}", other.describe()))
+                        .at(a.span, "expected a number"),
                 );
                 None
             }
@@ -207,11 +189,8 @@ impl<'a> Lowerer<'a> {
             Const::Bool(b) => Some(b),
             other => {
                 self.diags.push(
-                    Diagnostic::error(format!(
-                        "{what} must be `true` or `false`, found {}",
-                        other.describe()
-                    ))
-                    .at(a.span, "expected a bool"),
+                    Diagnostic::error(format!("{what} must be `true` or `false`, found {}", other.describe()))
+                        .at(a.span, "expected a bool"),
                 );
                 None
             }
@@ -259,9 +238,7 @@ impl<'a> Lowerer<'a> {
         };
         let r = rank as i64;
         if v < -r || v >= r {
-            let mut d = Diagnostic::error(format!(
-                "axis {v} is out of range for a tensor of rank {rank}"
-            ));
+            let mut d = Diagnostic::error(format!("axis {v} is out of range for a tensor of rank {rank}"));
             if a.is_some() {
                 d = d.at(span, format!("expected an axis in {}..{}", -r, r));
             }
@@ -305,10 +282,8 @@ impl<'a> Lowerer<'a> {
                     if let ArgValue::Expr(e) = &a.value {
                         if a.name.is_none() && matches!(self.expr(e), Val::Node(_)) {
                             return self.err(
-                                Diagnostic::error(format!(
-                                    "not supported yet: elementwise `{name}` of two tensors"
-                                ))
-                                .at(a.span, "the second argument of a reduction is its axis"),
+                                Diagnostic::error(format!("not supported yet: elementwise `{name}` of two tensors"))
+                                    .at(a.span, "the second argument of a reduction is its axis"),
                             );
                         }
                     }
@@ -339,24 +314,36 @@ impl<'a> Lowerer<'a> {
                 for p in raw {
                     if p < -r || p >= r {
                         return self.err(
-                            Diagnostic::error(format!(
-                                "axis {p} in the permutation is out of range for rank {r}"
-                            ))
-                            .at(a.span, "out of range"),
+                            Diagnostic::error(format!("axis {p} in the permutation is out of range for rank {r}"))
+                                .at(a.span, "out of range"),
                         );
                     }
                     perm.push(if p < 0 { (p + r) as usize } else { p as usize });
+                }
+                let mut problems = Vec::new();
+                if perm.len() != r as usize {
+                    problems.push(format!("it has {} entries but the tensor has rank {r}", perm.len()));
+                }
+                for ax in 0..r as usize {
+                    match perm.iter().filter(|p| **p == ax).count() {
+                        0 => problems.push(format!("axis {ax} is missing")),
+                        1 => {}
+                        n => problems.push(format!("axis {ax} appears {n} times")),
+                    }
+                }
+                if !problems.is_empty() {
+                    let ty = self.tensor_ty(x).map(|t| t.to_string()).unwrap_or_default();
+                    return self.err(
+                        Diagnostic::error(format!("not a permutation of the axes of {ty}: {}", problems.join(", ")))
+                            .at(a.span, "each axis must appear exactly once"),
+                    );
                 }
                 self.node(Op::Permute { perm }, &[x], span, &arg_spans)
             }
             "reshape" => {
                 let x = t!(0);
                 let a = some!(b[1].as_ref());
-                let ArgValue::Expr(Expr {
-                    kind: ExprKind::Array(elems),
-                    ..
-                }) = &a.value
-                else {
+                let ArgValue::Expr(Expr { kind: ExprKind::Array(elems), .. }) = &a.value else {
                     return self.err(
                         Diagnostic::error("the new shape must be a list of dimensions")
                             .at(a.span, "expected e.g. `[T, 8, 64]`"),
@@ -370,14 +357,9 @@ impl<'a> Lowerer<'a> {
             }
             "concat" => {
                 let a = some!(b[0].as_ref());
-                let ArgValue::Expr(Expr {
-                    kind: ExprKind::Array(elems),
-                    ..
-                }) = &a.value
-                else {
+                let ArgValue::Expr(Expr { kind: ExprKind::Array(elems), .. }) = &a.value else {
                     return self.err(
-                        Diagnostic::error("`concat` takes a list of tensors")
-                            .at(a.span, "expected e.g. `[a, b]`"),
+                        Diagnostic::error("`concat` takes a list of tensors").at(a.span, "expected e.g. `[a, b]`"),
                     );
                 };
                 let mut xs = Vec::new();
@@ -389,10 +371,7 @@ impl<'a> Lowerer<'a> {
                 }
                 let xs: Vec<NodeId> = some!(xs.into_iter().collect::<Option<Vec<_>>>());
                 if xs.is_empty() {
-                    return self.err(
-                        Diagnostic::error("`concat` needs at least one tensor")
-                            .at(a.span, "empty list"),
-                    );
+                    return self.err(Diagnostic::error("`concat` needs at least one tensor").at(a.span, "empty list"));
                 }
                 let axis = some!(self.axis(b[1].as_ref(), 0, self.rank(xs[0])));
                 self.node(Op::Concat { axis }, &xs, span, &spans)
@@ -404,6 +383,28 @@ impl<'a> Lowerer<'a> {
                     Some(a) => some!(self.arg_int(a, "`start`")),
                     None => 0,
                 };
+                let size = self.tensor_ty(x).and_then(|t| t.shape[axis].as_const());
+                let start_span = b[2].as_ref().map_or(span, |a| a.span);
+                let end_span = b[3].as_ref().map_or(span, |a| a.span);
+                if start < 0 || size.is_some_and(|n| start >= n) {
+                    let what = size.map_or("not negative".to_string(), |n| format!("in 0..{n}"));
+                    return self.err(
+                        Diagnostic::error(format!("slice start {start} is out of range"))
+                            .at(start_span, format!("start must be {what}"))
+                            .note(size.map_or(String::new(), |n| format!("axis {axis} has size {n}"))),
+                    );
+                }
+                if let (Some(a), Some(n)) = (&b[3], size) {
+                    if let Val::Const(Const::Int(e)) = self.arg_val(a) {
+                        if e > n || e <= start {
+                            return self.err(
+                                Diagnostic::error(format!("slice end {e} is out of range"))
+                                    .at(end_span, format!("end must be in {}..={n}", start + 1))
+                                    .note(format!("axis {axis} has size {n}")),
+                            );
+                        }
+                    }
+                }
                 let end = match &b[3] {
                     Some(a) => some!(self.arg_int(a, "`end`")),
                     None => match self.tensor_ty(x).and_then(|t| t.shape[axis].as_const()) {
@@ -426,11 +427,7 @@ impl<'a> Lowerer<'a> {
                 self.node(Op::Repeat { times, axis }, &[x], span, &arg_spans)
             }
             "where" => {
-                let (ca, aa, ba) = (
-                    some!(b[0].as_ref()),
-                    some!(b[1].as_ref()),
-                    some!(b[2].as_ref()),
-                );
+                let (ca, aa, ba) = (some!(b[0].as_ref()), some!(b[1].as_ref()), some!(b[2].as_ref()));
                 let c = self.arg_val(ca);
                 let va = self.arg_val(aa);
                 let vb = self.arg_val(ba);
@@ -439,10 +436,8 @@ impl<'a> Lowerer<'a> {
                     Val::Error => return Val::Error,
                     Val::Const(_) => {
                         return self.err(
-                            Diagnostic::error(
-                                "the condition of `where` must be a mask or a bool tensor",
-                            )
-                            .at(ca.span, "a constant"),
+                            Diagnostic::error("the condition of `where` must be a mask or a bool tensor")
+                                .at(ca.span, "a constant"),
                         )
                     }
                 };
@@ -451,12 +446,7 @@ impl<'a> Lowerer<'a> {
                     if let Some(t) = self.tensor_ty(x).cloned() {
                         let r = t.rank();
                         if r >= 2 {
-                            self.check_mask_fits(
-                                cond,
-                                t.shape[r - 2].as_const(),
-                                t.shape[r - 1].as_const(),
-                                span,
-                            );
+                            self.check_mask_fits(cond, t.shape[r - 2].as_const(), t.shape[r - 1].as_const(), span);
                         }
                     }
                 }
@@ -465,11 +455,8 @@ impl<'a> Lowerer<'a> {
             "layernorm" | "rmsnorm" => {
                 let x = t!(0);
                 let g = t!(1);
-                let (bias, eps_slot, default) = if name == "layernorm" {
-                    (Some(t!(2)), 3, 1e-5)
-                } else {
-                    (None, 2, 1e-6)
-                };
+                let (bias, eps_slot, default) =
+                    if name == "layernorm" { (Some(t!(2)), 3, 1e-5) } else { (None, 2, 1e-6) };
                 let eps = match &b[eps_slot] {
                     Some(a) => some!(self.arg_float(a, "`eps`")),
                     None => default,
@@ -534,15 +521,9 @@ impl<'a> Lowerer<'a> {
         let mut score = None;
         if let Some(a) = &b[5] {
             match &a.value {
-                ArgValue::Expr(Expr {
-                    kind:
-                        ExprKind::Lambda {
-                            is_mask: false,
-                            params,
-                            body,
-                        },
-                    ..
-                }) if (1..=4).contains(&params.len()) => {
+                ArgValue::Expr(Expr { kind: ExprKind::Lambda { is_mask: false, params, body }, .. })
+                    if (1..=4).contains(&params.len()) =>
+                {
                     let vars: Vec<(String, LambdaVar)> = params
                         .iter()
                         .zip([LambdaVar::S, LambdaVar::Q, LambdaVar::K, LambdaVar::H])
@@ -552,11 +533,9 @@ impl<'a> Lowerer<'a> {
                     match self.scalar(body, &vars, &mut ops) {
                         Some((_, SType::Bool)) => {
                             self.diags.push(
-                                Diagnostic::error(
-                                    "a score modifier must give a number, this gives a boolean",
-                                )
-                                .at(body.span, "a predicate")
-                                .hint("to mask scores pass `mask = mask(q, k, h) => ...` instead"),
+                                Diagnostic::error("a score modifier must give a number, this gives a boolean")
+                                    .at(body.span, "a predicate")
+                                    .hint("to mask scores pass `mask = mask(q, k, h) => ...` instead"),
                             );
                             ok = false;
                         }
@@ -596,16 +575,7 @@ impl<'a> Lowerer<'a> {
                 }
             }
         }
-        self.node(
-            Op::Attention {
-                scale,
-                masked,
-                score,
-            },
-            &inputs,
-            span,
-            &spans,
-        )
+        self.node(Op::Attention { scale, masked, score }, &inputs, span, &spans)
     }
 
     fn builtin_mask(&mut self, name: &str, b: Bound, span: Span) -> Val {
@@ -620,18 +590,15 @@ impl<'a> Lowerer<'a> {
                 }
             };
         }
-        let positive =
-            |s: &mut Self, v: Option<(i64, Span)>, what: &str, min: i64| -> Option<i64> {
-                let (v, sp) = v?;
-                if v < min {
-                    s.diags.push(
-                        Diagnostic::error(format!("{what} must be at least {min}, found {v}"))
-                            .at(sp, "too small"),
-                    );
-                    return None;
-                }
-                Some(v)
-            };
+        let positive = |s: &mut Self, v: Option<(i64, Span)>, what: &str, min: i64| -> Option<i64> {
+            let (v, sp) = v?;
+            if v < min {
+                s.diags
+                    .push(Diagnostic::error(format!("{what} must be at least {min}, found {v}")).at(sp, "too small"));
+                return None;
+            }
+            Some(v)
+        };
         let m = match name {
             "causal" => MaskExpr::Causal,
             "local" => {
@@ -649,10 +616,7 @@ impl<'a> Lowerer<'a> {
             "dilated" => {
                 let w = int!(0, "the window");
                 let d = int!(1, "the dilation");
-                match (
-                    positive(self, w, "the window", 1),
-                    positive(self, d, "the dilation", 1),
-                ) {
+                match (positive(self, w, "the window", 1), positive(self, d, "the dilation", 1)) {
                     (Some(w), Some(d)) => MaskExpr::Dilated { w, d },
                     _ => return Val::Error,
                 }
@@ -681,10 +645,7 @@ impl<'a> Lowerer<'a> {
                     Some(a) => a,
                     None => return Val::Error,
                 };
-                let block = match b[1]
-                    .as_ref()
-                    .and_then(|a| self.arg_ints(a, "`block`").map(|v| (v, a.span)))
-                {
+                let block = match b[1].as_ref().and_then(|a| self.arg_ints(a, "`block`").map(|v| (v, a.span))) {
                     Some((v, _)) if v.len() == 1 && v[0] >= 1 => [v[0], v[0]],
                     Some((v, _)) if v.len() == 2 && v[0] >= 1 && v[1] >= 1 => [v[0], v[1]],
                     Some((_, s)) => {
@@ -697,18 +658,10 @@ impl<'a> Lowerer<'a> {
                 };
                 match self.arg_val(la) {
                     Val::Node(id) => {
-                        return self.mask_node(
-                            MaskExpr::Blocks {
-                                layout: ArrayRef::Operand(0),
-                                block,
-                            },
-                            vec![id],
-                            span,
-                        )
+                        return self.mask_node(MaskExpr::Blocks { layout: ArrayRef::Operand(0), block }, vec![id], span)
                     }
                     Val::Const(Const::Array(mut a))
-                        if a.shape.len() == 2
-                            && (a.dtype == DType::Bool || a.dtype == DType::I32) =>
+                        if a.shape.len() == 2 && (a.dtype == DType::Bool || a.dtype == DType::I32) =>
                     {
                         if a.data.iter().any(|v| *v != 0.0 && *v != 1.0) {
                             return self.err(
@@ -717,18 +670,13 @@ impl<'a> Lowerer<'a> {
                             );
                         }
                         a.dtype = DType::Bool;
-                        MaskExpr::Blocks {
-                            layout: ArrayRef::Const(a),
-                            block,
-                        }
+                        MaskExpr::Blocks { layout: ArrayRef::Const(a), block }
                     }
                     Val::Error => return Val::Error,
                     _ => {
                         return self.err(
-                            Diagnostic::error(
-                                "a block layout must be a 2-D bool input or constant array",
-                            )
-                            .at(la.span, "not a 2-D layout"),
+                            Diagnostic::error("a block layout must be a 2-D bool input or constant array")
+                                .at(la.span, "not a 2-D layout"),
                         )
                     }
                 }
@@ -764,10 +712,7 @@ impl<'a> Lowerer<'a> {
         let n = kernel.len();
         if !(1..=3).contains(&n) {
             self.diags.push(
-                Diagnostic::error(format!(
-                    "neighborhood attention has 1, 2 or 3 axes, found {n}"
-                ))
-                .at(ka.span, "here"),
+                Diagnostic::error(format!("neighborhood attention has 1, 2 or 3 axes, found {n}")).at(ka.span, "here"),
             );
             return None;
         }
@@ -778,11 +723,8 @@ impl<'a> Lowerer<'a> {
                 Some(vec![v[0]; n])
             } else {
                 s.diags.push(
-                    Diagnostic::error(format!(
-                        "`{what}` has {} entries but `kernel` has {n}",
-                        v.len()
-                    ))
-                    .at(a.span, format!("expected {n} entries")),
+                    Diagnostic::error(format!("`{what}` has {} entries but `kernel` has {n}", v.len()))
+                        .at(a.span, format!("expected {n} entries")),
                 );
                 None
             }
@@ -804,11 +746,8 @@ impl<'a> Lowerer<'a> {
                     vec![v[0]; n]
                 } else {
                     self.diags.push(
-                        Diagnostic::error(format!(
-                            "`causal` has {} entries but `kernel` has {n}",
-                            v.len()
-                        ))
-                        .at(a.span, "wrong length"),
+                        Diagnostic::error(format!("`causal` has {} entries but `kernel` has {n}", v.len()))
+                            .at(a.span, "wrong length"),
                     );
                     return None;
                 }
@@ -820,16 +759,13 @@ impl<'a> Lowerer<'a> {
             let (k, g, d) = (kernel[ax], grid[ax], dilation[ax]);
             if k < 1 || k % 2 == 0 {
                 self.diags.push(
-                    Diagnostic::error(format!(
-                        "the kernel must be odd and positive, found {k} on axis {ax}"
-                    ))
-                    .at(ka.span, "NATTEN kernels are odd"),
+                    Diagnostic::error(format!("the kernel must be odd and positive, found {k} on axis {ax}"))
+                        .at(ka.span, "NATTEN kernels are odd"),
                 );
                 ok = false;
             } else if g < 1 || d < 1 {
                 self.diags.push(
-                    Diagnostic::error(format!("grid and dilation must be positive on axis {ax}"))
-                        .at(span, "here"),
+                    Diagnostic::error(format!("grid and dilation must be positive on axis {ax}")).at(span, "here"),
                 );
                 ok = false;
             } else if g / d < k {
@@ -843,21 +779,10 @@ impl<'a> Lowerer<'a> {
                 ok = false;
             }
         }
-        if grid
-            .iter()
-            .try_fold(1i64, |acc, g| acc.checked_mul(*g))
-            .is_none()
-        {
-            self.diags.push(
-                Diagnostic::error("the grid has too many positions").at(ga.span, "overflows"),
-            );
+        if grid.iter().try_fold(1i64, |acc, g| acc.checked_mul(*g)).is_none() {
+            self.diags.push(Diagnostic::error("the grid has too many positions").at(ga.span, "overflows"));
             ok = false;
         }
-        ok.then_some(MaskExpr::Neighborhood {
-            kernel,
-            grid,
-            dilation,
-            causal,
-        })
+        ok.then_some(MaskExpr::Neighborhood { kernel, grid, dilation, causal })
     }
 }
