@@ -50,19 +50,11 @@ pub struct InputPlan {
 
 /// Builds the input tensors of `g`, in parameter order. Every problem is an
 /// error message that names the input and says what to pass instead.
-pub fn assemble_inputs(
-    g: &Graph,
-    plan: &InputPlan,
-    limits: &Limits,
-) -> Result<Vec<Tensor>, String> {
+pub fn assemble_inputs(g: &Graph, plan: &InputPlan, limits: &Limits) -> Result<Vec<Tensor>, String> {
     let names: Vec<&str> = g.params().iter().map(|p| p.name.as_str()).collect();
     for name in plan.sources.keys() {
         if !names.contains(&name.as_str()) {
-            return Err(format!(
-                "graph `{}` has no input `{name}` (its inputs: {})",
-                g.name,
-                names.join(", ")
-            ));
+            return Err(format!("graph `{}` has no input `{name}` (its inputs: {})", g.name, names.join(", ")));
         }
     }
     let weights = match &plan.weights {
@@ -72,10 +64,9 @@ pub fn assemble_inputs(
     let mut given: Vec<Option<Tensor>> = Vec::new();
     for p in g.params() {
         let t = match plan.sources.get(&p.name) {
-            Some(InputSource::File(path)) => Some(
-                npy::read_npy_as(path, p.ty.dtype)
-                    .map_err(|e| format!("input `{}`: {e}", p.name))?,
-            ),
+            Some(InputSource::File(path)) => {
+                Some(npy::read_npy_as(path, p.ty.dtype).map_err(|e| format!("input `{}`: {e}", p.name))?)
+            }
             Some(InputSource::Random(_)) => None,
             None => weights.get(&p.name).cloned(),
         };
@@ -88,15 +79,13 @@ pub fn assemble_inputs(
     for (p, t) in g.params().iter().zip(&given) {
         let Some(t) = t else { continue };
         if t.dtype != p.ty.dtype || t.shape.len() != p.ty.rank() {
-            return Err(format!(
-                "input `{}`: expected {}, found {}",
-                p.name,
-                p.ty,
-                t.type_text()
-            ));
+            return Err(format!("input `{}`: expected {}, found {}", p.name, p.ty, t.type_text()));
         }
         for (axis, (d, &n)) in p.ty.shape.iter().zip(&t.shape).enumerate() {
             let n = n as i64;
+            if n < 1 {
+                return Err(format!("input `{}`: axis {axis} has size {n}; tdlc dimensions are at least 1", p.name));
+            }
             if let Some(c) = d.as_const() {
                 if c != n {
                     return Err(format!(
@@ -129,10 +118,7 @@ pub fn assemble_inputs(
         }
         match bindings.get(sym) {
             Some(&have) if have != v => {
-                return Err(format!(
-                    "--bind {sym}={v} contradicts {}, which gives {sym} = {have}",
-                    bound_by[sym]
-                ));
+                return Err(format!("--bind {sym}={v} contradicts {}, which gives {sym} = {have}", bound_by[sym]));
             }
             _ => {
                 bindings.insert(sym.clone(), v);
@@ -145,11 +131,7 @@ pub fn assemble_inputs(
             return Err(format!(
                 "--bind {sym}: graph `{}` has no symbol `{sym}` (its symbols: {})",
                 g.name,
-                if symbols.is_empty() {
-                    "none".to_string()
-                } else {
-                    symbols.join(", ")
-                }
+                if symbols.is_empty() { "none".to_string() } else { symbols.join(", ") }
             ));
         }
     }

@@ -1,8 +1,8 @@
 //! `tdlc`, the command-line compiler.
 //!
 //! Exit codes (scripts rely on them): 0 success; 1 user error (bad source,
-//! bad input, bad arguments); 2 internal error (a bug in tdlc: it prints
-//! "internal error", the stage, and how to report it).
+//! bad input, bad command-line arguments); 2 internal error (a bug in tdlc:
+//! it prints "internal error", the stage, and how to report it).
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -117,15 +117,25 @@ fn user(msg: impl Into<String>) -> Failure {
     Failure::User(Some(msg.into()))
 }
 
+/// The last panic's message and stage, recorded by the hook and printed only
+/// if the panic reaches `main`: a library that catches a panic of its own
+/// (npyz on hostile headers) must not make tdlc claim a bug.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let default_hook = std::panic::take_hook();
+    // Usage errors are user errors (exit 1); exit 2 is reserved for bugs.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
     std::panic::set_hook(Box::new(move |info| {
         let where_ = STAGE.with(|s| s.get());
-        eprintln!("internal error: tdlc panicked during `{where_}`: {info}");
-        eprintln!("this is a bug in tdlc, not in your input; please report it with the input file and this message");
-        if std::env::var_os("RUST_BACKTRACE").is_some() {
-            default_hook(info);
+        let backtrace = std::backtrace::Backtrace::capture();
+        if let Ok(mut slot) = LAST_PANIC.lock() {
+            *slot = Some(format!("tdlc panicked during `{where_}`: {info}\n{backtrace}"));
         }
     }));
     let result = std::panic::catch_unwind(|| dispatch(cli));
@@ -140,10 +150,17 @@ fn main() -> ExitCode {
         Ok(Err(Failure::Internal(msg))) => {
             let where_ = STAGE.with(|s| s.get());
             eprintln!("internal error during `{where_}`: {msg}");
+            eprintln!(
+                "this is a bug in tdlc, not in your input; please report it with the input file and this message"
+            );
+            ExitCode::from(2)
+        }
+        Err(_) => {
+            let msg = LAST_PANIC.lock().ok().and_then(|mut m| m.take()).unwrap_or_else(|| "tdlc panicked".into());
+            eprintln!("internal error: {}", msg.trim_end());
             eprintln!("this is a bug in tdlc, not in your input; please report it with the input file and this message");
             ExitCode::from(2)
         }
-        Err(_) => ExitCode::from(2),
     }
 }
 
@@ -166,26 +183,18 @@ fn dispatch(cli: Cli) -> Res<()> {
             })?;
             if check {
                 if out != src {
-                    return Err(user(format!(
-                        "{name} is not formatted (run `tdlc fmt --write {name}`)"
-                    )));
+                    return Err(user(format!("{name} is not formatted (run `tdlc fmt --write {name}`)")));
                 }
             } else if write {
                 if out != src {
-                    std::fs::write(&file, out)
-                        .map_err(|e| user(format!("cannot write {name}: {e}")))?;
+                    std::fs::write(&file, out).map_err(|e| user(format!("cannot write {name}: {e}")))?;
                 }
             } else {
                 print!("{out}");
             }
             Ok(())
         }
-        Command::Compile {
-            file,
-            emit,
-            graph,
-            output,
-        } => {
+        Command::Compile { file, emit, graph, output } => {
             let (name, src) = read_source(&file)?;
             let checked = check(&name, &src)?;
             let graphs: Vec<&VerifiedGraph> = match &graph {
@@ -194,15 +203,12 @@ fn dispatch(cli: Cli) -> Res<()> {
             };
             stage("emit");
             let text = match emit {
-                Emit::Graph => graphs
-                    .iter()
-                    .map(|g| tdl::ir::text::print_graph(g.graph()))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                Emit::Graph => {
+                    graphs.iter().map(|g| tdl::ir::text::print_graph(g.graph())).collect::<Vec<_>>().join("\n")
+                }
             };
             match output {
-                Some(p) => std::fs::write(&p, text)
-                    .map_err(|e| user(format!("cannot write {}: {e}", p.display())))?,
+                Some(p) => std::fs::write(&p, text).map_err(|e| user(format!("cannot write {}: {e}", p.display())))?,
                 None => print!("{text}"),
             }
             Ok(())
@@ -228,7 +234,9 @@ fn read_source(path: &Path) -> Res<(String, String)> {
             let at = e.utf8_error().valid_up_to();
             let valid = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
             let (line, col) = line_col(&valid, at);
-            Err(user(format!("{name}:{line}:{col}: the file is not valid UTF-8 (byte {at}); .tdl files are UTF-8 text")))
+            Err(user(format!(
+                "{name}:{line}:{col}: the file is not valid UTF-8 (byte {at}); .tdl files are UTF-8 text"
+            )))
         }
     }
 }
@@ -252,25 +260,19 @@ fn check(name: &str, src: &str) -> Res<Checked> {
 fn select<'c>(checked: &'c Checked, graph: Option<&str>, file: &str) -> Res<&'c VerifiedGraph> {
     let names: Vec<&str> = checked.graphs.iter().map(|g| g.name.as_str()).collect();
     match graph {
-        Some(n) => checked.graphs.iter().find(|g| g.name == n).ok_or_else(|| {
-            user(format!(
-                "{file} has no graph `{n}` (its graphs: {})",
-                names.join(", ")
-            ))
-        }),
+        Some(n) => checked
+            .graphs
+            .iter()
+            .find(|g| g.name == n)
+            .ok_or_else(|| user(format!("{file} has no graph `{n}` (its graphs: {})", names.join(", ")))),
         None if checked.graphs.len() == 1 => Ok(&checked.graphs[0]),
         None if checked.graphs.is_empty() => Err(user(format!("{file} has no graphs"))),
-        None => Err(user(format!(
-            "{file} has several graphs ({}): choose one with --graph NAME",
-            names.join(", ")
-        ))),
+        None => Err(user(format!("{file} has several graphs ({}): choose one with --graph NAME", names.join(", ")))),
     }
 }
 
 fn parse_kv<'s>(s: &'s str, flag: &str, example: &str) -> Res<(&'s str, &'s str)> {
-    s.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| user(format!("{flag} {s}: expected {example}")))
+    s.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| user(format!("{flag} {s}: expected {example}")))
 }
 
 fn run(args: RunArgs) -> Res<()> {
@@ -278,12 +280,8 @@ fn run(args: RunArgs) -> Res<()> {
     let checked = check(&name, &src)?;
     let g = select(&checked, args.graph.as_deref(), &name)?;
     stage("inputs");
-    let mut plan = InputPlan {
-        weights: args.weights.clone(),
-        random_rest: args.random,
-        seed: args.seed,
-        ..InputPlan::default()
-    };
+    let mut plan =
+        InputPlan { weights: args.weights.clone(), random_rest: args.random, seed: args.seed, ..InputPlan::default() };
     for s in &args.inputs {
         let (k, v) = parse_kv(s, "--input", "NAME=PATH.npy or NAME=random[:SEED]")?;
         let src = InputSource::parse(v).map_err(|e| user(format!("--input {s}: {e}")))?;
@@ -293,9 +291,7 @@ fn run(args: RunArgs) -> Res<()> {
     }
     for s in &args.binds {
         let (k, v) = parse_kv(s, "--bind", "SYM=N")?;
-        let n: i64 = v
-            .parse()
-            .map_err(|_| user(format!("--bind {s}: `{v}` is not an integer")))?;
+        let n: i64 = v.parse().map_err(|_| user(format!("--bind {s}: `{v}` is not an integer")))?;
         plan.binds.insert(k.to_string(), n);
     }
     if args.outputs.len() > g.results().len() {
@@ -310,9 +306,7 @@ fn run(args: RunArgs) -> Res<()> {
     let inputs = assemble_inputs(g, &plan, &limits).map_err(user)?;
     stage("run");
     let outputs = match args.backend {
-        Backend::Reference => {
-            tdl::reference::run_with_limits(g, &inputs, &limits).map_err(|e| user(e.to_string()))?
-        }
+        Backend::Reference => tdl::reference::run_with_limits(g, &inputs, &limits).map_err(|e| user(e.to_string()))?,
     };
     stage("output");
     for (i, t) in outputs.iter().enumerate() {
@@ -334,13 +328,6 @@ fn summary(t: &Tensor) -> String {
     let min = t.data.iter().copied().fold(f64::INFINITY, f64::min);
     let max = t.data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mean = t.data.iter().sum::<f64>() / n as f64;
-    let finite = if t.all_finite() {
-        "all finite"
-    } else {
-        "NOT all finite"
-    };
-    format!(
-        "{}  min {min:.6}  max {max:.6}  mean {mean:.6}  ({finite})",
-        t.type_text()
-    )
+    let finite = if t.all_finite() { "all finite" } else { "NOT all finite" };
+    format!("{}  min {min:.6}  max {max:.6}  mean {mean:.6}  ({finite})", t.type_text())
 }

@@ -99,9 +99,17 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// The source as shown in diagnostics: control characters other than tab
+/// and line breaks (NUL above all) become spaces, one byte for one byte, so
+/// spans still line up and the caret under them is visible.
+fn shown(source: &str) -> String {
+    source.chars().map(|c| if c.is_control() && !matches!(c, '\t' | '\n' | '\r') && c.len_utf8() == 1 { ' ' } else { c }).collect()
+}
+
 /// Renders diagnostics as text, without colour (what snapshots hold).
 pub fn render(diags: &[Diagnostic], file_name: &str, source: &str) -> String {
-    let file = SimpleFile::new(file_name, source);
+    let source = &shown(source);
+    let file = SimpleFile::new(file_name, source.as_str());
     let config = term::Config::default();
     let mut out = String::new();
     for d in diags {
@@ -121,7 +129,8 @@ pub fn emit_stderr(diags: &[Diagnostic], file_name: &str, source: &str) {
     use std::io::IsTerminal;
     let choice = if std::io::stderr().is_terminal() { ColorChoice::Auto } else { ColorChoice::Never };
     let mut stream = StandardStream::stderr(choice);
-    let file = SimpleFile::new(file_name, source);
+    let source = &shown(source);
+    let file = SimpleFile::new(file_name, source.as_str());
     let config = term::Config::default();
     for d in diags {
         if term::emit_to_write_style(&mut stream, &config, &file, &d.to_codespan(source.len())).is_err() {

@@ -24,6 +24,9 @@ pub fn format_source(src: &str) -> Result<String, Vec<Diagnostic>> {
     }
     let mut f = Formatter { src, comments: parsed.comments, next_comment: 0, lines: Vec::new(), last_end: 0 };
     f.file(&parsed.file);
+    if f.lines.is_empty() {
+        return Ok(String::new());
+    }
     let mut out = f.lines.join("\n");
     out.push('\n');
     Ok(out)

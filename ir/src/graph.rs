@@ -5,13 +5,13 @@
 //! weighted by the operand position. petgraph's indices never leave this
 //! module: callers hold [`NodeId`]s.
 //!
-//! Invariants (checked by [`crate::verify`]): the graph is acyclic; each
+//! Invariants (checked by [`crate::verify()`]): the graph is acyclic; each
 //! node has exactly one edge per operand position `0..n`; parameter `i` is
 //! the node `Op::Input { index: i }`; every result is a tensor whose type
 //! equals the declared result type.
 
-use std::collections::{BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::fmt;
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
@@ -134,7 +134,8 @@ impl Graph {
         self.g.node_count()
     }
 
-    /// All node ids in insertion order.
+    /// All node ids, by index. (petgraph reuses the slots of removed nodes,
+    /// so after a removal this is not necessarily insertion order.)
     pub fn node_ids(&self) -> Vec<NodeId> {
         self.g.node_indices().map(NodeId).collect()
     }
@@ -157,14 +158,16 @@ impl Graph {
 
     /// The distinct nodes that use `id` as an operand, sorted.
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        let set: BTreeSet<NodeId> = self.g.edges_directed(id.0, Direction::Outgoing).map(|e| NodeId(e.target())).collect();
+        let set: BTreeSet<NodeId> =
+            self.g.edges_directed(id.0, Direction::Outgoing).map(|e| NodeId(e.target())).collect();
         set.into_iter().collect()
     }
 
-    /// A topological order, deterministic: among ready nodes the one added
-    /// first comes first (Kahn's algorithm with a min-heap). A graph built in
-    /// a topological order is therefore listed in exactly that order, which
-    /// is what makes print → parse → print the identity. `None` on a cycle.
+    /// A topological order, deterministic: among ready nodes the one with the
+    /// lowest index comes first (Kahn's algorithm with a min-heap). A graph
+    /// built in a topological order with no removals in between (as the text
+    /// parser builds one) is listed in exactly that order, which is what
+    /// makes print → parse → print the identity. `None` on a cycle.
     pub fn topo_order(&self) -> Option<Vec<NodeId>> {
         let mut indeg: std::collections::HashMap<NodeIndex<u32>, usize> = std::collections::HashMap::new();
         let mut heap = BinaryHeap::new();

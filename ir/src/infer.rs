@@ -55,6 +55,10 @@ pub enum InferError {
     AttentionHeads { q: Dim, k: Dim },
     #[error("attention: {what}")]
     Attention { what: String },
+    #[error("invalid constant: {what}")]
+    BadConstant { what: String },
+    #[error("invalid mask: {what}")]
+    BadMask { what: String },
     #[error("mask operand {index}: {what}")]
     MaskOperand { index: usize, what: String },
     #[error(transparent)]
@@ -134,6 +138,11 @@ pub fn infer_type(op: &Op, tys: &[&Type]) -> Result<Type, InferError> {
         Op::Input { .. } => Err(InferError::Arity { op: name, expected: "a parameter, not".into(), found: tys.len() }),
         Op::Constant(c) => {
             arity(name, tys, 0)?;
+            if c.shape.iter().try_fold(1usize, |a, d| a.checked_mul(*d)) != Some(c.data.len()) {
+                return Err(InferError::BadConstant {
+                    what: format!("shape {:?} but {} values", c.shape, c.data.len()),
+                });
+            }
             t(TensorType::new(c.dtype, c.shape.iter().map(|&d| Dim::constant(d as i64)).collect()))
         }
         Op::Unary(u) => {
@@ -314,7 +323,11 @@ pub fn infer_type(op: &Op, tys: &[&Type]) -> Result<Type, InferError> {
                 }
                 Type::Tensor(c) => {
                     if c.dtype != DType::Bool {
-                        return Err(InferError::DTypeNotAllowed { op: name, expected: "bool condition", found: c.dtype });
+                        return Err(InferError::DTypeNotAllowed {
+                            op: name,
+                            expected: "bool condition",
+                            found: c.dtype,
+                        });
                     }
                     shape = broadcast_shapes(&c.shape, &shape)?;
                 }
@@ -389,7 +402,9 @@ fn infer_attention(masked: bool, score: Option<&ScalarExpr>, tys: &[&Type]) -> R
         });
     }
     if k.shape[rk - 2] != v.shape[rv - 2] || k.shape[..rk - 2] != v.shape[..rv - 2] {
-        return Err(InferError::Attention { what: format!("k {k} and v {v} must have the same leading dimensions and length") });
+        return Err(InferError::Attention {
+            what: format!("k {k} and v {v} must have the same leading dimensions and length"),
+        });
     }
     // Leading axes: the head axis (-3) may be grouped, the rest broadcast.
     let lq = &q.shape[..rq - 2];
@@ -427,7 +442,9 @@ fn infer_attention(masked: bool, score: Option<&ScalarExpr>, tys: &[&Type]) -> R
     if let Some(s) = score {
         for i in s.operands() {
             if i < next || i >= tys.len() {
-                return Err(InferError::Attention { what: format!("score lambda reads operand {i}, which is not one of its inputs") });
+                return Err(InferError::Attention {
+                    what: format!("score lambda reads operand {i}, which is not one of its inputs"),
+                });
             }
         }
     }
@@ -447,26 +464,48 @@ fn check_mask_operands(m: &MaskExpr, tys: &[&Type]) -> Result<(), InferError> {
         }
     }
     let get = |i: usize| -> Result<&TensorType, InferError> {
-        tys.get(i)
-            .and_then(|t| t.as_tensor())
-            .ok_or(InferError::MaskOperand { index: i, what: "is missing".into() })
+        tys.get(i).and_then(|t| t.as_tensor()).ok_or(InferError::MaskOperand { index: i, what: "is missing".into() })
     };
     visit_mask(m, &mut |leaf| match leaf {
         MaskExpr::Document { ids } => {
             let t = get(*ids)?;
             if t.dtype != DType::I32 || t.rank() != 1 {
-                return Err(InferError::MaskOperand { index: *ids, what: format!("document ids must be i32[T], found {t}") });
+                return Err(InferError::MaskOperand {
+                    index: *ids,
+                    what: format!("document ids must be i32[T], found {t}"),
+                });
             }
             Ok(())
         }
         MaskExpr::Blocks { layout: ArrayRef::Operand(i), .. } => {
             let t = get(*i)?;
             if t.dtype != DType::Bool || t.rank() != 2 {
-                return Err(InferError::MaskOperand { index: *i, what: format!("a block layout must be a 2-D bool tensor, found {t}") });
+                return Err(InferError::MaskOperand {
+                    index: *i,
+                    what: format!("a block layout must be a 2-D bool tensor, found {t}"),
+                });
             }
             Ok(())
         }
         MaskExpr::Lambda(e) => check_lambda_indexing(e, &get),
+        MaskExpr::Neighborhood { kernel, grid, dilation, causal } => {
+            let n = kernel.len();
+            if !(1..=3).contains(&n) || grid.len() != n || dilation.len() != n || causal.len() != n {
+                return Err(InferError::BadMask {
+                    what: "neighborhood needs 1 to 3 axes and one kernel, grid, dilation and causal entry per axis"
+                        .into(),
+                });
+            }
+            Ok(())
+        }
+        MaskExpr::Blocks { layout: ArrayRef::Const(c), block } => {
+            if c.shape.len() != 2 || c.dtype != DType::Bool || block.iter().any(|b| *b < 1) {
+                return Err(InferError::BadMask {
+                    what: "a constant block layout must be a 2-D bool array, with positive block sizes".into(),
+                });
+            }
+            Ok(())
+        }
         _ => Ok(()),
     })
 }

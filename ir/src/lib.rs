@@ -6,7 +6,7 @@
 //! * [`op`]: the operators of the typed dataflow graph.
 //! * [`graph`]: the [`Graph`] itself (petgraph underneath, [`NodeId`] on top)
 //!   and [`Module`], a file's worth of graphs.
-//! * [`verify`]: the verifier; [`VerifiedGraph`] is the proof lowering and
+//! * [`verify()`]: the verifier; [`VerifiedGraph`] is the proof lowering and
 //!   backends take.
 //! * [`text`]: the text form; every graph prints and re-parses to itself.
 //!

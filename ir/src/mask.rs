@@ -144,7 +144,12 @@ impl ScalarBinary {
     pub fn is_comparison(self) -> bool {
         matches!(
             self,
-            ScalarBinary::Lt | ScalarBinary::Le | ScalarBinary::Gt | ScalarBinary::Ge | ScalarBinary::Eq | ScalarBinary::Ne
+            ScalarBinary::Lt
+                | ScalarBinary::Le
+                | ScalarBinary::Gt
+                | ScalarBinary::Ge
+                | ScalarBinary::Eq
+                | ScalarBinary::Ne
         )
     }
 }
@@ -160,7 +165,10 @@ pub enum ScalarExpr {
     /// A dimension symbol of the graph (`T`, `S`), bound at run time.
     Sym(String),
     /// `array[i, j, ...]`; one index per axis of the array.
-    Index { array: ArrayRef, indices: Vec<ScalarExpr> },
+    Index {
+        array: ArrayRef,
+        indices: Vec<ScalarExpr>,
+    },
     Unary(ScalarUnary, Box<ScalarExpr>),
     Binary(ScalarBinary, Box<ScalarExpr>, Box<ScalarExpr>),
     /// `where(c, a, b)`.
@@ -176,7 +184,11 @@ impl ScalarExpr {
     /// callers can renumber operands when they merge expressions.
     pub fn map_operands(&mut self, f: &mut dyn FnMut(usize) -> usize) {
         match self {
-            ScalarExpr::Var(_) | ScalarExpr::Int(_) | ScalarExpr::Float(_) | ScalarExpr::Bool(_) | ScalarExpr::Sym(_) => {}
+            ScalarExpr::Var(_)
+            | ScalarExpr::Int(_)
+            | ScalarExpr::Float(_)
+            | ScalarExpr::Bool(_)
+            | ScalarExpr::Sym(_) => {}
             ScalarExpr::Index { array, indices } => {
                 if let ArrayRef::Operand(i) = array {
                     *i = f(*i);
@@ -217,22 +229,45 @@ pub enum MaskExpr {
     /// `k <= q + (S - T)`: causal, aligned bottom-right when `T < S`.
     Causal,
     /// `q - left <= k <= q + right`.
-    Local { left: i64, right: i64 },
+    Local {
+        left: i64,
+        right: i64,
+    },
     /// `causal & local(left = w - 1, right = 0)`.
-    Window { w: i64 },
+    Window {
+        w: i64,
+    },
     /// `causal`, `q - k < w*d` and `(q - k) % d == 0`.
-    Dilated { w: i64, d: i64 },
+    Dilated {
+        w: i64,
+        d: i64,
+    },
     /// `k < n`.
-    Sink { n: i64 },
+    Sink {
+        n: i64,
+    },
     /// `(k + offset) % stride == 0`.
-    Strided { stride: i64, offset: i64 },
+    Strided {
+        stride: i64,
+        offset: i64,
+    },
     /// NATTEN's neighborhood attention over a 1-D, 2-D or 3-D grid; all four
     /// vectors have one entry per grid axis.
-    Neighborhood { kernel: Vec<i64>, grid: Vec<i64>, dilation: Vec<i64>, causal: Vec<bool> },
+    Neighborhood {
+        kernel: Vec<i64>,
+        grid: Vec<i64>,
+        dilation: Vec<i64>,
+        causal: Vec<bool>,
+    },
     /// Block `(q / block[0], k / block[1])` is set in the 2-D bool `layout`.
-    Blocks { layout: ArrayRef, block: [i64; 2] },
+    Blocks {
+        layout: ArrayRef,
+        block: [i64; 2],
+    },
     /// `ids[q] == ids[k]`; `ids` is the operand at this index (an `i32[T]`).
-    Document { ids: usize },
+    Document {
+        ids: usize,
+    },
     /// `mask(q, k, h) => expr`: a boolean lambda.
     Lambda(ScalarExpr),
     And(Box<MaskExpr>, Box<MaskExpr>),

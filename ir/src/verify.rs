@@ -72,7 +72,11 @@ fn check(g: &Graph) -> Result<(), VerifyError> {
         }
         let n = g.node(p.node);
         if n.op != (Op::Input { index: i }) || n.ty != Type::Tensor(p.ty.clone()) {
-            return Err(err(g, Some(p.node), format!("parameter {i} (`{}`) is not `input {i}` of type {}", p.name, p.ty)));
+            return Err(err(
+                g,
+                Some(p.node),
+                format!("parameter {i} (`{}`) is not `input {i}` of type {}", p.name, p.ty),
+            ));
         }
     }
     for id in order {
@@ -89,10 +93,14 @@ fn check(g: &Graph) -> Result<(), VerifyError> {
         }
         let inputs = g.inputs(id);
         let tys: Vec<&Type> = inputs.iter().map(|i| &g.node(*i).ty).collect();
-        let inferred = infer_type(&node.op, &tys)
-            .map_err(|e| err(g, Some(id), format!("`{}`: {e}", node.op.name())))?;
+        let inferred =
+            infer_type(&node.op, &tys).map_err(|e| err(g, Some(id), format!("`{}`: {e}", node.op.name())))?;
         if inferred != node.ty {
-            return Err(err(g, Some(id), format!("`{}` is typed {} but its operands give {inferred}", node.op.name(), node.ty)));
+            return Err(err(
+                g,
+                Some(id),
+                format!("`{}` is typed {} but its operands give {inferred}", node.op.name(), node.ty),
+            ));
         }
     }
     if g.results().is_empty() {

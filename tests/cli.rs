@@ -1,0 +1,782 @@
+//! The command-line contract of `tdlc` that scripts rely on: exit codes (0
+//! success, 1 user error with diagnostics on stderr, 2 internal error only),
+//! `run`'s inputs and outputs, `fmt` and `compile`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use tdl::ir::DType;
+use tdl::reference::{npy, random_tensor, Tensor};
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn write_npy(dir: &Path, name: &str, t: &Tensor) -> PathBuf {
+    let p = dir.join(name);
+    npy::write_npy(&p, t).unwrap();
+    p
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `tdlc run ARGS` in `dir`.
+fn run_in(dir: &Path, args: &[&str]) -> Out {
+    tdlc_in(dir, std::iter::once("run").chain(args.iter().copied()))
+}
+
+const TWO: &str = "graph two(x: f32[T, 4]) -> (f32[T, 4], f32[T]) { return exp(x), sum(x, axis = -1) }\n";
+
+const AFFINE: &str = "graph affine(x: f32[T, 4], w: f32[4, 3], b: f32[3]) -> f32[T, 3] {\n    return x @ w + b\n}\n";
+
+/// Writes a raw `.npy` file (version 1.0) with the given header fields.
+fn raw_npy(dir: &Path, name: &str, descr: &str, shape: &str, data: &[u8]) -> PathBuf {
+    raw_npy_order(dir, name, descr, false, shape, data)
+}
+
+/// [`raw_npy`] with the `fortran_order` field.
+fn raw_npy_order(dir: &Path, name: &str, descr: &str, fortran: bool, shape: &str, data: &[u8]) -> PathBuf {
+    let order = if fortran { "True" } else { "False" };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    write(dir, name, bytes)
+}
+
+/// A `.safetensors` file of f32 tensors.
+fn write_safetensors(dir: &Path, name: &str, tensors: &[(&str, &Tensor)]) -> PathBuf {
+    use safetensors::tensor::TensorView;
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            assert_eq!(t.dtype, DType::F32);
+            let b: Vec<u8> = t.data.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
+            (n.to_string(), b, t.shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, b, shape)| (n.clone(), TensorView::new(safetensors::Dtype::F32, shape.clone(), b).unwrap()))
+        .collect();
+    let data = safetensors::serialize(views, None).unwrap();
+    write(dir, name, data)
+}
+
+fn result_lines(out: &Out) -> Vec<&str> {
+    out.stdout.lines().filter(|l| l.starts_with("result ")).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Usage errors (clap).
+// ---------------------------------------------------------------------------
+
+/// clap's convention: usage errors exit 2 with the usage on stderr. Our
+/// contract reserves 2 for internal errors; this pins what actually happens
+/// so that a change either way is deliberate.
+#[test]
+fn usage_errors_are_exit_1_with_usage_on_stderr() {
+    let cases: [&[&str]; 5] = [&[], &["--bogus"], &["check"], &["run", "--nope", "x.tdl"], &["frobnicate"]];
+    for args in cases {
+        let out = tdlc(args);
+        assert_no_panic(&out);
+        assert_eq!(out.code, Some(1), "a usage error is a user error:\n{}", out.describe());
+        assert!(out.stderr.contains("Usage: tdlc"), "usage on stderr:\n{}", out.describe());
+        assert!(!out.stderr.contains("internal error"), "{}", out.describe());
+        assert!(out.stdout.is_empty(), "nothing on stdout:\n{}", out.describe());
+    }
+    let out = tdlc(["--bogus"]);
+    assert!(out.stderr.contains("unexpected argument '--bogus'"), "{}", out.describe());
+    let out = tdlc(["check"]);
+    assert!(out.stderr.contains("<FILE>"), "{}", out.describe());
+}
+
+#[test]
+fn help_and_version_exit_0_on_stdout() {
+    let out = tdlc(["--help"]);
+    assert_ok(&out);
+    for sub in ["check", "run", "fmt", "compile"] {
+        assert!(out.stdout.contains(sub), "--help lists `{sub}`:\n{}", out.describe());
+    }
+    let out = tdlc(["--version"]);
+    assert_ok(&out);
+    assert!(out.stdout.starts_with("tdlc "), "{}", out.describe());
+    let out = tdlc(["run", "--help"]);
+    assert_ok(&out);
+    for flag in ["--input", "--weights", "--bind", "--random", "--seed", "--output", "--graph"] {
+        assert!(out.stdout.contains(flag), "run --help lists {flag}:\n{}", out.describe());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad sources: exit 1, located diagnostics.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_bad_source_is_exit_1_with_file_line_col_and_a_marker_in_every_subcommand() {
+    let dir = tmp();
+    let bad = write(dir.path(), "bad.tdl", "graph f(x: f32[T, 4]) -> f32[T, 4] {\n    return exp(y)\n}\n");
+    for args in [
+        vec!["check", "bad.tdl"],
+        vec!["run", "bad.tdl", "--random", "--bind", "T=3"],
+        vec!["compile", "bad.tdl"],
+        vec!["compile", "bad.tdl", "--emit", "graph", "--graph", "f"],
+    ] {
+        let out = tdlc_in(dir.path(), &args);
+        assert_user_error_says(&out, &["unknown name `y`", "bad.tdl:2:16"]);
+        assert_located_diagnostics(&out, "bad.tdl");
+        assert!(out.stdout.is_empty(), "nothing on stdout for a bad source:\n{}", out.describe());
+    }
+    assert!(bad.exists());
+}
+
+/// The contract's own example of a type error: the message says what was
+/// expected and suggests the missing `transpose`.
+#[test]
+fn a_type_error_names_the_types_and_suggests_the_fix() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "scores.tdl",
+        "graph scores(q: f32[H, T, 64], k: f32[H, S, 64]) -> f32[H, T, S] {\n    return q @ k\n}\n",
+    );
+    let out = tdlc_in(dir.path(), ["check", "scores.tdl"]);
+    assert_user_error_says(&out, &["scores.tdl:2:12", "f32[H, S, 64]", "transpose(k)"]);
+    assert_located_diagnostics(&out, "scores.tdl");
+}
+
+#[test]
+fn fmt_of_a_syntax_error_is_exit_1_with_located_diagnostics() {
+    let dir = tmp();
+    let src = "graph f(x: f32[T, 4]) -> f32[T, 4] {\n    return exp(x\n}\n";
+    let file = write(dir.path(), "syn.tdl", src);
+    for args in [vec!["fmt", "syn.tdl"], vec!["fmt", "--check", "syn.tdl"], vec!["fmt", "--write", "syn.tdl"]] {
+        let out = tdlc_in(dir.path(), &args);
+        assert_user_error(&out);
+        assert_located_diagnostics(&out, "syn.tdl");
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+    }
+    assert_eq!(std::fs::read_to_string(file).unwrap(), src, "fmt --write must leave a file it cannot parse alone");
+}
+
+#[test]
+fn a_missing_source_file_is_exit_1_naming_it() {
+    let dir = tmp();
+    for sub in [&["check"][..], &["run", "--random"], &["fmt"], &["fmt", "--check"], &["compile"]] {
+        let mut args: Vec<&str> = vec![sub[0], "no_such_file.tdl"];
+        args.extend(&sub[1..]);
+        let out = tdlc_in(dir.path(), &args);
+        assert_user_error_says(&out, &["no_such_file.tdl"]);
+    }
+}
+
+#[test]
+fn a_directory_instead_of_a_source_file_is_exit_1() {
+    let dir = tmp();
+    std::fs::create_dir(dir.path().join("d.tdl")).unwrap();
+    let out = tdlc_in(dir.path(), ["check", "d.tdl"]);
+    assert_user_error_says(&out, &["d.tdl"]);
+}
+
+#[test]
+fn an_invalid_utf8_file_is_exit_1_with_its_location() {
+    let dir = tmp();
+    write(dir.path(), "inv.tdl", b"graph f(x: f32[4]) -> f32[4] { return x }\n// \xff\xfe\n".as_slice());
+    for args in [vec!["check", "inv.tdl"], vec!["fmt", "inv.tdl"], vec!["run", "inv.tdl", "--random"], vec!["compile", "inv.tdl"]] {
+        let out = tdlc_in(dir.path(), &args);
+        assert_user_error_says(&out, &["inv.tdl:2:4", "UTF-8"]);
+    }
+}
+
+/// A NUL byte in a source file is a user error, located, never a panic.
+#[test]
+fn a_file_with_nul_bytes_is_exit_1() {
+    let dir = tmp();
+    write(dir.path(), "nul.tdl", b"graph f(x: f32[4]) -> f32[4] {\n    return x\x00\n}\n".as_slice());
+    write(dir.path(), "nul0.tdl", b"\x00\x00\x00\x00".as_slice());
+    for file in ["nul.tdl", "nul0.tdl"] {
+        for args in [vec!["check", file], vec!["fmt", file], vec!["run", file, "--random"], vec!["compile", file]] {
+            let out = tdlc_in(dir.path(), &args);
+            assert_user_error_says(&out, &[&format!("{file}:")]);
+        }
+    }
+    let out = tdlc_in(dir.path(), ["check", "nul.tdl"]);
+    assert!(out.stderr.contains("nul.tdl:2:13"), "{}", out.describe());
+}
+
+/// The contract: every error "shows the offending source line with a
+/// marker". A NUL byte is invisible, so its marker matters most.
+#[test]
+fn the_diagnostic_for_a_nul_byte_has_a_visible_marker() {
+    let dir = tmp();
+    // At the end of a line and in the middle of one.
+    write(dir.path(), "nul_end.tdl", b"graph f(x: f32[4]) -> f32[4] {\n    return x\x00\n}\n".as_slice());
+    write(dir.path(), "nul_mid.tdl", b"graph f(x: f32[4]) -> f32[4] {\n    return x\x00 }\n".as_slice());
+    for file in ["nul_end.tdl", "nul_mid.tdl"] {
+        let out = tdlc_in(dir.path(), ["check", file]);
+        assert_user_error(&out);
+        assert_located_diagnostics(&out, file);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bad inputs to `run`: exit 1, the message names the input.
+// ---------------------------------------------------------------------------
+
+fn f32t(shape: &[usize], seed: u64) -> Tensor {
+    random_tensor(DType::F32, shape, seed)
+}
+
+#[test]
+fn a_wrong_npy_dtype_is_exit_1_naming_the_input_and_the_types() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    let q_i32 = Tensor::new(DType::I32, vec![2, 37, 64], vec![1.0; 2 * 37 * 64]).unwrap();
+    write_npy(dir.path(), "q_i32.npy", &q_i32);
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q_i32.npy", "--random"]);
+    assert_user_error_says(&out, &["`q`", "q_i32.npy", "f32", "i32"]);
+
+    // float64, as NumPy writes by default: the message says how to convert.
+    raw_npy(dir.path(), "q_f64.npy", "<f8", "(2, 37, 64)", &vec![0u8; 8 * 2 * 37 * 64]);
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q_f64.npy", "--random"]);
+    assert_user_error_says(&out, &["`q`", "q_f64.npy", "float64", "float32"]);
+}
+
+#[test]
+fn a_wrong_shape_is_exit_1_naming_the_input_the_expected_type_and_the_actual_shape() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    write_npy(dir.path(), "q32.npy", &f32t(&[2, 37, 32], 1));
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q32.npy", "--random"]);
+    assert_user_error_says(&out, &["`q`", "f32[H, T, 64]", "f32[2, 37, 32]"]);
+
+    write_npy(dir.path(), "q_rank2.npy", &f32t(&[37, 64], 1));
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q_rank2.npy", "--random"]);
+    assert_user_error_says(&out, &["`q`", "f32[H, T, 64]", "f32[37, 64]"]);
+
+    // A fixed-shape example.
+    write_npy(dir.path(), "k_small.npy", &f32t(&[4, 100, 32], 1));
+    let out = run_in(dir.path(), &[&s(&example("na2d")), "--input", "k=k_small.npy", "--random"]);
+    assert_user_error_says(&out, &["`k`", "f32[4, 4096, 32]", "f32[4, 100, 32]"]);
+}
+
+#[test]
+fn conflicting_symbols_are_exit_1_naming_both_places() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    write_npy(dir.path(), "q.npy", &f32t(&[2, 37, 64], 1));
+    write_npy(dir.path(), "k3.npy", &f32t(&[3, 45, 64], 2));
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q.npy", "--input", "k=k3.npy", "--random"]);
+    assert_user_error_says(&out, &["`H`", "`q`", "`k`", "2", "3"]);
+
+    // --bind against a file.
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q.npy", "--bind", "T=38", "--random"]);
+    assert_user_error_says(&out, &["T=38", "`q`", "37"]);
+
+    // Two files that disagree on T through different parameters (v: S only).
+    write_npy(dir.path(), "k.npy", &f32t(&[2, 45, 64], 2));
+    write_npy(dir.path(), "v.npy", &f32t(&[2, 44, 64], 3));
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q.npy", "--input", "k=k.npy", "--input", "v=v.npy"]);
+    assert_user_error_says(&out, &["`S`", "`k`", "`v`", "45", "44"]);
+}
+
+#[test]
+fn an_unbound_symbol_for_a_random_input_suggests_bind() {
+    let dir = tmp();
+    let out = run_in(dir.path(), &[&s(&example("causal_attention")), "--random"]);
+    assert_user_error_says(&out, &["--bind"]);
+    let out = run_in(dir.path(), &[&s(&example("causal_attention")), "--random", "--bind", "H=2", "--bind", "T=3"]);
+    assert_user_error_says(&out, &["`S`", "--bind S="]);
+    let out = run_in(dir.path(), &[&s(&example("moa")), "--input", "q=random", "--input", "k=random", "--input", "v=random"]);
+    assert_user_error_says(&out, &["`T`", "--bind T="]);
+}
+
+#[test]
+fn an_input_with_no_value_says_how_to_give_one() {
+    let dir = tmp();
+    let out = run_in(dir.path(), &[&s(&example("causal_attention")), "--bind", "H=1", "--bind", "T=2", "--bind", "S=2"]);
+    assert_user_error_says(&out, &["`q`", "--input q=", "--random"]);
+}
+
+#[test]
+fn an_unknown_input_name_is_exit_1_listing_the_inputs() {
+    let dir = tmp();
+    let out = run_in(
+        dir.path(),
+        &[&s(&example("causal_attention")), "--random", "--bind", "H=1", "--bind", "T=2", "--bind", "S=2", "--input", "zz=random"],
+    );
+    assert_user_error_says(&out, &["`zz`", "q, k, v"]);
+}
+
+#[test]
+fn malformed_binds_are_exit_1() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    let base = ["--random", "--bind", "H=1", "--bind", "S=2"];
+    for (bind, needle) in [
+        ("T3", "T3"),
+        ("T=x", "`x`"),
+        ("=3", "=3"),
+        ("T=", "T="),
+        ("T=0", "T=0"),
+        ("T=-4", "T=-4"),
+        ("T=99999999999999999999999", "99999999999999999999999"),
+        ("Z=3", "`Z`"),
+    ] {
+        let mut args = vec![ca.as_str()];
+        args.extend(base);
+        args.extend(["--bind", bind]);
+        let out = run_in(dir.path(), &args);
+        assert_user_error_says(&out, &[needle]);
+    }
+}
+
+#[test]
+fn malformed_input_flags_are_exit_1() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    let base = ["--random", "--bind", "H=1", "--bind", "T=2", "--bind", "S=2"];
+    for (input, needle) in [
+        ("q", "--input q"),
+        ("=random", "=random"),
+        ("q=", "q="),
+        ("q=random:x", "`x`"),
+        ("q=random:-1", "`-1`"),
+        ("q=missing.npy", "missing.npy"),
+    ] {
+        let mut args = vec![ca.as_str()];
+        args.extend(base);
+        args.extend(["--input", input]);
+        let out = run_in(dir.path(), &args);
+        assert_user_error_says(&out, &[needle]);
+    }
+    let mut args = vec![ca.as_str()];
+    args.extend(base);
+    args.extend(["--input", "q=random", "--input", "q=random:3"]);
+    assert_user_error_says(&run_in(dir.path(), &args), &["--input q", "twice"]);
+}
+
+#[test]
+fn broken_npy_files_are_exit_1_naming_the_input() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    write(dir.path(), "garbage.npy", "this is not numpy");
+    write(dir.path(), "empty.npy", "");
+    raw_npy(dir.path(), "trunc.npy", "<f4", "(2, 37, 64)", &[0u8; 40]);
+    raw_npy_order(dir.path(), "fortran.npy", "<f4", true, "(2, 37, 64)", &vec![0u8; 4 * 2 * 37 * 64]);
+    raw_npy(dir.path(), "c128.npy", "<c16", "(2, 37, 64)", &vec![0u8; 16 * 2 * 37 * 64]);
+    for file in ["garbage.npy", "empty.npy", "trunc.npy", "fortran.npy", "c128.npy"] {
+        let out = run_in(dir.path(), &[&ca, "--input", &format!("q={file}"), "--random"]);
+        assert_user_error_says(&out, &["`q`", file]);
+    }
+}
+
+/// A header whose shape overflows 64 bits when multiplied out (2⁴⁰·2⁴⁰):
+/// a clean user error, and no panic message on the way.
+#[test]
+fn an_npy_header_with_an_overflowing_shape_is_a_clean_user_error() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    raw_npy(dir.path(), "huge.npy", "<f4", "(1099511627776, 1099511627776, 64)", &[]);
+    let out = run_in(dir.path(), &[&ca, "--input", "q=huge.npy", "--random"]);
+    assert_user_error_says(&out, &["`q`", "huge.npy"]);
+}
+
+#[test]
+fn sizes_over_the_limits_are_exit_1_not_an_allocation() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    // Inputs too large.
+    let out = run_in(dir.path(), &[&ca, "--random", "--bind", "H=100000", "--bind", "T=100000", "--bind", "S=100000"]);
+    assert_user_error_says(&out, &["`q`", "limit"]);
+    // Inputs fine, the T×S scores too large.
+    let out = run_in(dir.path(), &[&ca, "--random", "--bind", "H=1", "--bind", "T=100000", "--bind", "S=100000"]);
+    assert_user_error_says(&out, &["limit"]);
+    // A shape that overflows 64 bits.
+    write(
+        dir.path(),
+        "big.tdl",
+        "graph big(x: f32[4611686018427387904, 4611686018427387904]) -> f32[4611686018427387904, 4611686018427387904] {\n    return x\n}\n",
+    );
+    let out = run_in(dir.path(), &["big.tdl", "--random"]);
+    assert_user_error_says(&out, &["`x`"]);
+}
+
+#[test]
+fn broken_weights_files_are_exit_1() {
+    let dir = tmp();
+    write(dir.path(), "affine.tdl", AFFINE);
+    write(dir.path(), "garbage.safetensors", "not safetensors at all");
+    let out = run_in(dir.path(), &["affine.tdl", "--weights", "garbage.safetensors", "--random", "--bind", "T=3"]);
+    assert_user_error_says(&out, &["garbage.safetensors"]);
+    let out = run_in(dir.path(), &["affine.tdl", "--weights", "missing.safetensors", "--random", "--bind", "T=3"]);
+    assert_user_error_says(&out, &["missing.safetensors"]);
+    // A weight of the wrong shape.
+    let w_t = f32t(&[3, 4], 1);
+    write_safetensors(dir.path(), "wt.safetensors", &[("w", &w_t)]);
+    let out = run_in(dir.path(), &["affine.tdl", "--weights", "wt.safetensors", "--random", "--bind", "T=3"]);
+    assert_user_error_says(&out, &["`w`", "f32[4, 3]", "f32[3, 4]"]);
+}
+
+#[test]
+fn more_outputs_than_results_is_exit_1() {
+    let dir = tmp();
+    write(dir.path(), "two.tdl", TWO);
+    let out = run_in(dir.path(), &["two.tdl", "--random", "--bind", "T=3", "--output", "a.npy", "--output", "b.npy", "--output", "c.npy"]);
+    assert_user_error_says(&out, &["2 result", "3 --output"]);
+    assert!(!dir.path().join("a.npy").exists(), "nothing should be written when the arguments are wrong");
+}
+
+#[test]
+fn an_unwritable_output_is_exit_1() {
+    let dir = tmp();
+    write(dir.path(), "two.tdl", TWO);
+    let out = run_in(dir.path(), &["two.tdl", "--random", "--bind", "T=3", "--output", "no/such/dir/a.npy"]);
+    assert_user_error_says(&out, &["no/such/dir/a.npy"]);
+}
+
+// ---------------------------------------------------------------------------
+// `run`: inputs and outputs.
+// ---------------------------------------------------------------------------
+
+/// `--input NAME=PATH.npy` for every input gives the same bytes as the same
+/// data from `--input NAME=random:SEED` and from `--random --seed S` (input
+/// `i` gets seed `S + i`).
+#[test]
+fn run_with_npy_inputs_random_seeds_and_random_agree() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    let (h, t, sz, d) = (2, 5, 7, 64);
+    write_npy(dir.path(), "q.npy", &f32t(&[h, t, d], 100));
+    write_npy(dir.path(), "k.npy", &f32t(&[h, sz, d], 101));
+    write_npy(dir.path(), "v.npy", &f32t(&[h, sz, d], 102));
+
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q.npy", "--input", "k=k.npy", "--input", "v=v.npy", "--output", "files.npy"]);
+    assert_ok(&out);
+    let lines = result_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", out.describe());
+    assert!(lines[0].starts_with("result 0: f32[2, 5, 64]"), "{}", out.describe());
+    assert!(lines[0].contains("all finite"), "{}", out.describe());
+
+    let out = run_in(
+        dir.path(),
+        &[&ca, "--input", "q=random:100", "--input", "k=random:101", "--input", "v=random:102", "--bind", "T=5", "--bind", "S=7", "--bind", "H=2", "--output", "seeds.npy"],
+    );
+    assert_ok(&out);
+    let out = run_in(dir.path(), &[&ca, "--random", "--seed", "100", "--bind", "T=5", "--bind", "S=7", "--bind", "H=2", "--output", "rand.npy"]);
+    assert_ok(&out);
+    // Files fix some symbols; random fills the rest.
+    let out = run_in(dir.path(), &[&ca, "--input", "q=q.npy", "--input", "k=k.npy", "--random", "--seed", "100", "--output", "mixed.npy"]);
+    assert_ok(&out);
+
+    let files = std::fs::read(dir.path().join("files.npy")).unwrap();
+    for other in ["seeds.npy", "rand.npy", "mixed.npy"] {
+        assert!(files == std::fs::read(dir.path().join(other)).unwrap(), "files.npy and {other} differ");
+    }
+    let t_out = npy::read_npy(dir.path().join("files.npy")).unwrap();
+    assert_eq!(t_out.shape, vec![h, t, d]);
+    assert!(t_out.all_finite());
+}
+
+#[test]
+fn random_inputs_are_deterministic_per_seed() {
+    let dir = tmp();
+    write(dir.path(), "two.tdl", TWO);
+    let go = |input: &str, out_name: &str| {
+        let out = run_in(dir.path(), &["two.tdl", "--input", input, "--bind", "T=6", "--output", out_name]);
+        assert_ok(&out);
+        std::fs::read(dir.path().join(out_name)).unwrap()
+    };
+    let a = go("x=random:5", "a.npy");
+    let b = go("x=random:5", "b.npy");
+    let c = go("x=random:6", "c.npy");
+    assert_eq!(a, b, "same seed, same bytes");
+    assert_ne!(a, c, "another seed, other data");
+    // And it is random_tensor(f32, [6, 4], 5).
+    let x = f32t(&[6, 4], 5);
+    let got = npy::read_npy(dir.path().join("a.npy")).unwrap();
+    let want: Vec<f64> = x.data.iter().map(|v| v.exp()).collect();
+    assert_close("exp(x)", &got, &[6, 4], &want, 1e-6);
+    // `NAME=random` without a seed is --seed + the parameter's index.
+    let out = run_in(dir.path(), &["two.tdl", "--input", "x=random", "--seed", "5", "--bind", "T=6", "--output", "d.npy"]);
+    assert_ok(&out);
+    assert_eq!(a, std::fs::read(dir.path().join("d.npy")).unwrap());
+}
+
+/// A graph with two results: one summary line per result, in order, and
+/// `--output` per result.
+#[test]
+fn run_prints_one_line_per_result_and_writes_each_output() {
+    let dir = tmp();
+    write(dir.path(), "two.tdl", TWO);
+    let x = f32t(&[5, 4], 11);
+    write_npy(dir.path(), "x.npy", &x);
+    let out = run_in(dir.path(), &["two.tdl", "--input", "x=x.npy", "--output", "e.npy", "--output", "s.npy"]);
+    assert_ok(&out);
+    let lines = result_lines(&out);
+    assert_eq!(lines.len(), 2, "{}", out.describe());
+    assert!(lines[0].starts_with("result 0: f32[5, 4]"), "{}", out.describe());
+    assert!(lines[1].starts_with("result 1: f32[5]"), "{}", out.describe());
+    for l in &lines {
+        assert!(l.contains("(all finite)"), "{}", out.describe());
+    }
+    let e = npy::read_npy(dir.path().join("e.npy")).unwrap();
+    let sm = npy::read_npy(dir.path().join("s.npy")).unwrap();
+    let want_e: Vec<f64> = x.data.iter().map(|v| v.exp()).collect();
+    let want_s: Vec<f64> = x.data.chunks(4).map(|r| r.iter().sum()).collect();
+    assert_close("exp(x)", &e, &[5, 4], &want_e, 1e-6);
+    assert_close("sum(x, axis = -1)", &sm, &[5], &want_s, 1e-6);
+
+    // Without --output: still one line per result, nothing written.
+    let out = run_in(dir.path(), &["two.tdl", "--input", "x=x.npy"]);
+    assert_ok(&out);
+    assert_eq!(result_lines(&out).len(), 2, "{}", out.describe());
+    // Fewer --output paths than results: the first results are written.
+    let out = run_in(dir.path(), &["two.tdl", "--input", "x=x.npy", "--output", "only.npy"]);
+    assert_ok(&out);
+    assert_eq!(result_lines(&out).len(), 2, "{}", out.describe());
+    assert_eq!(std::fs::read(dir.path().join("only.npy")).unwrap(), std::fs::read(dir.path().join("e.npy")).unwrap());
+}
+
+/// `--weights W.safetensors` binds parameters by name.
+#[test]
+fn run_binds_weights_from_safetensors() {
+    let dir = tmp();
+    write(dir.path(), "affine.tdl", AFFINE);
+    let x = f32t(&[3, 4], 1);
+    let w = f32t(&[4, 3], 2);
+    let b = f32t(&[3], 3);
+    write_npy(dir.path(), "x.npy", &x);
+    // An extra tensor the graph does not use is fine.
+    let unused = f32t(&[2], 4);
+    write_safetensors(dir.path(), "wb.safetensors", &[("w", &w), ("b", &b), ("unused", &unused)]);
+    let out = run_in(dir.path(), &["affine.tdl", "--input", "x=x.npy", "--weights", "wb.safetensors", "--output", "y.npy"]);
+    assert_ok(&out);
+    assert_eq!(result_lines(&out).len(), 1, "{}", out.describe());
+    let mut want = vec![0.0; 3 * 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            want[i * 3 + j] = (0..4).map(|l| x.data[i * 4 + l] * w.data[l * 3 + j]).sum::<f64>() + b.data[j];
+        }
+    }
+    let got = npy::read_npy(dir.path().join("y.npy")).unwrap();
+    assert_close("x @ w + b", &got, &[3, 3], &want, 1e-6);
+
+    // Weights with random for the rest: x random with symbol T bound.
+    let out = run_in(dir.path(), &["affine.tdl", "--weights", "wb.safetensors", "--random", "--bind", "T=2"]);
+    assert_ok(&out);
+    assert!(result_lines(&out)[0].starts_with("result 0: f32[2, 3]"), "{}", out.describe());
+
+    // A weight missing from the file and no other source.
+    write_safetensors(dir.path(), "w_only.safetensors", &[("w", &w)]);
+    let out = run_in(dir.path(), &["affine.tdl", "--input", "x=x.npy", "--weights", "w_only.safetensors"]);
+    assert_user_error_says(&out, &["`b`"]);
+}
+
+#[test]
+fn run_on_a_file_with_several_graphs_needs_graph() {
+    let dir = tmp();
+    write(dir.path(), "both.tdl", format!("{TWO}{AFFINE}"));
+    let out = run_in(dir.path(), &["both.tdl", "--random", "--bind", "T=2"]);
+    assert_user_error_says(&out, &["two", "affine", "--graph"]);
+    let out = run_in(dir.path(), &["both.tdl", "--graph", "affine", "--random", "--bind", "T=2"]);
+    assert_ok(&out);
+    assert!(result_lines(&out)[0].starts_with("result 0: f32[2, 3]"), "{}", out.describe());
+    let out = run_in(dir.path(), &["both.tdl", "--graph", "nope", "--random", "--bind", "T=2"]);
+    assert_user_error_says(&out, &["`nope`", "two", "affine"]);
+}
+
+// ---------------------------------------------------------------------------
+// `fmt`.
+// ---------------------------------------------------------------------------
+
+const MESSY: &str = "// c1 file header
+const  D=4 // c2 trailing const
+
+// c3 before graph
+graph a(x: f32[T, 4], // c4 after first param
+        w: f32[4, 4]) -> f32[T, 4] { // c5 after brace
+  // c6 leading statement
+    let y=x @ w   // c7 trailing let
+        + x         // c8 continuation
+    return y // c9 after return
+    // c10 before close
+} // c11 after close brace
+graph b(x: f32[T]) -> f32[T] {
+    return exp(
+        x // c12 inside call
+    )
+}
+// c13 end of file, no newline";
+
+/// Every `//` comment's text in `src`.
+fn comments(src: &str) -> Vec<String> {
+    src.lines().filter_map(|l| l.find("//").map(|i| l[i + 2..].trim().to_string())).collect()
+}
+
+fn fmt_text(dir: &Path, file: &str) -> String {
+    let out = tdlc_in(dir, ["fmt", file]);
+    assert_ok(&out);
+    out.stdout
+}
+
+#[test]
+fn fmt_prints_canonical_text_that_keeps_comments_and_meaning() {
+    let dir = tmp();
+    write(dir.path(), "messy.tdl", MESSY);
+    let formatted = fmt_text(dir.path(), "messy.tdl");
+    assert_ne!(formatted, MESSY);
+    for c in comments(MESSY) {
+        assert!(formatted.contains(&c), "comment `// {c}` lost:\n{formatted}");
+    }
+    assert!(formatted.contains("const D = 4"), "{formatted}");
+    assert!(formatted.contains("    return y"), "{formatted}");
+    assert!(formatted.ends_with('\n'), "{formatted:?}");
+    // The formatted text means the same: same graphs.
+    write(dir.path(), "formatted.tdl", &formatted);
+    let g1 = tdlc_in(dir.path(), ["compile", "messy.tdl"]);
+    let g2 = tdlc_in(dir.path(), ["compile", "formatted.tdl"]);
+    assert_ok(&g1);
+    assert_ok(&g2);
+    assert_eq!(g1.stdout, g2.stdout, "formatting changed the meaning");
+    // Formatting twice is the identity.
+    assert_eq!(fmt_text(dir.path(), "formatted.tdl"), formatted);
+}
+
+#[test]
+fn fmt_is_idempotent_and_keeps_comments_on_every_example() {
+    let dir = tmp();
+    for name in EXAMPLES {
+        let src = std::fs::read_to_string(example(name)).unwrap();
+        let once = fmt_text(dir.path(), &s(&example(name)));
+        for c in comments(&src) {
+            assert!(once.contains(&c), "{name}: comment `// {c}` lost:\n{once}");
+        }
+        let f = write(dir.path(), &format!("{name}.tdl"), &once);
+        let twice = fmt_text(dir.path(), &s(&f));
+        assert_eq!(once, twice, "{name}: fmt is not idempotent");
+        let out = tdlc_in(dir.path(), ["fmt", "--check", &s(&f)]);
+        assert_ok(&out);
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+        // Same graph before and after.
+        let g1 = tdlc(["compile".as_ref(), example(name).as_os_str()]);
+        let g2 = tdlc_in(dir.path(), ["compile", &s(&f)]);
+        assert_ok(&g1);
+        assert_eq!(g1.stdout, g2.stdout, "{name}: formatting changed the graph");
+    }
+}
+
+#[test]
+fn fmt_check_exits_1_on_unformatted_and_0_on_formatted_input() {
+    let dir = tmp();
+    write(dir.path(), "messy.tdl", MESSY);
+    let out = tdlc_in(dir.path(), ["fmt", "--check", "messy.tdl"]);
+    assert_user_error_says(&out, &["messy.tdl"]);
+    assert!(out.stdout.is_empty(), "--check prints nothing on stdout:\n{}", out.describe());
+    assert_eq!(std::fs::read_to_string(dir.path().join("messy.tdl")).unwrap(), MESSY, "--check must not write");
+    let formatted = fmt_text(dir.path(), "messy.tdl");
+    write(dir.path(), "ok.tdl", &formatted);
+    let out = tdlc_in(dir.path(), ["fmt", "--check", "ok.tdl"]);
+    assert_ok(&out);
+    assert!(out.stdout.is_empty(), "{}", out.describe());
+}
+
+#[test]
+fn fmt_write_rewrites_in_place() {
+    let dir = tmp();
+    let f = write(dir.path(), "messy.tdl", MESSY);
+    let printed = fmt_text(dir.path(), "messy.tdl");
+    for flag in ["--write", "-w"] {
+        write(dir.path(), "messy.tdl", MESSY);
+        let out = tdlc_in(dir.path(), ["fmt", flag, "messy.tdl"]);
+        assert_ok(&out);
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), printed, "{flag} writes what fmt prints");
+        let out = tdlc_in(dir.path(), ["fmt", "--check", "messy.tdl"]);
+        assert_ok(&out);
+        // Writing a formatted file again changes nothing.
+        let out = tdlc_in(dir.path(), ["fmt", flag, "messy.tdl"]);
+        assert_ok(&out);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), printed);
+    }
+    // --write and --check together are a usage error.
+    let out = tdlc_in(dir.path(), ["fmt", "--write", "--check", "messy.tdl"]);
+    assert_no_panic(&out);
+    assert_ne!(out.code, Some(0), "{}", out.describe());
+}
+
+// ---------------------------------------------------------------------------
+// `compile`.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn compile_emits_the_graph_text() {
+    let dir = tmp();
+    write(dir.path(), "two.tdl", TWO);
+    for args in [vec!["compile", "two.tdl"], vec!["compile", "two.tdl", "--emit", "graph"]] {
+        let out = tdlc_in(dir.path(), &args);
+        assert_ok(&out);
+        assert!(out.stdout.starts_with("graph two("), "{}", out.describe());
+        assert!(out.stdout.contains("return"), "{}", out.describe());
+    }
+    for name in EXAMPLES {
+        let out = tdlc(["compile".as_ref(), example(name).as_os_str(), "--emit".as_ref(), "graph".as_ref()]);
+        assert_ok(&out);
+        assert!(out.stdout.starts_with(&format!("graph {name}(")), "{}", out.describe());
+        assert!(out.stdout.contains("return"), "{}", out.describe());
+    }
+    let out = tdlc_in(dir.path(), ["compile", "two.tdl", "--emit", "llvm"]);
+    assert_no_panic(&out);
+    assert_ne!(out.code, Some(0), "an unknown stage is refused:\n{}", out.describe());
+}
+
+#[test]
+fn compile_graph_selects_and_an_unknown_graph_lists_the_others() {
+    let dir = tmp();
+    write(dir.path(), "both.tdl", format!("{TWO}{AFFINE}"));
+    let all = tdlc_in(dir.path(), ["compile", "both.tdl"]);
+    assert_ok(&all);
+    assert!(all.stdout.contains("graph two(") && all.stdout.contains("graph affine("), "{}", all.describe());
+
+    let one = tdlc_in(dir.path(), ["compile", "both.tdl", "--graph", "affine"]);
+    assert_ok(&one);
+    assert!(one.stdout.starts_with("graph affine("), "{}", one.describe());
+    assert!(!one.stdout.contains("graph two("), "{}", one.describe());
+    assert!(one.stdout.contains("return"), "{}", one.describe());
+
+    let out = tdlc_in(dir.path(), ["compile", "both.tdl", "--graph", "nope"]);
+    assert_user_error_says(&out, &["`nope`", "two", "affine"]);
+    assert!(out.stdout.is_empty(), "{}", out.describe());
+}
+
+#[test]
+fn compile_o_writes_the_file() {
+    let dir = tmp();
+    write(dir.path(), "two.tdl", TWO);
+    let printed = tdlc_in(dir.path(), ["compile", "two.tdl"]);
+    assert_ok(&printed);
+    for flag in ["-o", "--output"] {
+        let out = tdlc_in(dir.path(), ["compile", "two.tdl", flag, "g.txt"]);
+        assert_ok(&out);
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+        assert_eq!(std::fs::read_to_string(dir.path().join("g.txt")).unwrap(), printed.stdout);
+        std::fs::remove_file(dir.path().join("g.txt")).unwrap();
+    }
+    let out = tdlc_in(dir.path(), ["compile", "two.tdl", "-o", "no/such/dir/g.txt"]);
+    assert_user_error_says(&out, &["no/such/dir/g.txt"]);
+}
