@@ -158,7 +158,9 @@ fn main() -> ExitCode {
         Err(_) => {
             let msg = LAST_PANIC.lock().ok().and_then(|mut m| m.take()).unwrap_or_else(|| "tdlc panicked".into());
             eprintln!("internal error: {}", msg.trim_end());
-            eprintln!("this is a bug in tdlc, not in your input; please report it with the input file and this message");
+            eprintln!(
+                "this is a bug in tdlc, not in your input; please report it with the input file and this message"
+            );
             ExitCode::from(2)
         }
     }

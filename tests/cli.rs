@@ -197,7 +197,12 @@ fn a_directory_instead_of_a_source_file_is_exit_1() {
 fn an_invalid_utf8_file_is_exit_1_with_its_location() {
     let dir = tmp();
     write(dir.path(), "inv.tdl", b"graph f(x: f32[4]) -> f32[4] { return x }\n// \xff\xfe\n".as_slice());
-    for args in [vec!["check", "inv.tdl"], vec!["fmt", "inv.tdl"], vec!["run", "inv.tdl", "--random"], vec!["compile", "inv.tdl"]] {
+    for args in [
+        vec!["check", "inv.tdl"],
+        vec!["fmt", "inv.tdl"],
+        vec!["run", "inv.tdl", "--random"],
+        vec!["compile", "inv.tdl"],
+    ] {
         let out = tdlc_in(dir.path(), &args);
         assert_user_error_says(&out, &["inv.tdl:2:4", "UTF-8"]);
     }
@@ -302,14 +307,16 @@ fn an_unbound_symbol_for_a_random_input_suggests_bind() {
     assert_user_error_says(&out, &["--bind"]);
     let out = run_in(dir.path(), &[&s(&example("causal_attention")), "--random", "--bind", "H=2", "--bind", "T=3"]);
     assert_user_error_says(&out, &["`S`", "--bind S="]);
-    let out = run_in(dir.path(), &[&s(&example("moa")), "--input", "q=random", "--input", "k=random", "--input", "v=random"]);
+    let out =
+        run_in(dir.path(), &[&s(&example("moa")), "--input", "q=random", "--input", "k=random", "--input", "v=random"]);
     assert_user_error_says(&out, &["`T`", "--bind T="]);
 }
 
 #[test]
 fn an_input_with_no_value_says_how_to_give_one() {
     let dir = tmp();
-    let out = run_in(dir.path(), &[&s(&example("causal_attention")), "--bind", "H=1", "--bind", "T=2", "--bind", "S=2"]);
+    let out =
+        run_in(dir.path(), &[&s(&example("causal_attention")), "--bind", "H=1", "--bind", "T=2", "--bind", "S=2"]);
     assert_user_error_says(&out, &["`q`", "--input q=", "--random"]);
 }
 
@@ -318,7 +325,18 @@ fn an_unknown_input_name_is_exit_1_listing_the_inputs() {
     let dir = tmp();
     let out = run_in(
         dir.path(),
-        &[&s(&example("causal_attention")), "--random", "--bind", "H=1", "--bind", "T=2", "--bind", "S=2", "--input", "zz=random"],
+        &[
+            &s(&example("causal_attention")),
+            "--random",
+            "--bind",
+            "H=1",
+            "--bind",
+            "T=2",
+            "--bind",
+            "S=2",
+            "--input",
+            "zz=random",
+        ],
     );
     assert_user_error_says(&out, &["`zz`", "q, k, v"]);
 }
@@ -437,7 +455,10 @@ fn broken_weights_files_are_exit_1() {
 fn more_outputs_than_results_is_exit_1() {
     let dir = tmp();
     write(dir.path(), "two.tdl", TWO);
-    let out = run_in(dir.path(), &["two.tdl", "--random", "--bind", "T=3", "--output", "a.npy", "--output", "b.npy", "--output", "c.npy"]);
+    let out = run_in(
+        dir.path(),
+        &["two.tdl", "--random", "--bind", "T=3", "--output", "a.npy", "--output", "b.npy", "--output", "c.npy"],
+    );
     assert_user_error_says(&out, &["2 result", "3 --output"]);
     assert!(!dir.path().join("a.npy").exists(), "nothing should be written when the arguments are wrong");
 }
@@ -466,7 +487,10 @@ fn run_with_npy_inputs_random_seeds_and_random_agree() {
     write_npy(dir.path(), "k.npy", &f32t(&[h, sz, d], 101));
     write_npy(dir.path(), "v.npy", &f32t(&[h, sz, d], 102));
 
-    let out = run_in(dir.path(), &[&ca, "--input", "q=q.npy", "--input", "k=k.npy", "--input", "v=v.npy", "--output", "files.npy"]);
+    let out = run_in(
+        dir.path(),
+        &[&ca, "--input", "q=q.npy", "--input", "k=k.npy", "--input", "v=v.npy", "--output", "files.npy"],
+    );
     assert_ok(&out);
     let lines = result_lines(&out);
     assert_eq!(lines.len(), 1, "{}", out.describe());
@@ -475,13 +499,35 @@ fn run_with_npy_inputs_random_seeds_and_random_agree() {
 
     let out = run_in(
         dir.path(),
-        &[&ca, "--input", "q=random:100", "--input", "k=random:101", "--input", "v=random:102", "--bind", "T=5", "--bind", "S=7", "--bind", "H=2", "--output", "seeds.npy"],
+        &[
+            &ca,
+            "--input",
+            "q=random:100",
+            "--input",
+            "k=random:101",
+            "--input",
+            "v=random:102",
+            "--bind",
+            "T=5",
+            "--bind",
+            "S=7",
+            "--bind",
+            "H=2",
+            "--output",
+            "seeds.npy",
+        ],
     );
     assert_ok(&out);
-    let out = run_in(dir.path(), &[&ca, "--random", "--seed", "100", "--bind", "T=5", "--bind", "S=7", "--bind", "H=2", "--output", "rand.npy"]);
+    let out = run_in(
+        dir.path(),
+        &[&ca, "--random", "--seed", "100", "--bind", "T=5", "--bind", "S=7", "--bind", "H=2", "--output", "rand.npy"],
+    );
     assert_ok(&out);
     // Files fix some symbols; random fills the rest.
-    let out = run_in(dir.path(), &[&ca, "--input", "q=q.npy", "--input", "k=k.npy", "--random", "--seed", "100", "--output", "mixed.npy"]);
+    let out = run_in(
+        dir.path(),
+        &[&ca, "--input", "q=q.npy", "--input", "k=k.npy", "--random", "--seed", "100", "--output", "mixed.npy"],
+    );
     assert_ok(&out);
 
     let files = std::fs::read(dir.path().join("files.npy")).unwrap();
@@ -513,7 +559,8 @@ fn random_inputs_are_deterministic_per_seed() {
     let want: Vec<f64> = x.data.iter().map(|v| v.exp()).collect();
     assert_close("exp(x)", &got, &[6, 4], &want, 1e-6);
     // `NAME=random` without a seed is --seed + the parameter's index.
-    let out = run_in(dir.path(), &["two.tdl", "--input", "x=random", "--seed", "5", "--bind", "T=6", "--output", "d.npy"]);
+    let out =
+        run_in(dir.path(), &["two.tdl", "--input", "x=random", "--seed", "5", "--bind", "T=6", "--output", "d.npy"]);
     assert_ok(&out);
     assert_eq!(a, std::fs::read(dir.path().join("d.npy")).unwrap());
 }
@@ -565,7 +612,8 @@ fn run_binds_weights_from_safetensors() {
     // An extra tensor the graph does not use is fine.
     let unused = f32t(&[2], 4);
     write_safetensors(dir.path(), "wb.safetensors", &[("w", &w), ("b", &b), ("unused", &unused)]);
-    let out = run_in(dir.path(), &["affine.tdl", "--input", "x=x.npy", "--weights", "wb.safetensors", "--output", "y.npy"]);
+    let out =
+        run_in(dir.path(), &["affine.tdl", "--input", "x=x.npy", "--weights", "wb.safetensors", "--output", "y.npy"]);
     assert_ok(&out);
     assert_eq!(result_lines(&out).len(), 1, "{}", out.describe());
     let mut want = vec![0.0; 3 * 3];

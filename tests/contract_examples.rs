@@ -27,13 +27,8 @@ const SEED: u64 = 7;
 /// returns the output tensor and the wall time of the run.
 fn run_random(file: &Path, binds: &[(&str, usize)], dir: &Path) -> (Tensor, Duration) {
     let out_path = dir.join("out.npy");
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        file.display().to_string(),
-        "--random".into(),
-        "--seed".into(),
-        SEED.to_string(),
-    ];
+    let mut args: Vec<String> =
+        vec!["run".into(), file.display().to_string(), "--random".into(), "--seed".into(), SEED.to_string()];
     for (sym, n) in binds {
         args.push("--bind".into());
         args.push(format!("{sym}={n}"));
@@ -235,7 +230,10 @@ fn causal_attention_with_more_queries_than_keys_gives_zero_rows() {
     for hh in 0..h {
         for qi in 0..(t - s) {
             let row = &got.data[(hh * t + qi) * d..][..d];
-            assert!(row.iter().all(|&x| x == 0.0), "head {hh}, query {qi} sees no key: its row must be zeros, got {row:?}");
+            assert!(
+                row.iter().all(|&x| x == 0.0),
+                "head {hh}, query {qi} sees no key: its row must be zeros, got {row:?}"
+            );
         }
     }
     assert_close("causal_attention H=2 T=45 S=37", &got, &[h, t, d], &want, TOL);
@@ -409,7 +407,9 @@ fn check_accepts_every_example_and_prints_signatures() {
         let mut at = 0;
         for p in ps {
             let needle = format!("{p}: ");
-            let i = line[at..].find(&needle).unwrap_or_else(|| panic!("{name}: parameter `{p}` missing or out of order in {line}"));
+            let i = line[at..]
+                .find(&needle)
+                .unwrap_or_else(|| panic!("{name}: parameter `{p}` missing or out of order in {line}"));
             at += i + needle.len();
         }
     }

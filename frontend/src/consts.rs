@@ -70,6 +70,10 @@ fn eval_inner(e: &Expr, env: &ConstEnv) -> Result<Const, Diagnostic> {
         ExprKind::Unary(UnOp::Neg, a) => match eval(a, env)? {
             Const::Int(i) => Const::Int(i.checked_neg().ok_or_else(|| overflow(e.span))?),
             Const::Float(f) => Const::Float(-f),
+            Const::Array(mut a) if a.dtype != DType::Bool => {
+                a.data.iter_mut().for_each(|x| *x = -*x);
+                Const::Array(a)
+            }
             other => return Err(not_const(&format!("`-` applied to {}", other.describe()))),
         },
         ExprKind::Unary(UnOp::Not, a) => match eval(a, env)? {

@@ -103,7 +103,10 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 /// and line breaks (NUL above all) become spaces, one byte for one byte, so
 /// spans still line up and the caret under them is visible.
 fn shown(source: &str) -> String {
-    source.chars().map(|c| if c.is_control() && !matches!(c, '\t' | '\n' | '\r') && c.len_utf8() == 1 { ' ' } else { c }).collect()
+    source
+        .chars()
+        .map(|c| if c.is_control() && !matches!(c, '\t' | '\n' | '\r') && c.len_utf8() == 1 { ' ' } else { c })
+        .collect()
 }
 
 /// Renders diagnostics as text, without colour (what snapshots hold).

@@ -38,6 +38,7 @@ pub fn lower_file(src: &str, file: &File) -> (Vec<Graph>, Vec<Diagnostic>) {
     let mut env: ConstEnv = HashMap::new();
     let mut graphs: Vec<Graph> = Vec::new();
     let mut graph_spans: HashMap<String, Span> = HashMap::new();
+    let mut poisoned: BTreeSet<String> = BTreeSet::new();
     for item in &file.items {
         match item {
             Item::Const(c) => {
@@ -53,7 +54,10 @@ pub fn lower_file(src: &str, file: &File) -> (Vec<Graph>, Vec<Diagnostic>) {
                     Ok(v) => {
                         env.insert(c.name.name.clone(), (v, c.name.span));
                     }
-                    Err(d) => diags.push(d),
+                    Err(d) => {
+                        diags.push(d);
+                        poisoned.insert(c.name.name.clone());
+                    }
                 }
             }
             Item::Graph(g) => {
@@ -73,6 +77,7 @@ pub fn lower_file(src: &str, file: &File) -> (Vec<Graph>, Vec<Diagnostic>) {
                     g: Graph::new(&g.name.name),
                     locals: HashMap::new(),
                     symbols: BTreeSet::new(),
+                    poisoned: &poisoned,
                 };
                 l.graph(g);
                 diags.append(&mut l.diags);
@@ -94,6 +99,8 @@ struct Lowerer<'a> {
     locals: HashMap<String, Val>,
     /// Dimension symbols the parameters bind.
     symbols: BTreeSet<String>,
+    /// Constants whose definition failed (already reported): uses stay quiet.
+    poisoned: &'a BTreeSet<String>,
 }
 
 /// An argument of a call: from the source, or the left side of a `|>`.
@@ -398,6 +405,7 @@ impl<'a> Lowerer<'a> {
                     return None;
                 }
                 None if self.symbols.contains(n) => Ok(Dim::sym(n)),
+                None if self.poisoned.contains(n) => return None,
                 None => {
                     let mut d = Diagnostic::error(format!("unknown dimension `{n}`"))
                         .at(e.span, "not a constant, and no parameter's shape binds it");
@@ -582,6 +590,15 @@ impl<'a> Lowerer<'a> {
                 let x = self.const_node(&c, dt, sa)?;
                 Some((x, y))
             }
+            // Two constants, one an array: the other takes the array's type.
+            (Val::Const(x @ Const::Array(_)), Val::Const(c)) => {
+                let x = self.tensor(Val::Const(x), sa)?;
+                self.pair(Val::Node(x), sa, Val::Const(c), sb)
+            }
+            (Val::Const(c), Val::Const(y @ Const::Array(_))) => {
+                let y = self.tensor(Val::Const(y), sb)?;
+                self.pair(Val::Const(c), sa, Val::Node(y), sb)
+            }
             (a, b) => {
                 let x = self.tensor(a, sa);
                 let y = self.tensor(b, sb);
@@ -661,6 +678,10 @@ impl<'a> Lowerer<'a> {
         if let Some((c, _)) = self.env.get(n) {
             return Val::Const(c.clone());
         }
+        if self.poisoned.contains(n) {
+            // A constant whose definition failed: already reported.
+            return Val::Error;
+        }
         if n == "causal" {
             return self.mask_node(MaskExpr::Causal, Vec::new(), span);
         }
@@ -674,10 +695,12 @@ impl<'a> Lowerer<'a> {
         let mut d = Diagnostic::error(format!("unknown name `{n}`")).at(span, "not defined");
         let cands: Vec<String> =
             self.locals.keys().chain(self.env.keys()).cloned().chain(BUILTINS.iter().map(|s| s.to_string())).collect();
-        if let Some(c) = closest(n, cands.iter().map(|s| s.as_str())) {
+        if BUILTINS.contains(&n) || n == "document" {
+            d = Diagnostic::error(format!("`{n}` is a function, not a value"))
+                .at(span, "used without arguments")
+                .hint(format!("call it: `{n}(...)`"));
+        } else if let Some(c) = closest(n, cands.iter().map(|s| s.as_str())) {
             d = d.hint(format!("did you mean `{c}`?"));
-        } else if BUILTINS.contains(&n) || n == "document" {
-            d = d.hint(format!("`{n}` is a function: call it as `{n}(...)`"));
         }
         self.err(d)
     }
@@ -721,6 +744,13 @@ impl<'a> Lowerer<'a> {
         }
         let is_mask = |s: &Self, v: &Val| matches!(v, Val::Node(id) if matches!(s.ty(*id), Type::Mask));
         let (ma, mb) = (is_mask(self, &a), is_mask(self, &b));
+        // In tensor expressions numbers are real numbers: `1 / 8` is 0.125
+        // (integer floor division is for constants and lambdas).
+        if let (BinOp::Div, Val::Const(Const::Int(x)), Val::Const(Const::Int(y))) = (op, &a, &b) {
+            if *y != 0 && x.checked_rem(*y) != Some(0) {
+                return Val::Const(Const::Float(*x as f64 / *y as f64));
+            }
+        }
         // Constant folding.
         if let (Val::Const(x), Val::Const(y)) = (&a, &b) {
             if !matches!(x, Const::Array(_)) && !matches!(y, Const::Array(_)) {
@@ -840,19 +870,36 @@ impl<'a> Lowerer<'a> {
                     .filter_map(|(what, n)| n.filter(|n| *n != prod).map(|n| format!("{what} = {n}")))
                     .collect();
                 if !bad.is_empty() {
-                    problems.push(format!(
-                        "neighborhood grid {grid:?} holds {prod} positions, but the scores have {}",
-                        bad.join(" and ")
+                    problems.push((
+                        format!(
+                            "neighborhood grid {grid:?} holds {prod} positions, but the scores have {}",
+                            bad.join(" and ")
+                        ),
+                        "the product of `grid` must equal the number of queries and keys",
                     ));
+                }
+            }
+            if let (MaskExpr::Blocks { layout: ArrayRef::Const(c), block }, Some(t), Some(s)) = (leaf, t, s) {
+                if c.shape.len() == 2 {
+                    let need = [(t + block[0] - 1) / block[0], (s + block[1] - 1) / block[1]];
+                    if (c.shape[0] as i64) < need[0] || (c.shape[1] as i64) < need[1] {
+                        problems.push((
+                            format!(
+                                "block layout is {}×{}, but {t} queries × {s} keys in blocks of {block:?} need at least {}×{}",
+                                c.shape[0], c.shape[1], need[0], need[1]
+                            ),
+                            "the layout needs one entry per (query block, key block)",
+                        ));
+                    }
                 }
             }
             Ok(())
         });
-        for p in problems {
+        for (p, hint) in problems {
             let d = Diagnostic::error(p)
-                .at(mask_span, "grid does not match the sequence")
+                .at(mask_span, "does not fit the scores")
                 .with(span, "mask applied here")
-                .hint("the product of `grid` must equal the number of queries and keys");
+                .hint(hint);
             self.diags.push(d);
         }
     }
@@ -911,6 +958,16 @@ impl<'a> Lowerer<'a> {
                 if let Some((_, v)) = vars.iter().find(|(name, _)| name == n) {
                     let t = if *v == LambdaVar::S { SType::Float } else { SType::Int };
                     return Some((ScalarExpr::Var(*v), t));
+                }
+                match self.locals.get(n) {
+                    Some(Val::Const(Const::Int(i))) => return Some((ScalarExpr::Int(*i), SType::Int)),
+                    Some(Val::Const(Const::Float(f))) => return Some((ScalarExpr::Float(*f), SType::Float)),
+                    Some(Val::Const(Const::Bool(b))) => return Some((ScalarExpr::Bool(*b), SType::Bool)),
+                    Some(Val::Error) => return None,
+                    _ => {}
+                }
+                if self.poisoned.contains(n) && !self.locals.contains_key(n) {
+                    return None;
                 }
                 if !self.locals.contains_key(n) {
                     match self.env.get(n) {

@@ -132,7 +132,7 @@ pub enum Op {
     Permute { perm: Vec<usize> },
     /// Same elements, row-major, new shape. Operands: `x`.
     Reshape { shape: Vec<Dim> },
-    /// Concatenation along `axis`. Operands: two or more tensors.
+    /// Concatenation along `axis`. Operands: one or more tensors.
     Concat { axis: usize },
     /// Elements `start..end` along `axis`. Operands: `x`.
     Slice { axis: usize, start: i64, end: i64 },

@@ -8,7 +8,8 @@ fn roundtrip(name: &str, src: &str) {
     let checked = check_ok(name, src);
     for g in &checked.graphs {
         let text = print_graph(g.graph());
-        let module = parse_module(&text).unwrap_or_else(|e| panic!("{name}: the text form does not re-parse: {e}\n{text}"));
+        let module =
+            parse_module(&text).unwrap_or_else(|e| panic!("{name}: the text form does not re-parse: {e}\n{text}"));
         assert_eq!(module.graphs.len(), 1);
         let back = &module.graphs[0];
         assert!(graphs_equal(g.graph(), back), "{name}: graph `{}` changed through print → parse", g.name);

@@ -41,12 +41,98 @@ fn exercise(src: &str) -> bool {
 }
 
 const VOCAB: &[&str] = &[
-    "graph", "const", "let", "return", "true", "false", "inf", "mask", "q", "k", "v", "x", "s", "h", "T", "S", "H", "D",
-    "f32", "f16", "bf16", "i32", "bool", "f33", "0", "1", "2", "64", "-1", "0.125", "1e-5", "99999999999999999999", "(",
-    ")", "[", "]", "{", "}", ",", ":", ";", "=", "->", "=>", "|>", "@", "+", "-", "*", "/", "%", "<", "<=", ">", ">=",
-    "==", "!=", "&", "|", "!", "&&", "softmax", "transpose", "permute", "reshape", "concat", "slice", "repeat", "where",
-    "attention", "causal", "window", "local", "dilated", "sink", "strided", "neighborhood", "blocks", "document", "axis",
-    "keepdims", "sum", "max", "exp", "rope", "rmsnorm", "layernorm", "\n", "//c\n", "\0", "$", "é",
+    "graph",
+    "const",
+    "let",
+    "return",
+    "true",
+    "false",
+    "inf",
+    "mask",
+    "q",
+    "k",
+    "v",
+    "x",
+    "s",
+    "h",
+    "T",
+    "S",
+    "H",
+    "D",
+    "f32",
+    "f16",
+    "bf16",
+    "i32",
+    "bool",
+    "f33",
+    "0",
+    "1",
+    "2",
+    "64",
+    "-1",
+    "0.125",
+    "1e-5",
+    "99999999999999999999",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    ";",
+    "=",
+    "->",
+    "=>",
+    "|>",
+    "@",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "==",
+    "!=",
+    "&",
+    "|",
+    "!",
+    "&&",
+    "softmax",
+    "transpose",
+    "permute",
+    "reshape",
+    "concat",
+    "slice",
+    "repeat",
+    "where",
+    "attention",
+    "causal",
+    "window",
+    "local",
+    "dilated",
+    "sink",
+    "strided",
+    "neighborhood",
+    "blocks",
+    "document",
+    "axis",
+    "keepdims",
+    "sum",
+    "max",
+    "exp",
+    "rope",
+    "rmsnorm",
+    "layernorm",
+    "\n",
+    "//c\n",
+    "\0",
+    "$",
+    "é",
 ];
 
 fn token_stream() -> impl Strategy<Value = String> {
@@ -64,8 +150,8 @@ const SEEDS: &[&str] = &[
 /// A real program with a few random edits: deletions, duplications and
 /// insertions of vocabulary tokens at random byte positions.
 fn mutation() -> impl Strategy<Value = String> {
-    (0..SEEDS.len(), prop::collection::vec((any::<prop::sample::Index>(), 0..3u8, prop::sample::select(VOCAB)), 1..6)).prop_map(
-        |(seed, edits)| {
+    (0..SEEDS.len(), prop::collection::vec((any::<prop::sample::Index>(), 0..3u8, prop::sample::select(VOCAB)), 1..6))
+        .prop_map(|(seed, edits)| {
             let mut s = SEEDS[seed].to_string();
             for (at, kind, tok) in edits {
                 if s.is_empty() {
@@ -96,8 +182,7 @@ fn mutation() -> impl Strategy<Value = String> {
                 }
             }
             s
-        },
-    )
+        })
 }
 
 proptest! {
