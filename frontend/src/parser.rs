@@ -443,6 +443,8 @@ impl<'s> Parser<'s> {
             let span = lhs.span.to(self.prev_span());
             self.check_depth(depth, span)?;
             lhs = Expr { kind: ExprKind::Pipe { lhs: Box::new(lhs), func, args, has_parens }, span };
+            // Operators may follow a pipe: `x |> f() * 2` is `f(x) * 2`.
+            (lhs, depth) = self.binary_rest(lhs, depth, 0)?;
         }
         Ok((lhs, depth))
     }
@@ -479,7 +481,12 @@ impl<'s> Parser<'s> {
     /// Precedence climbing; left-associative chains are built in a loop, so
     /// only the depth of the resulting tree is bounded, not its length.
     fn binary(&mut self, min_prec: u8) -> PResult<(Expr, usize)> {
-        let (mut lhs, mut depth) = self.unary()?;
+        let (lhs, depth) = self.unary()?;
+        self.binary_rest(lhs, depth, min_prec)
+    }
+
+    /// The operators after a left operand, binding tighter than `min_prec`.
+    fn binary_rest(&mut self, mut lhs: Expr, mut depth: usize, min_prec: u8) -> PResult<(Expr, usize)> {
         let mut last_cmp: Option<Span> = None;
         loop {
             let op_span = self.span();
@@ -770,7 +777,7 @@ mod tests {
             }
             ExprKind::Pipe { lhs, func, args, .. } => {
                 let a: Vec<String> = args.iter().map(|a| show(&a.value)).collect();
-                format!("{} |> {}({})", show(lhs), func.name, a.join(", "))
+                format!("[{} |> {}({})]", show(lhs), func.name, a.join(", "))
             }
             ExprKind::Lambda { body, .. } => format!("(=> {})", show(body)),
             ExprKind::Index { base, indices } => {
@@ -786,7 +793,8 @@ mod tests {
         assert_eq!(show(&body_expr("a - b - c")), "((a - b) - c)");
         assert_eq!(show(&body_expr("-a * b")), "((-a) * b)");
         assert_eq!(show(&body_expr("a | b & !c")), "(a | (b & (!c)))");
-        assert_eq!(show(&body_expr("a + b |> f(1)")), "(a + b) |> f(1)");
+        assert_eq!(show(&body_expr("a + b |> f(1)")), "[(a + b) |> f(1)]");
+        assert_eq!(show(&body_expr("a |> f() * 2 |> g()")), "[([a |> f()] * 2) |> g()]");
         assert_eq!(show(&body_expr("causal & mask(q, k, h) => q - k < s[h]")), "(causal & (=> ((q - k) < s[h])))");
         assert_eq!(show(&body_expr("f(x, score = (s, q, k, h) => s * 2, y = 1)")), "f(x, (=> (s * 2)), 1)");
     }
