@@ -58,7 +58,7 @@ pub fn assemble_inputs(g: &Graph, plan: &InputPlan, limits: &Limits) -> Result<V
         }
     }
     let weights = match &plan.weights {
-        Some(p) => weights::load_safetensors(p).map_err(|e| e.to_string())?,
+        Some(p) => weights::load_safetensors_where(p, |n| names.contains(&n)).map_err(|e| e.to_string())?,
         None => BTreeMap::new(),
     };
     let mut given: Vec<Option<Tensor>> = Vec::new();

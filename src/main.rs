@@ -308,7 +308,17 @@ fn run(args: RunArgs) -> Res<()> {
     let inputs = assemble_inputs(g, &plan, &limits).map_err(user)?;
     stage("run");
     let outputs = match args.backend {
-        Backend::Reference => tdl::reference::run_with_limits(g, &inputs, &limits).map_err(|e| user(e.to_string()))?,
+        Backend::Reference => tdl::reference::run_with_limits(g, &inputs, &limits).map_err(|e| {
+            // Point at the source of the node that failed, where there is one.
+            if let Some(span) = e.span() {
+                let d =
+                    tdl::Diagnostic::error(e.root().to_string()).at(span, format!("while running graph `{}`", g.name));
+                emit_stderr(&[d], &name, &src);
+                Failure::User(None)
+            } else {
+                user(e.to_string())
+            }
+        })?,
     };
     stage("output");
     for (i, t) in outputs.iter().enumerate() {
@@ -330,6 +340,13 @@ fn summary(t: &Tensor) -> String {
     let min = t.data.iter().copied().fold(f64::INFINITY, f64::min);
     let max = t.data.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mean = t.data.iter().sum::<f64>() / n as f64;
-    let finite = if t.all_finite() { "all finite" } else { "NOT all finite" };
+    let nans = t.data.iter().filter(|v| v.is_nan()).count();
+    let finite = if t.all_finite() {
+        "all finite".to_string()
+    } else if nans > 0 {
+        format!("NOT all finite: {nans} NaN")
+    } else {
+        "NOT all finite".to_string()
+    };
     format!("{}  min {min:.6}  max {max:.6}  mean {mean:.6}  ({finite})", t.type_text())
 }

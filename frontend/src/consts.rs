@@ -6,6 +6,9 @@ use crate::diag::Diagnostic;
 use std::collections::HashMap;
 use tdl_ir::{ConstValue, DType, Span};
 
+/// The most axes a constant array may have.
+pub const MAX_CONST_RANK: usize = 16;
+
 /// The largest constant array the frontend builds (elements).
 pub const MAX_CONST_ELEMENTS: usize = 1 << 20;
 
@@ -275,5 +278,12 @@ fn array(span: Span, elems: &[Expr], env: &ConstEnv) -> Result<ConstValue, Diagn
     };
     shape.push(elems.len());
     shape.extend(inner_shape.unwrap_or_default());
+    if shape.len() > MAX_CONST_RANK {
+        return Err(Diagnostic::error(format!(
+            "constant array has {} axes; the limit is {MAX_CONST_RANK}",
+            shape.len()
+        ))
+        .at(span, "too deeply nested"));
+    }
     Ok(ConstValue { dtype, shape, data })
 }

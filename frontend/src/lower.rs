@@ -78,6 +78,7 @@ pub fn lower_file(src: &str, file: &File) -> (Vec<Graph>, Vec<Diagnostic>) {
                     locals: HashMap::new(),
                     symbols: BTreeSet::new(),
                     poisoned: &poisoned,
+                    arg_cache: HashMap::new(),
                 };
                 l.graph(g);
                 diags.append(&mut l.diags);
@@ -101,6 +102,8 @@ struct Lowerer<'a> {
     symbols: BTreeSet<String>,
     /// Constants whose definition failed (already reported): uses stay quiet.
     poisoned: &'a BTreeSet<String>,
+    /// Call arguments already lowered, by source span.
+    arg_cache: HashMap<(usize, usize), Val>,
 }
 
 /// An argument of a call: from the source, or the left side of a `|>`.
@@ -503,6 +506,13 @@ impl<'a> Lowerer<'a> {
                     );
                     return None;
                 }
+                if dtype == DType::I32 && i32::try_from(*i).is_err() {
+                    self.diags.push(
+                        Diagnostic::error(format!("integer {i} does not fit in i32"))
+                            .at(span, format!("i32 holds {} ..= {}", i32::MIN, i32::MAX)),
+                    );
+                    return None;
+                }
                 ConstValue::scalar(dtype, *i as f64)
             }
             Const::Float(f) => {
@@ -623,10 +633,18 @@ impl<'a> Lowerer<'a> {
             ExprKind::Inf => Val::Const(Const::Float(f64::INFINITY)),
             ExprKind::Paren(a) => self.expr(a),
             ExprKind::Ident(n) => self.ident(n, span),
-            ExprKind::Array(_) => match consts::eval(e, self.env) {
+            ExprKind::Array(elems) => match consts::eval(e, self.env) {
                 Ok(c) => Val::Const(c),
                 Err(d) => {
-                    self.err(d.note("array literals are constants; to join tensors use `concat([a, b], axis = ...)`"))
+                    let names_a_tensor = elems.iter().any(
+                        |x| matches!(&x.kind, ExprKind::Ident(n) if matches!(self.locals.get(n), Some(Val::Node(_)))),
+                    );
+                    let d = if names_a_tensor {
+                        d.note("array literals are constants; to join tensors use `concat([a, b], axis = ...)`")
+                    } else {
+                        d
+                    };
+                    self.err(d)
                 }
             },
             ExprKind::Unary(op, a) => {
@@ -646,8 +664,13 @@ impl<'a> Lowerer<'a> {
                 self.call(func, args, span)
             }
             ExprKind::Pipe { lhs, func, args, .. } => {
-                let first = self.expr(lhs);
-                let mut all = vec![CallArg { name: None, value: ArgValue::Val(first), span: lhs.span }];
+                // An array literal stays source, so `[a, b] |> concat(axis = 0)`
+                // reads its elements as `concat([a, b], axis = 0)` does.
+                let first = match lhs.kind {
+                    ExprKind::Array(_) => ArgValue::Expr(lhs),
+                    _ => ArgValue::Val(self.expr(lhs)),
+                };
+                let mut all = vec![CallArg { name: None, value: first, span: lhs.span }];
                 all.extend(args.iter().map(|a| CallArg {
                     name: a.name.as_ref(),
                     value: ArgValue::Expr(&a.value),
@@ -841,6 +864,13 @@ impl<'a> Lowerer<'a> {
     // ---- masks ------------------------------------------------------------------
 
     fn mask_node(&mut self, m: MaskExpr, operands: Vec<NodeId>, span: Span) -> Val {
+        if let Err(e) = tdl_ir::mask::check_expr_limits(m.measure()) {
+            return self.err(
+                Diagnostic::error(format!("mask expression too large: {e}"))
+                    .at(span, "this mask")
+                    .hint("masks combined through many `let`s grow with every use; simplify the mask or use a lambda"),
+            );
+        }
         let spans = vec![span; operands.len()];
         self.node(Op::Mask(m), &operands, span, &spans)
     }
@@ -881,7 +911,8 @@ impl<'a> Lowerer<'a> {
             }
             if let (MaskExpr::Blocks { layout: ArrayRef::Const(c), block }, Some(t), Some(s)) = (leaf, t, s) {
                 if c.shape.len() == 2 {
-                    let need = [(t + block[0] - 1) / block[0], (s + block[1] - 1) / block[1]];
+                    // Ceiling division without overflow (t, s, blocks are positive).
+                    let need = [(t - 1) / block[0] + 1, (s - 1) / block[1] + 1];
                     if (c.shape[0] as i64) < need[0] || (c.shape[1] as i64) < need[1] {
                         problems.push((
                             format!(
@@ -914,6 +945,9 @@ impl<'a> Lowerer<'a> {
                 .at(span, "here"),
             );
         }
+        if !self.distinct_params(params) {
+            return Val::Error;
+        }
         let vars: Vec<(String, LambdaVar)> =
             params.iter().zip([LambdaVar::Q, LambdaVar::K, LambdaVar::H]).map(|(p, v)| (p.name.clone(), v)).collect();
         let mut operands = Vec::new();
@@ -928,6 +962,21 @@ impl<'a> Lowerer<'a> {
             );
         }
         self.mask_node(MaskExpr::Lambda(e), operands, span)
+    }
+
+    /// Reports a lambda parameter named twice; true when all are distinct.
+    fn distinct_params(&mut self, params: &[Ident]) -> bool {
+        for (i, p) in params.iter().enumerate() {
+            if let Some(prev) = params[..i].iter().find(|q| q.name == p.name) {
+                self.diags.push(
+                    Diagnostic::error(format!("lambda parameter `{}` is named twice", p.name))
+                        .at(p.span, "named again here")
+                        .with(prev.span, "first named here"),
+                );
+                return false;
+            }
+        }
+        true
     }
 
     // ---- the lambda language -----------------------------------------------------
@@ -1133,7 +1182,23 @@ impl<'a> Lowerer<'a> {
                     if tc != SType::Bool || (ta == SType::Bool) != (tb == SType::Bool) {
                         return fail(self, Diagnostic::error("`where(c, a, b)` needs a boolean `c` and two values of one kind").at(span, "here"));
                     }
-                    let t = if ta == SType::Int && tb == SType::Int { SType::Int } else if ta == SType::Bool { SType::Bool } else { SType::Float };
+                    let t = if ta == SType::Int && tb == SType::Int {
+                        SType::Int
+                    } else if ta == SType::Bool {
+                        SType::Bool
+                    } else {
+                        SType::Float
+                    };
+                    // One integer and one float branch: the result is a float
+                    // whichever branch is taken, so the integer one is promoted.
+                    let promote = |x: ScalarExpr, tx: SType| {
+                        if t == SType::Float && tx == SType::Int {
+                            ScalarExpr::binary(ScalarBinary::Mul, x, ScalarExpr::Float(1.0))
+                        } else {
+                            x
+                        }
+                    };
+                    let (a, b) = (promote(a, ta), promote(b, tb));
                     return Some((ScalarExpr::Select(Box::new(c), Box::new(a), Box::new(b)), t));
                 }
                 let (b, tb) = xs.pop()?;

@@ -290,7 +290,7 @@ pub fn infer_type(op: &Op, tys: &[&Type]) -> Result<Type, InferError> {
             let x = tensor(name, tys, 0)?;
             check_axis(name, *axis, x.rank())?;
             let dim = &x.shape[*axis];
-            let in_range = *start >= 0 && start <= end && dim.as_const().is_none_or(|c| *end <= c);
+            let in_range = *start >= 0 && start < end && dim.as_const().is_none_or(|c| *end <= c);
             if !in_range {
                 return Err(InferError::SliceRange { start: *start, end: *end, dim: dim.clone() });
             }

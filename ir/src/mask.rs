@@ -311,3 +311,98 @@ impl MaskExpr {
         out
     }
 }
+
+/// The deepest mask or lambda tree a graph may hold (the verifier checks it;
+/// the frontend reports it at the source). Below the text form's nesting
+/// limit, so every verified graph prints to text that parses back.
+pub const MAX_EXPR_DEPTH: usize = 200;
+/// The most tree nodes one mask or lambda may have.
+pub const MAX_EXPR_NODES: usize = 10_000;
+/// The most constant-array elements one mask or lambda may hold (each use of
+/// a constant array inside it counts its elements).
+pub const MAX_EXPR_ELEMENTS: usize = 1 << 22;
+
+enum Item<'a> {
+    Mask(&'a MaskExpr),
+    Scalar(&'a ScalarExpr),
+}
+
+/// `(depth, nodes, elements)` of a mask or scalar tree, without recursion (a tree built
+/// through an API may be arbitrarily deep). An index into an array of rank
+/// `r` adds `r` levels, as its nested brackets do in the text form.
+fn measure(root: Item<'_>) -> (usize, usize, usize) {
+    let mut stack = vec![(root, 1usize)];
+    let (mut depth, mut nodes, mut size) = (0usize, 0usize, 0usize);
+    while let Some((item, d)) = stack.pop() {
+        depth = depth.max(d);
+        nodes = nodes.saturating_add(1);
+        match item {
+            Item::Mask(m) => match m {
+                MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
+                    stack.push((Item::Mask(a), d + 1));
+                    stack.push((Item::Mask(b), d + 1));
+                }
+                MaskExpr::Not(a) => stack.push((Item::Mask(a), d + 1)),
+                MaskExpr::Lambda(e) => stack.push((Item::Scalar(e), d + 1)),
+                MaskExpr::Blocks { layout: ArrayRef::Const(c), .. } => {
+                    size = size.saturating_add(c.len());
+                    depth = depth.max(d + c.shape.len());
+                }
+                MaskExpr::Neighborhood { .. } => {}
+                _ => {}
+            },
+            Item::Scalar(e) => match e {
+                ScalarExpr::Index { array, indices } => {
+                    let rank = match array {
+                        ArrayRef::Const(c) => {
+                            size = size.saturating_add(c.len());
+                            c.shape.len()
+                        }
+                        ArrayRef::Operand(_) => 0,
+                    };
+                    depth = depth.max(d + rank);
+                    stack.extend(indices.iter().map(|i| (Item::Scalar(i), d + 1)));
+                }
+                ScalarExpr::Unary(_, a) => stack.push((Item::Scalar(a), d + 1)),
+                ScalarExpr::Binary(_, a, b) => {
+                    stack.push((Item::Scalar(a), d + 1));
+                    stack.push((Item::Scalar(b), d + 1));
+                }
+                ScalarExpr::Select(c, a, b) => {
+                    stack.extend([c, a, b].into_iter().map(|x| (Item::Scalar(x), d + 1)));
+                }
+                _ => {}
+            },
+        }
+    }
+    (depth, nodes, size)
+}
+
+impl MaskExpr {
+    /// `(depth, nodes, constant elements)`: see [`check_expr_limits`].
+    pub fn measure(&self) -> (usize, usize, usize) {
+        measure(Item::Mask(self))
+    }
+}
+
+impl ScalarExpr {
+    /// `(depth, nodes, constant elements)`: see [`check_expr_limits`].
+    pub fn measure(&self) -> (usize, usize, usize) {
+        measure(Item::Scalar(self))
+    }
+}
+
+/// Checks a mask or lambda against [`MAX_EXPR_DEPTH`], [`MAX_EXPR_NODES`]
+/// and [`MAX_EXPR_ELEMENTS`]; the error says which limit and by how much.
+pub fn check_expr_limits((depth, nodes, elements): (usize, usize, usize)) -> Result<(), String> {
+    if depth > MAX_EXPR_DEPTH {
+        return Err(format!("it is {depth} levels deep; the limit is {MAX_EXPR_DEPTH}"));
+    }
+    if nodes > MAX_EXPR_NODES {
+        return Err(format!("it has {nodes} parts; the limit is {MAX_EXPR_NODES}"));
+    }
+    if elements > MAX_EXPR_ELEMENTS {
+        return Err(format!("it holds {elements} constant array elements; the limit is {MAX_EXPR_ELEMENTS}"));
+    }
+    Ok(())
+}

@@ -60,7 +60,14 @@ pub enum DimError {
     Overflow,
     #[error("symbol `{0}` is not bound")]
     Unbound(String),
+    #[error("dimension expression is too complex (more than {MAX_DIM_TERMS} terms, or a term of more than {MAX_DIM_DEGREE} symbols)")]
+    TooComplex,
 }
+
+/// The most terms a [`Dim`] polynomial may have.
+pub const MAX_DIM_TERMS: usize = 64;
+/// The most symbols one term of a [`Dim`] may multiply.
+pub const MAX_DIM_DEGREE: usize = 64;
 
 /// A dimension: a polynomial with integer coefficients over dimension symbols,
 /// such as `64`, `T`, `2*T` or `H*T + 1`.
@@ -130,6 +137,9 @@ impl Dim {
     pub fn checked_add(&self, other: &Dim) -> Result<Dim, DimError> {
         let mut terms = self.terms.clone();
         for (m, c) in &other.terms {
+            if terms.len() >= MAX_DIM_TERMS && !terms.contains_key(m) {
+                return Err(DimError::TooComplex);
+            }
             let e = terms.entry(m.clone()).or_insert(0);
             *e = e.checked_add(*c).ok_or(DimError::Overflow)?;
         }
@@ -156,12 +166,15 @@ impl Dim {
                 let mut m = ma.clone();
                 m.extend(mb.iter().cloned());
                 m.sort();
-                if m.len() > 64 {
+                if m.len() > MAX_DIM_DEGREE {
                     // Keeps pathological products (a reshape of 10 000 symbols)
                     // from building monomials without bound.
-                    return Err(DimError::Overflow);
+                    return Err(DimError::TooComplex);
                 }
                 let c = ca.checked_mul(*cb).ok_or(DimError::Overflow)?;
+                if terms.len() >= MAX_DIM_TERMS && !terms.contains_key(&m) {
+                    return Err(DimError::TooComplex);
+                }
                 let e = terms.entry(m).or_insert(0);
                 *e = e.checked_add(c).ok_or(DimError::Overflow)?;
             }
@@ -334,6 +347,17 @@ mod tests {
         b.insert("T".into(), 5);
         assert_eq!(p.eval(&b), Ok(14));
         assert_eq!(Dim::sym("S").eval(&b), Err(DimError::Unbound("S".into())));
+    }
+
+    #[test]
+    fn dim_polynomials_stay_small() {
+        // (A + B + ... + J)^3 has 220 terms: too complex, not a slow expansion.
+        let sum = (b'A'..=b'J')
+            .map(|c| Dim::sym(&(c as char).to_string()))
+            .try_fold(Dim::constant(0), |a, d| a.checked_add(&d))
+            .unwrap();
+        let sq = sum.checked_mul(&sum).unwrap();
+        assert_eq!(sq.checked_mul(&sum), Err(DimError::TooComplex));
     }
 
     #[test]

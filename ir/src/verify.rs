@@ -91,6 +91,14 @@ fn check(g: &Graph) -> Result<(), VerifyError> {
             }
             continue;
         }
+        let measured = match &node.op {
+            Op::Mask(m) => Some(m.measure()),
+            Op::Attention { score: Some(e), .. } => Some(e.measure()),
+            _ => None,
+        };
+        if let Some(m) = measured {
+            crate::mask::check_expr_limits(m).map_err(|e| err(g, Some(id), format!("`{}`: {e}", node.op.name())))?;
+        }
         let inputs = g.inputs(id);
         let tys: Vec<&Type> = inputs.iter().map(|i| &g.node(*i).ty).collect();
         let inferred =

@@ -52,11 +52,20 @@ pub enum RunError {
 
     /// The error `source` happened while evaluating `node` of `graph`.
     #[error("graph `{graph}`, node {node}: {source}")]
-    At { graph: String, node: String, source: Box<RunError> },
+    At { graph: String, node: String, span: Option<tdl_ir::Span>, source: Box<RunError> },
 }
 
 impl RunError {
     /// The innermost error, under every [`RunError::At`] context layer.
+    /// The source span of the innermost node the error happened in, if the
+    /// graph came from source.
+    pub fn span(&self) -> Option<tdl_ir::Span> {
+        match self {
+            RunError::At { span, source, .. } => source.span().or(*span),
+            _ => None,
+        }
+    }
+
     pub fn root(&self) -> &RunError {
         match self {
             RunError::At { source, .. } => source.root(),

@@ -118,7 +118,12 @@ pub fn run_with_limits(g: &VerifiedGraph, inputs: &[Tensor], limits: &Limits) ->
 fn at(g: &Graph, id: NodeId, e: RunError) -> RunError {
     let node = g.node(id);
     let name = node.name.as_ref().map_or_else(String::new, |n| format!(", `{n}`"));
-    RunError::At { graph: g.name.clone(), node: format!("{id} (`{}`{name})", node.op.name()), source: Box::new(e) }
+    RunError::At {
+        graph: g.name.clone(),
+        node: format!("{id} (`{}`{name})", node.op.name()),
+        span: node.span,
+        source: Box::new(e),
+    }
 }
 
 /// A mask node's expression and operand tensors.

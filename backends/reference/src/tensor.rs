@@ -268,7 +268,7 @@ impl Tensor {
         match bad {
             None => Ok(()),
             Some(i) => Err(format!(
-                "element {i} is {}, which is not a {} value{}",
+                "element {i} is {}, which is not an {} value{}",
                 self.data[i],
                 self.dtype,
                 if self.dtype == DType::Bool { " (0 or 1)" } else { " (an integer in i32 range)" }

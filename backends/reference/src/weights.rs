@@ -15,12 +15,27 @@ use crate::tensor::Tensor;
 
 /// Every tensor of a `.safetensors` file, by name.
 pub fn load_safetensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>, IoError> {
+    load_safetensors_where(path, |_| true)
+}
+
+/// Like [`load_safetensors`], but converts only the tensors whose names
+/// `wanted` accepts (the others are not decoded at all), and refuses any
+/// tensor over the default [`crate::Limits`] before converting it.
+pub fn load_safetensors_where(
+    path: impl AsRef<Path>,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Tensor>, IoError> {
     let path = path.as_ref();
     let bad = |message: String| IoError::BadSafetensors { path: path.to_path_buf(), message };
     let bytes = std::fs::read(path).map_err(|e| IoError::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut out = BTreeMap::new();
+    let limits = crate::Limits::default();
     for (name, view) in st.tensors() {
+        if !wanted(&name) {
+            continue;
+        }
+        limits.check(&format!("weight `{name}`"), view.shape()).map_err(|e| bad(e.to_string()))?;
         let raw = view.data();
         let (dtype, data): (DType, Vec<f64>) = match view.dtype() {
             Dtype::F32 => (

@@ -131,9 +131,19 @@ impl<'a> Lowerer<'a> {
         ok.then_some(out)
     }
 
+    /// An argument's value. Each source argument is lowered once, however
+    /// many times a built-in asks, so its errors are reported once.
     fn arg_val(&mut self, a: &CallArg) -> Val {
         match &a.value {
-            ArgValue::Expr(e) => self.expr(e),
+            ArgValue::Expr(e) => {
+                let key = (e.span.start, e.span.end);
+                if let Some(v) = self.arg_cache.get(&key) {
+                    return v.clone();
+                }
+                let v = self.expr(e);
+                self.arg_cache.insert(key, v.clone());
+                v
+            }
             ArgValue::Val(v) => v.clone(),
         }
     }
@@ -231,17 +241,18 @@ impl<'a> Lowerer<'a> {
     }
 
     /// A (possibly negative) axis argument, normalised against `rank`.
-    fn axis(&mut self, a: Option<&CallArg>, default: i64, rank: usize) -> Option<usize> {
-        let (v, span) = match a {
-            Some(a) => (self.arg_int(a, "`axis`")?, a.span),
-            None => (default, Span::default()),
+    fn axis(&mut self, a: Option<&CallArg>, default: i64, rank: usize, call: Span) -> Option<usize> {
+        let v = match a {
+            Some(a) => self.arg_int(a, "`axis`")?,
+            None => default,
         };
         let r = rank as i64;
         if v < -r || v >= r {
-            let mut d = Diagnostic::error(format!("axis {v} is out of range for a tensor of rank {rank}"));
-            if a.is_some() {
-                d = d.at(span, format!("expected an axis in {}..{}", -r, r));
-            }
+            let d = Diagnostic::error(format!("axis {v} is out of range for a tensor of rank {rank}"));
+            let d = match a {
+                Some(a) => d.at(a.span, format!("expected an axis in {}..{}", -r, r)),
+                None => d.at(call, format!("the default axis is {default}")),
+            };
             self.diags.push(d);
             return None;
         }
@@ -279,16 +290,18 @@ impl<'a> Lowerer<'a> {
             "sum" | "max" | "mean" => {
                 let x = t!(0);
                 if let Some(a) = &b[1] {
-                    if let ArgValue::Expr(e) = &a.value {
-                        if a.name.is_none() && matches!(self.expr(e), Val::Node(_)) {
-                            return self.err(
+                    if let Val::Node(id) = self.arg_val(a) {
+                        let d = match self.ty(id) {
+                            Type::Mask => self.mask_not_tensor(a.span),
+                            Type::Tensor(_) => {
                                 Diagnostic::error(format!("not supported yet: elementwise `{name}` of two tensors"))
-                                    .at(a.span, "the second argument of a reduction is its axis"),
-                            );
-                        }
+                                    .at(a.span, "the second argument of a reduction is its axis")
+                            }
+                        };
+                        return self.err(d);
                     }
                 }
-                let axis = some!(self.axis(b[1].as_ref(), -1, self.rank(x)));
+                let axis = some!(self.axis(b[1].as_ref(), -1, self.rank(x), span));
                 let keepdims = match &b[2] {
                     Some(a) => some!(self.arg_bool(a, "`keepdims`")),
                     None => false,
@@ -298,7 +311,7 @@ impl<'a> Lowerer<'a> {
             }
             "softmax" => {
                 let x = t!(0);
-                let axis = some!(self.axis(b[1].as_ref(), -1, self.rank(x)));
+                let axis = some!(self.axis(b[1].as_ref(), -1, self.rank(x), span));
                 self.node(Op::Softmax { axis }, &[x], span, &arg_spans)
             }
             "transpose" => {
@@ -373,12 +386,12 @@ impl<'a> Lowerer<'a> {
                 if xs.is_empty() {
                     return self.err(Diagnostic::error("`concat` needs at least one tensor").at(a.span, "empty list"));
                 }
-                let axis = some!(self.axis(b[1].as_ref(), 0, self.rank(xs[0])));
+                let axis = some!(self.axis(b[1].as_ref(), 0, self.rank(xs[0]), span));
                 self.node(Op::Concat { axis }, &xs, span, &spans)
             }
             "slice" => {
                 let x = t!(0);
-                let axis = some!(self.axis(b[1].as_ref(), 0, self.rank(x)));
+                let axis = some!(self.axis(b[1].as_ref(), 0, self.rank(x), span));
                 let start = match &b[2] {
                     Some(a) => some!(self.arg_int(a, "`start`")),
                     None => 0,
@@ -397,10 +410,15 @@ impl<'a> Lowerer<'a> {
                 if let (Some(a), Some(n)) = (&b[3], size) {
                     if let Val::Const(Const::Int(e)) = self.arg_val(a) {
                         if e > n || e <= start {
+                            let why = if e <= start {
+                                format!("end must be greater than start ({start})")
+                            } else {
+                                format!("end must be at most {n}")
+                            };
                             return self.err(
                                 Diagnostic::error(format!("slice end {e} is out of range"))
-                                    .at(end_span, format!("end must be in {}..={n}", start + 1))
-                                    .note(format!("axis {axis} has size {n}")),
+                                    .at(end_span, why)
+                                    .note(format!("axis {axis} has size {n}; a slice takes 0 <= start < end <= size")),
                             );
                         }
                     }
@@ -423,7 +441,7 @@ impl<'a> Lowerer<'a> {
             "repeat" => {
                 let x = t!(0);
                 let times = some!(self.arg_int(some!(b[1].as_ref()), "the repeat count"));
-                let axis = some!(self.axis(b[2].as_ref(), 0, self.rank(x)));
+                let axis = some!(self.axis(b[2].as_ref(), 0, self.rank(x), span));
                 self.node(Op::Repeat { times, axis }, &[x], span, &arg_spans)
             }
             "where" => {
@@ -443,10 +461,14 @@ impl<'a> Lowerer<'a> {
                 };
                 let (x, y) = some!(self.pair(va, aa.span, vb, ba.span));
                 if matches!(self.ty(cond), Type::Mask) {
-                    if let Some(t) = self.tensor_ty(x).cloned() {
-                        let r = t.rank();
-                        if r >= 2 {
-                            self.check_mask_fits(cond, t.shape[r - 2].as_const(), t.shape[r - 1].as_const(), span);
+                    let (tx, ty) = (self.tensor_ty(x).cloned(), self.tensor_ty(y).cloned());
+                    if let (Some(tx), Some(ty)) = (tx, ty) {
+                        // The mask covers the broadcast result's last two axes.
+                        if let Ok(shape) = tdl_ir::infer::broadcast_shapes(&tx.shape, &ty.shape) {
+                            let r = shape.len();
+                            if r >= 2 {
+                                self.check_mask_fits(cond, shape[r - 2].as_const(), shape[r - 1].as_const(), span);
+                            }
                         }
                     }
                 }
@@ -536,6 +558,13 @@ impl<'a> Lowerer<'a> {
                                 Diagnostic::error("a score modifier must give a number, this gives a boolean")
                                     .at(body.span, "a predicate")
                                     .hint("to mask scores pass `mask = mask(q, k, h) => ...` instead"),
+                            );
+                            ok = false;
+                        }
+                        Some((e, _)) if tdl_ir::mask::check_expr_limits(e.measure()).is_err() => {
+                            let why = tdl_ir::mask::check_expr_limits(e.measure()).err().unwrap_or_default();
+                            self.diags.push(
+                                Diagnostic::error(format!("score modifier too large: {why}")).at(a.span, "this lambda"),
                             );
                             ok = false;
                         }
