@@ -62,13 +62,45 @@ enum Command {
         /// Write to this file instead of standard output.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        passes: PassArgs,
+    },
+    /// Explain what the pass pipeline did: fused attentions, rules, costs.
+    Explain {
+        file: PathBuf,
+        /// Only this graph.
+        #[arg(long)]
+        graph: Option<String>,
+        /// Print JSON (a stable shape, documented in docs/passes.md).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        passes: PassArgs,
     },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Emit {
-    /// The verified typed graph, in its text form.
+    /// The verified typed graph from the frontend, in its text form.
     Graph,
+    /// The saturated e-graph of the last e-graph phase (`fuse-attention`).
+    Egraph,
+    /// The graph after the whole pass pipeline (fused attention nodes).
+    Fused,
+}
+
+/// Pipeline options shared by `compile` and `explain`.
+#[derive(clap::Args, Clone, Default)]
+struct PassArgs {
+    /// Print the graph after this pass (to stderr). Repeatable.
+    #[arg(long = "print-after", value_name = "PASS")]
+    print_after: Vec<String>,
+    /// Print the graph after every pass (to stderr).
+    #[arg(long)]
+    print_after_all: bool,
+    /// Skip this pass. Repeatable; unknown names warn.
+    #[arg(long = "disable-pass", value_name = "PASS")]
+    disable_pass: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -196,27 +228,87 @@ fn dispatch(cli: Cli) -> Res<()> {
             }
             Ok(())
         }
-        Command::Compile { file, emit, graph, output } => {
+        Command::Compile { file, emit, graph, output, passes } => {
             let (name, src) = read_source(&file)?;
             let checked = check(&name, &src)?;
             let graphs: Vec<&VerifiedGraph> = match &graph {
                 Some(g) => vec![select(&checked, Some(g), &name)?],
                 None => checked.graphs.iter().collect(),
             };
+            let mut texts = Vec::new();
+            for g in graphs {
+                let text = match emit {
+                    Emit::Graph => tdl::ir::text::print_graph(g.graph()),
+                    Emit::Fused => tdl::ir::text::print_graph(&optimize(g, &passes)?.0),
+                    Emit::Egraph => {
+                        let (_, reports) = optimize(g, &passes)?;
+                        let e = reports.iter().rev().find_map(|r| r.egraph.clone());
+                        let text = e.unwrap_or_else(|| "(no e-graph phase ran)\n".to_string());
+                        format!("egraph {} {{\n{text}}}\n", g.name)
+                    }
+                };
+                texts.push(text);
+            }
             stage("emit");
-            let text = match emit {
-                Emit::Graph => {
-                    graphs.iter().map(|g| tdl::ir::text::print_graph(g.graph())).collect::<Vec<_>>().join("\n")
-                }
-            };
+            let text = texts.join("\n");
             match output {
                 Some(p) => std::fs::write(&p, text).map_err(|e| user(format!("cannot write {}: {e}", p.display())))?,
                 None => print!("{text}"),
             }
             Ok(())
         }
+        Command::Explain { file, graph, json, passes } => {
+            let (name, src) = read_source(&file)?;
+            let checked = check(&name, &src)?;
+            let graphs: Vec<&VerifiedGraph> = match &graph {
+                Some(g) => vec![select(&checked, Some(g), &name)?],
+                None => checked.graphs.iter().collect(),
+            };
+            let mut explained = Vec::new();
+            for g in graphs {
+                let (after, reports) = optimize(g, &passes)?;
+                explained.push(tdl::passes::explain::explain_graph(g.graph(), after.graph(), &reports));
+            }
+            stage("explain");
+            if json {
+                let graphs: Vec<_> = explained.iter().map(|e| tdl::passes::explain::to_json(e, &src)).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "graphs": graphs })).unwrap_or_default()
+                );
+            } else {
+                for e in &explained {
+                    print!("{}", tdl::passes::explain::to_text(e, &src));
+                }
+            }
+            Ok(())
+        }
         Command::Run(args) => run(args),
     }
+}
+
+/// Runs the pass pipeline on one graph, honouring the pass options.
+fn optimize(g: &VerifiedGraph, args: &PassArgs) -> Res<(VerifiedGraph, Vec<tdl::passes::PassReport>)> {
+    stage("passes");
+    for p in &args.disable_pass {
+        if !tdl::passes::PASS_NAMES.contains(&p.as_str()) {
+            eprintln!("warning: --disable-pass {p}: no such pass (passes: {})", tdl::passes::PASS_NAMES.join(", "));
+        }
+    }
+    for p in &args.print_after {
+        if !tdl::passes::PASS_NAMES.contains(&p.as_str()) {
+            eprintln!("warning: --print-after {p}: no such pass (passes: {})", tdl::passes::PASS_NAMES.join(", "));
+        }
+    }
+    let disabled: std::collections::BTreeSet<String> = args.disable_pass.iter().cloned().collect();
+    let passes = tdl::passes::pipeline_without(&disabled);
+    let mut print = |r: &tdl::passes::PassReport, g: &VerifiedGraph| {
+        if args.print_after_all || args.print_after.iter().any(|p| p == r.pass) {
+            eprintln!("// after {}{}", r.pass, if r.changed { "" } else { " (no change)" });
+            eprint!("{}", tdl::ir::text::print_graph(g.graph()));
+        }
+    };
+    tdl::passes::run_pipeline_with(g.clone(), &passes, &mut print).map_err(|e| Failure::Internal(e.to_string()))
 }
 
 fn read_source(path: &Path) -> Res<(String, String)> {

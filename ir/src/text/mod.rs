@@ -143,7 +143,7 @@ use crate::mask::{ArrayRef, ConstValue, MaskExpr, ScalarExpr};
 use crate::op::Op;
 
 pub use parse::{parse_graph, parse_module};
-pub use print::{print_graph, print_module};
+pub use print::{mask_text, print_graph, print_module, scalar_text};
 
 /// The deepest nesting the parser accepts (parentheses, brackets, prefix
 /// operators, and the depth of the expression trees it builds).
