@@ -6,6 +6,7 @@
 //! invariant is caught at once and named (a verifier error is always a bug).
 //! The e-graph phases (`canonicalize`, `fuse-attention`) live in
 //! [`egraph`]; see `passes/RULES.md` for how rules are written.
+//! [`mask_algebra`] simplifies mask expressions into a canonical form.
 
 pub mod egraph;
 pub mod explain;
@@ -76,7 +77,7 @@ impl Pass for Phase {
 }
 
 /// The names of every pass, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["dead-node-removal", "canonicalize", "fuse-attention"];
+pub const PASS_NAMES: &[&str] = &["dead-node-removal", "canonicalize", "fuse-attention", "mask-algebra"];
 
 /// The passes, in order. Ordering constraints are written beside each.
 pub fn default_pipeline() -> Vec<Box<dyn Pass>> {
@@ -87,6 +88,9 @@ pub fn default_pipeline() -> Vec<Box<dyn Pass>> {
         Box::new(Phase { name: "canonicalize", limits: PhaseLimits::default() }),
         // Replaces softmax(q @ kᵀ · c + m) @ v by attention nodes.
         Box::new(Phase { name: "fuse-attention", limits: PhaseLimits::default() }),
+        // Last: the canonical mask form is what tile classification reads;
+        // the e-graph phases treat masks as opaque values.
+        Box::new(mask_algebra::MaskAlgebra),
     ]
 }
 
