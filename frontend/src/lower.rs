@@ -516,6 +516,20 @@ impl<'a> Lowerer<'a> {
                 ConstValue::scalar(dtype, *i as f64)
             }
             Const::Float(f) => {
+                let max = match dtype {
+                    DType::F32 => f32::MAX as f64,
+                    DType::F16 => 65504.0,
+                    DType::BF16 => 3.3895313892515355e38,
+                    _ => f64::INFINITY,
+                };
+                if f.is_finite() && f.abs() > max {
+                    self.diags.push(
+                        Diagnostic::error(format!("{f} is out of range for {dtype}"))
+                            .at(span, format!("the largest finite {dtype} is {max:e}"))
+                            .hint("write `inf` for infinity"),
+                    );
+                    return None;
+                }
                 if !dtype.is_float() {
                     self.diags.push(
                         Diagnostic::error(format!("a floating-point number where {dtype} is expected"))

@@ -68,9 +68,9 @@ impl Pass for Phase {
     }
 
     fn run(&self, g: &mut Graph) -> Result<PassReport, String> {
-        let before = tdl_ir::text::print_graph(g);
         let out = run_phase(self.name, g, &self.limits)?;
-        let changed = tdl_ir::text::print_graph(&out.graph) != before;
+        // Structural, so a re-extraction that only reorders nodes is no change.
+        let changed = !tdl_ir::text::graphs_equal(g, &out.graph);
         *g = out.graph;
         Ok(PassReport { pass: self.name, changed, phase: Some(out.report), egraph: Some(out.egraph_text) })
     }

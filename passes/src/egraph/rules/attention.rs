@@ -1,102 +1,188 @@
-//! Attention fusion: `softmax(q @ transpose(k) · c + m) @ v` becomes one
-//! `attention(q, k, v, mask = m, scale = c)` node, which a later stage
-//! schedules with an online softmax (one pass over the scores instead of
-//! three, and no `T×S` matrix in memory).
+//! Attention fusion: `softmax(q @ transpose(k) · c + m + b) @ v` becomes one
+//! `attention(q, k, v, mask = m, scale = c, score = (s, q, k, h) => s + b[..])`
+//! node, which a later stage schedules with an online softmax (one pass over
+//! the scores instead of three, and no `T×S` matrix in memory).
 //!
-//! The rules match the canonical spelling only; canonicalisation brings the
-//! other spellings to it (scale on `q` or `k`, division, `where(m, s, -inf)`,
-//! `permute`, a spelled-out softmax, a constant on the left).
+//! One rule, `fuse-attention`, matches `softmax(x) @ v` over the last axis
+//! and then decomposes the class of `x` (any e-node of it may be used):
 //!
-//! | rule | pattern |
+//! | form of `x` | becomes |
 //! |---|---|
-//! | `fuse-attention-scaled-masked` | `softmax(q @ transpose(k) · c + m) @ v` |
-//! | `fuse-attention-scaled` | `softmax(q @ transpose(k) · c) @ v` |
-//! | `fuse-attention-masked` | `softmax(q @ transpose(k) + m) @ v` (scale 1) |
-//! | `fuse-attention` | `softmax(q @ transpose(k)) @ v` (scale 1) |
+//! | `q @ transpose(k)` | the scores, scale 1 |
+//! | `y · c`, `c` a finite scalar constant | scale `c` (if `y` holds masks, only for `c > 0`, since `-inf · c` must stay `-inf`; never over a bias) |
+//! | `y + m`, `m + y`, `m` a mask | mask `m` (several masks are combined with `&`) |
+//! | `y + b`, `b + y`, `b` a float tensor of the scores' trailing shape | score modifier `s + b[q, k]` or `s + b[h, q, k]` (one bias) |
 //!
-//! Conditions: the softmax is over the last axis; `c` is a scalar constant;
-//! `m` is a mask, or a float bias whose shape is the scores' last two (or
-//! three) axes exactly, which becomes the score modifier `s + bias[q, k]`;
-//! the fused node type-checks and has the matched class's type. When `k` and
-//! `v` are `repeat(·, g, axis = -3)` of the same group count, a grouped
-//! alternative that reads the un-repeated K/V is added too (GQA without
-//! copies); the extractor takes it because it moves less data.
+//! Canonicalisation brings the other spellings to these (division by a
+//! constant, scale on `q` or `k`, `where(m, s, -inf)`, `permute`, a
+//! spelled-out softmax). The fused node must type-check and have the matched
+//! class's type. When `k` and `v` are `repeat(·, g, axis = -3)` with the same
+//! group count, a grouped alternative reading the un-repeated K/V is added
+//! too (GQA without copies); the extractor takes it because it moves less.
 
 use egg::{Id, Subst};
-use tdl_ir::{LambdaVar, Op, ScalarBinary, ScalarExpr};
+use tdl_ir::{ArrayRef, LambdaVar, MaskExpr, Op, ScalarBinary, ScalarExpr};
 
 use super::{attr, custom, nodes_where_repeat, scalar, tensor_dims, try_add, v, Rule};
-use crate::egraph::{is_mask, TEGraph};
+use crate::egraph::{is_mask, op_of, TEGraph, TL};
 
 pub fn rules() -> Vec<Rule> {
-    vec![
-        custom(
-            "fuse-attention-scaled-masked",
-            "(matmul (softmax ?ax (add (mul (matmul ?q (transpose ?k)) ?c) ?m)) ?v)",
-            |eg, _, s| fuse(eg, s, true, true),
-        ),
-        custom("fuse-attention-scaled", "(matmul (softmax ?ax (mul (matmul ?q (transpose ?k)) ?c)) ?v)", |eg, _, s| {
-            fuse(eg, s, true, false)
-        }),
-        custom("fuse-attention-masked", "(matmul (softmax ?ax (add (matmul ?q (transpose ?k)) ?m)) ?v)", |eg, _, s| {
-            fuse(eg, s, false, true)
-        }),
-        custom("fuse-attention", "(matmul (softmax ?ax (matmul ?q (transpose ?k))) ?v)", |eg, _, s| {
-            fuse(eg, s, false, false)
-        }),
-    ]
+    vec![custom("fuse-attention", "(matmul (softmax ?ax ?x) ?v)", |eg, _, s| fuse(eg, s))]
 }
 
-fn fuse(eg: &mut TEGraph, s: &Subst, scaled: bool, masked: bool) -> Option<Id> {
-    let (q, k, vv) = (s[v("?q")], s[v("?k")], s[v("?v")]);
-    let Some(Op::Softmax { axis }) = attr(eg, s[v("?ax")]) else { return None };
-    let q_rank = tensor_dims(eg, q)?.len();
-    // Scores have q's rank (leading axes broadcast); softmax must be over keys.
-    let k_rank = tensor_dims(eg, k)?.len();
-    if axis + 1 != q_rank.max(k_rank) {
-        return None;
+/// One way to read the softmax input as scaled, masked, biased scores.
+#[derive(Clone, Debug)]
+struct Parts {
+    q: Id,
+    k: Id,
+    scale: f64,
+    masks: Vec<Id>,
+    bias: Option<Id>,
+}
+
+/// The ways to read class `c` as attention scores, at most a few, found by
+/// walking its e-nodes to a bounded depth.
+fn decompose(eg: &TEGraph, c: Id, depth: usize) -> Vec<Parts> {
+    let mut out = Vec::new();
+    if depth == 0 {
+        return out;
     }
-    let scale = if scaled { scalar(eg, s[v("?c")])? } else { 1.0 };
-    if !scale.is_finite() {
-        return None;
-    }
-    let mut extra: Vec<Id> = Vec::new();
-    let mut score = None;
-    let mut is_masked = false;
-    if masked {
-        let m = s[v("?m")];
-        if is_mask(eg, m) {
-            is_masked = true;
-            extra.push(m);
-        } else {
-            // An additive float bias becomes the score modifier s + bias[...].
-            let dims = tensor_dims(eg, m)?;
-            let vars: &[LambdaVar] = match dims.len() {
-                2 => &[LambdaVar::Q, LambdaVar::K],
-                3 if q_rank == 3 => &[LambdaVar::H, LambdaVar::Q, LambdaVar::K],
-                _ => return None,
-            };
-            let index = ScalarExpr::Index {
-                array: tdl_ir::ArrayRef::Operand(3),
-                indices: vars.iter().map(|x| ScalarExpr::Var(*x)).collect(),
-            };
-            score = Some(ScalarExpr::binary(ScalarBinary::Add, ScalarExpr::Var(LambdaVar::S), index));
-            extra.push(m);
+    for n in &eg[c].nodes {
+        match n {
+            TL::MatMul([a, bt]) => {
+                for m in &eg[*bt].nodes {
+                    if let TL::Transpose([k]) = m {
+                        out.push(Parts { q: eg.find(*a), k: eg.find(*k), scale: 1.0, masks: Vec::new(), bias: None });
+                    }
+                }
+            }
+            TL::Mul([y, cc]) => {
+                let Some(factor) = scalar(eg, *cc) else { continue };
+                if !factor.is_finite() {
+                    continue;
+                }
+                for mut p in decompose(eg, *y, depth - 1) {
+                    if p.bias.is_some() || (!p.masks.is_empty() && factor <= 0.0) {
+                        continue;
+                    }
+                    p.scale *= factor;
+                    if p.scale.is_finite() {
+                        out.push(p);
+                    }
+                }
+            }
+            TL::Add([a, b]) => {
+                for (y, extra) in [(*a, *b), (*b, *a)] {
+                    let is_m = is_mask(eg, extra);
+                    for mut p in decompose(eg, y, depth - 1) {
+                        if is_m {
+                            p.masks.push(eg.find(extra));
+                        } else if p.bias.is_none() && p.masks.is_empty() {
+                            p.bias = Some(eg.find(extra));
+                        } else {
+                            continue;
+                        }
+                        out.push(p);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if out.len() > 8 {
+            break;
         }
     }
-    if score.is_some() {
-        // The bias must have exactly the scores' trailing shape ([T, S] or
-        // [H, T, S]), so indexing it per (h, q, k) is the same as adding it.
-        let qd = tensor_dims(eg, q)?;
-        let kd = tensor_dims(eg, k)?;
+    out
+}
+
+/// The expression and operand classes of a mask class.
+fn mask_parts(eg: &TEGraph, m: Id) -> Option<(MaskExpr, Vec<Id>)> {
+    eg[m].nodes.iter().find_map(|n| match op_of(eg, n)? {
+        (Op::Mask(e), xs) => Some((e, xs.iter().map(|x| eg.find(*x)).collect())),
+        _ => None,
+    })
+}
+
+/// The class of `m1 & m2 & ...` (the first mask as is when alone).
+fn combine_masks(eg: &mut TEGraph, masks: &[Id]) -> Option<Id> {
+    if masks.len() == 1 {
+        return Some(masks[0]);
+    }
+    // Masks were collected from the outside in; the innermost was applied first.
+    let mut parts: Vec<(MaskExpr, Vec<Id>)> = masks.iter().rev().map(|m| mask_parts(eg, *m)).collect::<Option<_>>()?;
+    let (mut expr, mut ops) = parts.remove(0);
+    for (mut e, o) in parts {
+        let mut map = Vec::new();
+        for id in o {
+            let pos = ops.iter().position(|x| *x == id).unwrap_or_else(|| {
+                ops.push(id);
+                ops.len() - 1
+            });
+            map.push(pos);
+        }
+        e.map_operands(&mut |i| map.get(i).copied().unwrap_or(i));
+        expr = MaskExpr::And(Box::new(expr), Box::new(e));
+    }
+    tdl_ir::mask::check_expr_limits(expr.measure()).ok()?;
+    try_add(eg, Op::Mask(expr), &ops)
+}
+
+fn fuse(eg: &mut TEGraph, s: &Subst) -> Option<Id> {
+    let (x, vv) = (s[v("?x")], s[v("?v")]);
+    let Some(Op::Softmax { axis }) = attr(eg, s[v("?ax")]) else { return None };
+    if axis + 1 != tensor_dims(eg, x)?.len() {
+        return None; // softmax over another axis than the keys
+    }
+    let mut first = None;
+    for p in decompose(eg, x, 6) {
+        if let Some(id) = build(eg, &p, vv) {
+            match first {
+                None => first = Some(id),
+                Some(f) => {
+                    if eg[f].data.ty == eg[id].data.ty {
+                        eg.union(f, id);
+                    }
+                }
+            }
+        }
+    }
+    first
+}
+
+fn build(eg: &mut TEGraph, p: &Parts, vv: Id) -> Option<Id> {
+    let (q, k) = (p.q, p.k);
+    let qd = tensor_dims(eg, q)?;
+    let kd = tensor_dims(eg, k)?;
+    let (q_rank, k_rank) = (qd.len(), kd.len());
+    let mut extra = Vec::new();
+    let masked = !p.masks.is_empty();
+    if masked {
+        extra.push(combine_masks(eg, &p.masks)?);
+    }
+    let mut score = None;
+    if let Some(b) = p.bias {
+        // The bias must have exactly the scores' trailing shape, so indexing
+        // it per (h, q, k) is the same as adding it with broadcasting.
         let mut scores = qd[..q_rank - 1].to_vec();
         scores.push(kd[k_rank - 2].clone());
-        let bd = tensor_dims(eg, s[v("?m")])?;
+        let bd = tensor_dims(eg, b)?;
         if bd.len() > scores.len() || scores[scores.len() - bd.len()..] != bd[..] {
             return None;
         }
+        let vars: &[LambdaVar] = match bd.len() {
+            2 => &[LambdaVar::Q, LambdaVar::K],
+            3 => &[LambdaVar::H, LambdaVar::Q, LambdaVar::K],
+            _ => return None,
+        };
+        let operand = 3 + usize::from(masked);
+        let index = ScalarExpr::Index {
+            array: ArrayRef::Operand(operand),
+            indices: vars.iter().map(|x| ScalarExpr::Var(*x)).collect(),
+        };
+        score = Some(ScalarExpr::binary(ScalarBinary::Add, ScalarExpr::Var(LambdaVar::S), index));
+        extra.push(b);
     }
-    let op = Op::Attention { scale: Some(scale), masked: is_masked, score };
+    let op = Op::Attention { scale: Some(p.scale), masked, score };
     let mut ins = vec![q, k, vv];
     ins.extend(&extra);
     let plain = try_add(eg, op.clone(), &ins)?;

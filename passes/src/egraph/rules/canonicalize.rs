@@ -10,15 +10,15 @@
 //! | `permute-permute` | `permute(permute(x, p1), p2) → permute(x, p1∘p2)` | |
 //! | `reshape-reshape` | `reshape(reshape(x, s1), s2) → reshape(x, s2)` | |
 //! | `reshape-identity` | `reshape(x, s) → x` | `s` is `x`'s shape |
-//! | `divide-by-constant` | `x / c → x · (1/c)` | `c` a finite non-zero float scalar |
+//! | `divide-by-constant` | `x / c → x · (1/c)` | `c` and `1/c` normal float scalars |
 //! | `constant-to-the-right` | `c · x → x · c` | `c` a scalar constant, `x` not |
-//! | `fold-scales` | `(x · a) · b → x · (a·b)` | `a`, `b` scalar constants |
+//! | `fold-scales` | `(x · a) · b → x · (a·b)` | `a`, `b`, `a·b` normal scalar constants (no overflow, no zero) |
 //! | `scale-out-of-matmul-left` | `(q · c) @ k → (q @ k) · c` | `c` a scalar constant |
 //! | `scale-out-of-matmul-right` | `q @ (k · c) → (q @ k) · c` | `c` a scalar constant |
 //! | `scale-out-of-transpose` | `transpose(k · c) → transpose(k) · c` | `c` a scalar constant |
 //! | `mask-to-the-right` | `m + s → s + m` | `m` a mask |
 //! | `where-mask-is-masked-add` | `where(m, s, -inf) → s + m` | `m` a mask, `s` already the result's shape |
-//! | `softmax-spelled-out` | `exp(x - max(x)) / sum(exp(x - max(x))) → softmax(x)` | both reductions over one axis with `keepdims` |
+//! | `softmax-spelled-out` | `exp(x - max(x)) / sum(exp(x - max(x))) → softmax(x)` | both reductions over one axis with `keepdims`; a refinement: where every entry of a row is `-inf` the spelled form gives NaN and `softmax` gives zeros (the language's rule for fully masked rows) |
 //! | `fold-OP` | `OP(c) → c'`, `c1 OP c2 → c'` | scalar float constants; `sqrt`, `rsqrt`, `neg`, `exp`, `log`, `add`, `sub`, `mul`, `div` |
 //!
 //! Scalar scales commute with matmul exactly in real arithmetic; in floating
@@ -70,7 +70,9 @@ pub fn rules() -> Vec<Rule> {
         custom("divide-by-constant", "(div ?x ?c)", |eg, _, s| {
             let c = scalar(eg, s[v("?c")])?;
             let dt = dtype(eg, s[v("?c")])?;
-            if !dt.is_float() || c == 0.0 || !c.is_finite() {
+            // 1/c must itself be an ordinary number, or x·(1/c) means
+            // something else than x/c (1/1e-310 is inf).
+            if !dt.is_float() || !c.is_normal() || !(1.0 / c).is_normal() || !fits(dt, 1.0 / c) {
                 return None;
             }
             let inv = scalar_const(eg, dt, 1.0 / c);
@@ -83,10 +85,20 @@ pub fn rules() -> Vec<Rule> {
             }
             try_add(eg, Op::Binary(BinaryOp::Mul), &[x, c])
         }),
-        custom("fold-scales", "(mul (mul ?x ?a) ?b)", |eg, _, s| {
+        custom("fold-scales", "(mul (mul ?x ?a) ?b)", |eg, matched, s| {
+            // A product that already is its own operand (x·0 = (x·0)·2 after
+            // folding) would fold forever: C·2, C·4, … Nothing to learn there.
+            if eg.find(s[v("?x")]) == eg.find(matched) {
+                return None;
+            }
             let (a, b) = (scalar(eg, s[v("?a")])?, scalar(eg, s[v("?b")])?);
             let dt = dtype(eg, s[v("?a")])?;
             if dtype(eg, s[v("?b")])? != dt || !dt.is_float() {
+                return None;
+            }
+            // Reassociating is only the same computation when the folded
+            // scale is an ordinary number (1e200·1e200 is inf: 0·inf is NaN).
+            if !a.is_normal() || !b.is_normal() || !(a * b).is_normal() || !fits(dt, a * b) {
                 return None;
             }
             let c = scalar_const(eg, dt, a * b);
@@ -162,6 +174,18 @@ fn fold2(eg: &mut TEGraph, s: &Subst, f: fn(f64, f64) -> f64) -> Option<Id> {
         return None;
     }
     Some(scalar_const(eg, dt, f(x, y)))
+}
+
+/// Whether `x` is a normal number of the element type (no overflow to
+/// `inf`, no underflow to zero or subnormals when stored in `dt`).
+fn fits(dt: tdl_ir::DType, x: f64) -> bool {
+    let (max, min) = match dt {
+        tdl_ir::DType::F32 => (f32::MAX as f64, f32::MIN_POSITIVE as f64),
+        tdl_ir::DType::F16 => (65504.0, 6.103515625e-5),
+        tdl_ir::DType::BF16 => (3.3895313892515355e38, 1.1754943508222875e-38),
+        _ => return false,
+    };
+    x.is_finite() && x.abs() <= max && x.abs() >= min
 }
 
 fn scale_out(eg: &mut TEGraph, s: &Subst, left: bool) -> Option<Id> {
