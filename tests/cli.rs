@@ -828,3 +828,74 @@ fn compile_o_writes_the_file() {
     let out = tdlc_in(dir.path(), ["compile", "two.tdl", "-o", "no/such/dir/g.txt"]);
     assert_user_error_says(&out, &["no/such/dir/g.txt"]);
 }
+
+// ---------------------------------------------------------------------------
+// The pass pipeline's tools: --emit fused|egraph, --print-after,
+// --disable-pass, explain.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn compile_emits_the_fused_graph_and_the_egraph() {
+    let ca = s(&example("causal_attention"));
+    let out = tdlc(["compile", &ca, "--emit", "fused"]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("= attention %0, %1, %2"), "{}", out.describe());
+    assert!(!out.stdout.contains("softmax"), "{}", out.describe());
+    let out = tdlc(["compile", &ca, "--emit", "egraph"]);
+    assert_ok(&out);
+    assert!(out.stdout.starts_with("egraph causal_attention {"), "{}", out.describe());
+    assert!(out.stdout.contains("attention{") && out.stdout.contains("softmax{axis=2}"), "{}", out.describe());
+}
+
+#[test]
+fn print_after_and_disable_pass() {
+    let ca = s(&example("causal_attention"));
+    let out = tdlc(["compile", &ca, "--emit", "fused", "--print-after", "canonicalize"]);
+    assert_ok(&out);
+    assert!(out.stderr.contains("// after canonicalize"), "{}", out.describe());
+    assert!(!out.stderr.contains("// after fuse-attention"), "{}", out.describe());
+    let out = tdlc(["compile", &ca, "--emit", "fused", "--print-after-all"]);
+    assert_ok(&out);
+    for pass in tdl::passes::PASS_NAMES {
+        assert!(out.stderr.contains(&format!("// after {pass}")), "{pass}: {}", out.describe());
+    }
+    let out = tdlc(["compile", &ca, "--emit", "fused", "--disable-pass", "fuse-attention"]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("softmax") && !out.stdout.contains("= attention"), "{}", out.describe());
+    let out = tdlc(["compile", &ca, "--emit", "fused", "--disable-pass", "no-such-pass"]);
+    assert_ok(&out);
+    assert!(out.stderr.contains("warning: --disable-pass no-such-pass: no such pass"), "{}", out.describe());
+}
+
+#[test]
+fn explain_json_has_the_documented_shape() {
+    let out = tdlc(["explain", &s(&example("gqa_window")), "--json"]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("explain --json prints JSON");
+    let g = &v["graphs"][0];
+    assert_eq!(g["name"], "gqa_window");
+    let a = &g["attentions"][0];
+    assert_eq!(g["attentions"].as_array().map(|a| a.len()), Some(1));
+    assert_eq!(a["mask"], "window(4096)");
+    assert_eq!(a["scale"], 0.0884);
+    assert_eq!(a["groups"], 4);
+    assert_eq!(a["passes"], 1);
+    assert_eq!(a["source"]["line"], 6);
+    let phases = g["phases"].as_array().expect("phases");
+    assert_eq!(
+        phases.iter().map(|p| p["phase"].as_str().unwrap_or("")).collect::<Vec<_>>(),
+        ["canonicalize", "fuse-attention"]
+    );
+    for p in phases {
+        assert_eq!(p["hit_node_limit"], false);
+        assert!(p["rules_fired"].is_object() && p["stop_reason"].is_string());
+    }
+    assert!(g["cost_after"].as_f64() < g["cost_before"].as_f64());
+    let text = tdlc(["explain", &s(&example("gqa_window"))]);
+    assert_ok(&text);
+    assert!(
+        text.stdout.contains("attention at 6:12: mask window(4096), scale 0.0884, groups 4"),
+        "{}",
+        text.describe()
+    );
+}

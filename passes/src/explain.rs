@@ -7,7 +7,8 @@
 //! {"graphs": [{"name": "...",
 //!              "attentions": [{"mask": "<canonical mask text>" | null, "scale": 0.125,
 //!                              "groups": 1, "passes": 1, "score": "<lambda>" | null,
-//!                              "source": {"line": 7, "column": 12} | null}, ...],
+//!                              "source": {"line": 7, "column": 12} | null,
+//!                              "recomputes_scores": false}, ...],
 //!              "unfused_softmax": [{"axis": 2, "passes": 3, "source": ...}, ...],
 //!              "phases": [{"phase": "canonicalize", "stop_reason": "saturated",
 //!                          "hit_node_limit": false, "iterations": 3, "egraph_nodes": 40,
@@ -36,6 +37,10 @@ pub struct AttentionInfo {
     pub passes: u32,
     pub score: Option<String>,
     pub span: Option<Span>,
+    /// The scores `q @ transpose(k)` are also computed for another use: the
+    /// attention recomputes them (the cost model found that cheaper than
+    /// leaving the softmax unfused).
+    pub recomputes_scores: bool,
 }
 
 /// What happened to one graph.
@@ -78,7 +83,15 @@ pub fn explain_graph(before: &Graph, after: &Graph, reports: &[PassReport]) -> G
                     (Some(hq), Some(hk)) if hk > 0 && hq % hk == 0 => hq / hk,
                     _ => 1,
                 };
+                let (q, k) = (ins[0], ins[1]);
+                let recomputes_scores = after.node_ids().into_iter().any(|m| {
+                    after.node(m).op == Op::MatMul && {
+                        let mi = after.inputs(m);
+                        mi[0] == q && after.node(mi[1]).op == Op::Transpose && after.inputs(mi[1])[0] == k
+                    }
+                });
                 attentions.push(AttentionInfo {
+                    recomputes_scores,
                     mask,
                     scale: *scale,
                     groups,
@@ -134,7 +147,7 @@ pub fn to_json(e: &GraphExplain, src: &str) -> Value {
         .iter()
         .map(|a| {
             json!({"mask": a.mask, "scale": a.scale, "groups": a.groups, "passes": a.passes,
-                   "score": a.score, "source": source(a.span, src)})
+                   "score": a.score, "source": source(a.span, src), "recomputes_scores": a.recomputes_scores})
         })
         .collect();
     let unfused: Vec<Value> = e
@@ -176,6 +189,9 @@ pub fn to_text(e: &GraphExplain, src: &str) -> String {
             a.passes,
             a.score.as_ref().map_or(String::new(), |s| format!(", score {s}")),
         ));
+        if a.recomputes_scores {
+            out.push_str("    the scores are also used elsewhere: the attention recomputes them, which the cost model found cheaper than leaving the softmax unfused\n");
+        }
     }
     for (axis, span) in &e.unfused_softmax {
         out.push_str(&format!("  softmax over axis {axis}{} left unfused: 3 passes over its input\n", loc(*span)));

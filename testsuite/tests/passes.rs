@@ -911,3 +911,24 @@ fn random_attention_programs_preserve_semantics() {
         panic!("{e}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// 7. Normalisation idioms
+// ---------------------------------------------------------------------------
+
+/// Spelled-out rmsnorm and layernorm become the operators; a mean over
+/// another axis than the last is left alone.
+#[test]
+fn normalisation_idioms_are_recognised() {
+    let name = "corpus/norms_spelled.tdl";
+    let src = read(&tdl_testsuite::repo_root().join("testsuite/corpus/norms_spelled.tdl"));
+    let checked = check_ok(name, &src);
+    let expected = [("rms_spelled", 1, 0), ("layer_spelled", 0, 1), ("rms_other_axis", 0, 0)];
+    for (graph, rms, layer) in expected {
+        let g = checked.graphs.iter().find(|g| g.name == graph).unwrap_or_else(|| panic!("no graph {graph}"));
+        let p = pipe(name, g);
+        let after = p.after.graph();
+        assert_eq!(count_ops(after, |op| matches!(op, Op::RmsNorm { .. })), rms, "{graph}: rmsnorm nodes");
+        assert_eq!(count_ops(after, |op| matches!(op, Op::LayerNorm { .. })), layer, "{graph}: layernorm nodes");
+    }
+}

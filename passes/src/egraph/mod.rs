@@ -18,7 +18,7 @@ pub mod cost;
 pub mod phase;
 pub mod rules;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -303,15 +303,16 @@ pub struct Converted {
     pub egraph: TEGraph,
     /// The class of each result, in order.
     pub roots: Vec<Id>,
-    /// A source span and `let` name per class, where the graph had one.
-    pub origins: HashMap<Id, (Option<Span>, Option<String>)>,
+    /// A source span and `let` name per class, where the graph had one
+    /// (ordered, so merging classes keeps a deterministic one).
+    pub origins: BTreeMap<Id, (Option<Span>, Option<String>)>,
 }
 
 /// Graph → e-graph.
 pub fn from_graph(g: &Graph) -> Converted {
     let mut egraph = TEGraph::default();
     let mut class: HashMap<NodeId, Id> = HashMap::new();
-    let mut origins = HashMap::new();
+    let mut origins = BTreeMap::new();
     for id in g.topo_order().unwrap_or_default() {
         let node = g.node(id);
         let xs: Vec<Id> = g.inputs(id).iter().map(|i| class[i]).collect();
@@ -328,8 +329,21 @@ pub fn from_graph(g: &Graph) -> Converted {
     }
     egraph.rebuild();
     let roots = g.results().iter().map(|r| egraph.find(class[r])).collect();
-    let origins = origins.into_iter().map(|(c, o)| (egraph.find(c), o)).collect();
+    let origins = canonical_origins(&egraph, &origins);
     Converted { egraph, roots, origins }
+}
+
+/// The origins keyed by canonical class: where classes merged, the one
+/// added first (the earliest in the graph) wins, deterministically.
+pub fn canonical_origins(
+    egraph: &TEGraph,
+    origins: &BTreeMap<Id, (Option<Span>, Option<String>)>,
+) -> BTreeMap<Id, (Option<Span>, Option<String>)> {
+    let mut out = BTreeMap::new();
+    for (c, o) in origins {
+        out.entry(egraph.find(*c)).or_insert_with(|| o.clone());
+    }
+    out
 }
 
 /// Adds `op` over `xs` to the e-graph (interning its attribute).
@@ -348,7 +362,7 @@ pub fn to_graph(
     egraph: &TEGraph,
     roots: &[Id],
     choice: &HashMap<Id, TL>,
-    origins: &HashMap<Id, (Option<Span>, Option<String>)>,
+    origins: &BTreeMap<Id, (Option<Span>, Option<String>)>,
 ) -> Result<Graph, String> {
     let mut g = Graph::new(original.name.clone());
     g.span = original.span;

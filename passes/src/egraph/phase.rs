@@ -53,7 +53,12 @@ pub struct PhaseOutcome {
 
 /// Runs the named phase's rules on `g`.
 pub fn run_phase(phase: &str, g: &Graph, limits: &PhaseLimits) -> Result<PhaseOutcome, String> {
-    let rules: Vec<Rule> = for_phase(phase);
+    run_rules(phase, &for_phase(phase), g, limits)
+}
+
+/// Runs `rules` on `g` as a phase named `phase` (tests use it to run single
+/// rules, sound or deliberately not).
+pub fn run_rules(phase: &str, rules: &[Rule], g: &Graph, limits: &PhaseLimits) -> Result<PhaseOutcome, String> {
     let conv = from_graph(g);
     let mut runner: Runner<super::TL, super::TensorAnalysis> = Runner::default()
         .with_egraph(conv.egraph)
@@ -61,7 +66,7 @@ pub fn run_phase(phase: &str, g: &Graph, limits: &PhaseLimits) -> Result<PhaseOu
         .with_iter_limit(limits.iterations)
         .with_time_limit(limits.time.unwrap_or(Duration::from_secs(3600)));
     runner.roots = conv.roots.clone();
-    let runner = runner.run(&rules);
+    let runner = runner.run(rules);
     if !runner.egraph.analysis.violations.is_empty() {
         return Err(format!(
             "phase `{phase}` broke the e-graph's soundness: {}",
@@ -84,7 +89,7 @@ pub fn run_phase(phase: &str, g: &Graph, limits: &PhaseLimits) -> Result<PhaseOu
     };
     let egraph = &runner.egraph;
     let roots: Vec<egg::Id> = conv.roots.iter().map(|r| egraph.find(*r)).collect();
-    let origins = conv.origins.iter().map(|(c, o)| (egraph.find(*c), o.clone())).collect();
+    let origins = super::canonical_origins(egraph, &conv.origins);
     let choice = extract(egraph);
     let cost_after = dag_cost(egraph, &roots, &choice);
     let mut graph = to_graph(g, egraph, &roots, &choice, &origins)?;

@@ -19,6 +19,8 @@
 //! | `mask-to-the-right` | `m + s → s + m` | `m` a mask |
 //! | `where-mask-is-masked-add` | `where(m, s, -inf) → s + m` | `m` a mask, `s` already the result's shape |
 //! | `softmax-spelled-out` | `exp(x - max(x)) / sum(exp(x - max(x))) → softmax(x)` | both reductions over one axis with `keepdims`; a refinement: where every entry of a row is `-inf` the spelled form gives NaN and `softmax` gives zeros (the language's rule for fully masked rows) |
+//! | `rmsnorm-spelled-out` | `x · rsqrt(mean(x·x) + eps) · g → rmsnorm(x, g, eps)` (also `x / sqrt(…)`) | the mean over the last axis with `keepdims`, `eps` a scalar constant |
+//! | `layernorm-spelled-out` | `(x - mean(x)) / sqrt(mean((x - mean(x))²) + eps) · g + b → layernorm(x, g, b, eps)` (also `· rsqrt(…)`) | as above; the variance is the biased one, as `layernorm`'s |
 //! | `fold-OP` | `OP(c) → c'`, `c1 OP c2 → c'` | scalar float constants; `sqrt`, `rsqrt`, `neg`, `exp`, `log`, `add`, `sub`, `mul`, `div` |
 //!
 //! Scalar scales commute with matmul exactly in real arithmetic; in floating
@@ -144,6 +146,20 @@ pub fn rules() -> Vec<Rule> {
                 try_add(eg, Op::Softmax { axis: a1 }, &[s[v("?x")]])
             },
         ),
+        custom("rmsnorm-spelled-out", "(mul (mul ?x (rsqrt (add (mean ?a (mul ?x ?x)) ?eps))) ?g)", |eg, _, s| norm(eg, s, false)),
+        custom("rmsnorm-spelled-out-div", "(mul (div ?x (sqrt (add (mean ?a (mul ?x ?x)) ?eps))) ?g)", |eg, _, s| {
+            norm(eg, s, false)
+        }),
+        custom(
+            "layernorm-spelled-out",
+            "(add (mul (div (sub ?x (mean ?a ?x)) (sqrt (add (mean ?a (mul (sub ?x (mean ?a ?x)) (sub ?x (mean ?a ?x)))) ?eps))) ?g) ?b)",
+            |eg, _, s| norm(eg, s, true),
+        ),
+        custom(
+            "layernorm-spelled-out-rsqrt",
+            "(add (mul (mul (sub ?x (mean ?a ?x)) (rsqrt (add (mean ?a (mul (sub ?x (mean ?a ?x)) (sub ?x (mean ?a ?x)))) ?eps))) ?g) ?b)",
+            |eg, _, s| norm(eg, s, true),
+        ),
         custom("fold-sqrt", "(sqrt ?c)", |eg, _, s| fold1(eg, s, f64::sqrt)),
         custom("fold-rsqrt", "(rsqrt ?c)", |eg, _, s| fold1(eg, s, |x| 1.0 / x.sqrt())),
         custom("fold-neg", "(neg ?c)", |eg, _, s| fold1(eg, s, |x| -x)),
@@ -154,6 +170,24 @@ pub fn rules() -> Vec<Rule> {
         custom("fold-mul", "(mul ?a ?b)", |eg, _, s| fold2(eg, s, |a, b| a * b)),
         custom("fold-div", "(div ?a ?b)", |eg, _, s| fold2(eg, s, |a, b| a / b)),
     ]
+}
+
+/// The normalisation idioms: the mean must be over the last axis with
+/// `keepdims` and `eps` a scalar constant; the type rules check the gain
+/// (and bias) shapes.
+fn norm(eg: &mut TEGraph, s: &Subst, layer: bool) -> Option<Id> {
+    let x = s[v("?x")];
+    let rank = crate::egraph::tensor_type(eg, x)?.rank();
+    let Some(Op::Reduce { op: ReduceOp::Mean, axis, keepdims: true }) = attr(eg, s[v("?a")]) else { return None };
+    if axis + 1 != rank {
+        return None;
+    }
+    let eps = scalar(eg, s[v("?eps")])?;
+    if layer {
+        try_add(eg, Op::LayerNorm { eps }, &[x, s[v("?g")], s[v("?b")]])
+    } else {
+        try_add(eg, Op::RmsNorm { eps }, &[x, s[v("?g")]])
+    }
 }
 
 /// `OP(c)` for a scalar float constant `c`, computed in f64 and stored in
