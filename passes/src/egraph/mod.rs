@@ -96,7 +96,12 @@ pub struct ClassData {
     pub attr: Option<AttrKey>,
     /// The value, when the class is a rank-0 constant.
     pub scalar: Option<f64>,
-    /// Whether the value depends only on constants (and, later, weights).
+    /// The mask descriptor: the expression, when the class holds a mask
+    /// (operand positions refer to that e-node's operands).
+    pub mask: Option<tdl_ir::MaskExpr>,
+    /// Whether the value depends only on constants. (Weights bound at
+    /// compile time will count as constants too; they are run-time inputs
+    /// today.)
     pub constant_only: bool,
 }
 
@@ -238,14 +243,18 @@ impl Analysis<TL> for TensorAnalysis {
 
     fn make(egraph: &mut TEGraph, enode: &TL, _id: Id) -> ClassData {
         if let TL::Attr(k) = enode {
-            return ClassData { ty: None, attr: Some(*k), scalar: None, constant_only: true };
+            return ClassData { ty: None, attr: Some(*k), scalar: None, mask: None, constant_only: true };
         }
         let Some((op, xs)) = op_of(egraph, enode) else {
             egraph.analysis.violations.push(format!("an e-node with a missing attribute: {enode:?}"));
-            return ClassData { ty: None, attr: None, scalar: None, constant_only: false };
+            return ClassData { ty: None, attr: None, scalar: None, mask: None, constant_only: false };
         };
         let scalar = match &op {
             Op::Constant(c) if c.shape.is_empty() && c.data.len() == 1 => Some(c.data[0]),
+            _ => None,
+        };
+        let mask = match &op {
+            Op::Mask(m) => Some(m.clone()),
             _ => None,
         };
         let constant_only = match &op {
@@ -270,7 +279,7 @@ impl Analysis<TL> for TensorAnalysis {
                 }
             }
         };
-        ClassData { ty, attr: None, scalar, constant_only }
+        ClassData { ty, attr: None, scalar, mask, constant_only }
     }
 
     fn merge(&mut self, a: &mut ClassData, b: ClassData) -> DidMerge {
@@ -287,6 +296,10 @@ impl Analysis<TL> for TensorAnalysis {
         }
         if a.scalar.is_none() && b.scalar.is_some() {
             a.scalar = b.scalar;
+            changed_a = true;
+        }
+        if a.mask.is_none() && b.mask.is_some() {
+            a.mask = b.mask;
             changed_a = true;
         }
         if !a.constant_only && b.constant_only {

@@ -23,7 +23,10 @@ pub struct PhaseLimits {
 
 impl Default for PhaseLimits {
     fn default() -> PhaseLimits {
-        PhaseLimits { nodes: 50_000, iterations: 40, time: None }
+        // The time limit only guards interactive use: the node and
+        // iteration limits are what stop a phase on any real program, so
+        // results do not depend on the machine's speed.
+        PhaseLimits { nodes: 50_000, iterations: 40, time: Some(Duration::from_secs(10)) }
     }
 }
 
