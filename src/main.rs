@@ -74,6 +74,12 @@ enum Command {
         /// Print JSON (a stable shape, documented in docs/passes.md).
         #[arg(long)]
         json: bool,
+        /// Size a symbol for the tile report: T=4096. Repeatable.
+        #[arg(long = "bind", value_name = "SYM=N")]
+        binds: Vec<String>,
+        /// Tile sizes for the tile report: q=64,k=128 (default 64×64).
+        #[arg(long, value_name = "q=N,k=N")]
+        tile: Option<String>,
         #[command(flatten)]
         passes: PassArgs,
     },
@@ -257,33 +263,138 @@ fn dispatch(cli: Cli) -> Res<()> {
             }
             Ok(())
         }
-        Command::Explain { file, graph, json, passes } => {
+        Command::Explain { file, graph, json, binds, tile, passes } => {
             let (name, src) = read_source(&file)?;
             let checked = check(&name, &src)?;
             let graphs: Vec<&VerifiedGraph> = match &graph {
                 Some(g) => vec![select(&checked, Some(g), &name)?],
                 None => checked.graphs.iter().collect(),
             };
+            let mut bindings = tdl::ir::Bindings::new();
+            for b in &binds {
+                let (k, v) = parse_kv(b, "--bind", "SYM=N")?;
+                let n: i64 = v.parse().map_err(|_| user(format!("--bind {b}: `{v}` is not an integer")))?;
+                if n < 1 {
+                    return Err(user(format!("--bind {b}: a dimension must be at least 1")));
+                }
+                bindings.insert(k.to_string(), n);
+            }
+            let (tile_q, tile_k) = parse_tile(tile.as_deref())?;
             let mut explained = Vec::new();
             for g in graphs {
                 let (after, reports) = optimize(g, &passes)?;
-                explained.push(tdl::passes::explain::explain_graph(g.graph(), after.graph(), &reports));
+                let e = tdl::passes::explain::explain_graph(g.graph(), after.graph(), &reports);
+                stage("tiles");
+                let tiles: Vec<Result<tdl::tiling::TileReport, String>> = e
+                    .attentions
+                    .iter()
+                    .map(|a| tdl::tiling::tile_report(after.graph(), a.node, &bindings, tile_q, tile_k))
+                    .collect();
+                explained.push((e, tiles));
             }
             stage("explain");
             if json {
-                let graphs: Vec<_> = explained.iter().map(|e| tdl::passes::explain::to_json(e, &src)).collect();
+                let graphs: Vec<_> = explained
+                    .iter()
+                    .map(|(e, tiles)| {
+                        let mut v = tdl::passes::explain::to_json(e, &src);
+                        if let Some(list) = v["attentions"].as_array_mut() {
+                            for (a, t) in list.iter_mut().zip(tiles) {
+                                add_tile_json(a, t);
+                            }
+                        }
+                        v
+                    })
+                    .collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({ "graphs": graphs })).unwrap_or_default()
                 );
             } else {
-                for e in &explained {
-                    print!("{}", tdl::passes::explain::to_text(e, &src));
+                for (e, tiles) in &explained {
+                    let text = tdl::passes::explain::to_text(e, &src);
+                    // The tile line goes under each attention line.
+                    let mut tiles = tiles.iter();
+                    for line in text.lines() {
+                        println!("{line}");
+                        if line.trim_start().starts_with("attention") {
+                            if let Some(t) = tiles.next() {
+                                println!("    {}", tile_text(t));
+                            }
+                        }
+                    }
                 }
             }
             Ok(())
         }
         Command::Run(args) => run(args),
+    }
+}
+
+/// `q=64,k=128` (either part may be left out; default 64).
+fn parse_tile(s: Option<&str>) -> Res<(usize, usize)> {
+    let (mut q, mut k) = (64usize, 64usize);
+    let Some(s) = s else { return Ok((q, k)) };
+    for part in s.split(',') {
+        let (name, v) = parse_kv(part, "--tile", "q=N,k=N")?;
+        let n: usize = v
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1 && *n <= 1 << 20)
+            .ok_or_else(|| user(format!("--tile {s}: `{v}` is not a tile size (1 to 1048576)")))?;
+        match name {
+            "q" => q = n,
+            "k" => k = n,
+            _ => return Err(user(format!("--tile {s}: expected q=N,k=N"))),
+        }
+    }
+    Ok((q, k))
+}
+
+fn add_tile_json(a: &mut serde_json::Value, t: &Result<tdl::tiling::TileReport, String>) {
+    let Some(obj) = a.as_object_mut() else { return };
+    match t {
+        Ok(r) => {
+            let fields = serde_json::json!({
+                "tile_q": r.tile_q, "tile_k": r.tile_k, "tiles_total": r.tiles_total,
+                "tiles_visited": r.tiles_visited, "tiles_full": r.tiles_full, "tiles_partial": r.tiles_partial,
+                "density": r.density, "visited_over_minimum": r.visited_over_minimum,
+                "best_case_speedup": if r.best_case_speedup.is_finite() { serde_json::json!(r.best_case_speedup) } else { serde_json::Value::Null },
+                "kv_splits": r.kv_splits,
+                "empty_rows": r.empty_rows.as_ref().map(|(n, first)| serde_json::json!({"count": n, "first": first})),
+            });
+            if let Some(f) = fields.as_object() {
+                obj.extend(f.clone());
+            }
+        }
+        Err(why) => {
+            obj.insert("tiles".into(), serde_json::Value::Null);
+            obj.insert("tiles_note".into(), serde_json::json!(why));
+        }
+    }
+}
+
+fn tile_text(t: &Result<tdl::tiling::TileReport, String>) -> String {
+    match t {
+        Err(why) => format!("tiles: not classified ({why})"),
+        Ok(r) => {
+            let mut s = format!(
+                "tiles {}x{}: {} visited of {} ({} full, {} partial), best-case speedup {:.2}x",
+                r.tile_q, r.tile_k, r.tiles_visited, r.tiles_total, r.tiles_full, r.tiles_partial, r.best_case_speedup
+            );
+            if let Some(d) = r.density {
+                s.push_str(&format!(", density {d:.4}"));
+            }
+            if let Some(v) = r.visited_over_minimum {
+                s.push_str(&format!(", visited/minimum {v:.3}"));
+            }
+            if let Some((n, first)) = &r.empty_rows {
+                if *n > 0 {
+                    s.push_str(&format!("; {n} query row(s) see no key and give zeros (first: {first:?})"));
+                }
+            }
+            s
+        }
     }
 }
 

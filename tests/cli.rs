@@ -899,3 +899,48 @@ fn explain_json_has_the_documented_shape() {
         text.describe()
     );
 }
+
+#[test]
+fn explain_reports_tiles_when_sizes_are_bound() {
+    let ca = s(&example("causal_attention"));
+    let out = tdlc([
+        "explain",
+        &ca,
+        "--json",
+        "--bind",
+        "H=2",
+        "--bind",
+        "T=1000",
+        "--bind",
+        "S=1000",
+        "--tile",
+        "q=64,k=32",
+    ]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let a = &v["graphs"][0]["attentions"][0];
+    assert_eq!(a["tile_q"], 64);
+    assert_eq!(a["tile_k"], 32);
+    // 16 q-tiles × 32 k-tiles × 2 heads.
+    assert_eq!(a["tiles_total"], 1024);
+    let (visited, full, partial) =
+        (a["tiles_visited"].as_u64().unwrap(), a["tiles_full"].as_u64().unwrap(), a["tiles_partial"].as_u64().unwrap());
+    assert_eq!(visited, full + partial);
+    assert!(visited < 1024 && partial > 0);
+    assert_eq!(a["visited_over_minimum"], 1.0);
+    let density = a["density"].as_f64().unwrap();
+    assert!((density - 500_500.0 / 1_000_000.0).abs() < 1e-9, "causal density at T = S = 1000: {density}");
+    assert_eq!(a["kv_splits"], 1);
+    assert_eq!(a["empty_rows"]["count"], 0);
+    // Without sizes the report says what to bind.
+    let out = tdlc(["explain", &ca, "--json"]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert!(v["graphs"][0]["attentions"][0]["tiles_note"].as_str().unwrap_or("").contains("--bind"), "{}", out.stdout);
+    // Rows that see no key are reported (T > S with a bottom-right causal mask).
+    let out = tdlc(["explain", &ca, "--json", "--bind", "H=1", "--bind", "T=6", "--bind", "S=3", "--tile", "q=2,k=2"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["graphs"][0]["attentions"][0]["empty_rows"]["count"], 3);
+    let bad = tdlc(["explain", &ca, "--tile", "q=0"]);
+    assert_eq!(bad.code, Some(1), "{}", bad.describe());
+}

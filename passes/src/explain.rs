@@ -41,6 +41,8 @@ pub struct AttentionInfo {
     /// attention recomputes them (the cost model found that cheaper than
     /// leaving the softmax unfused).
     pub recomputes_scores: bool,
+    /// The attention node in the graph after the pipeline.
+    pub node: tdl_ir::NodeId,
 }
 
 /// What happened to one graph.
@@ -91,6 +93,7 @@ pub fn explain_graph(before: &Graph, after: &Graph, reports: &[PassReport]) -> G
                     }
                 });
                 attentions.push(AttentionInfo {
+                    node: id,
                     recomputes_scores,
                     mask,
                     scale: *scale,

@@ -11,6 +11,7 @@
 pub mod egraph;
 pub mod explain;
 pub mod mask_algebra;
+pub mod tiles;
 
 use std::collections::BTreeSet;
 

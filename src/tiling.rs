@@ -1,0 +1,150 @@
+//! The tile report of one fused attention, for `tdlc explain --bind …`:
+//! how the mask's tiles classify (from the formula, `tdl_passes::tiles`)
+//! and, where the sizes allow, how that compares with brute force.
+
+use tdl_ir::{Bindings, Graph, NodeId, Op};
+use tdl_passes::tiles::{iteration_space, Ctx, MaskData, OperandData};
+use tdl_reference::mask::MaskEval;
+use tdl_reference::Tensor;
+
+/// Brute force (the oracle's mask evaluator, point by point) runs only up
+/// to this many score entries.
+pub const BRUTE_FORCE_LIMIT: u64 = 1 << 26;
+
+/// The tile classification of one attention at concrete sizes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileReport {
+    pub tile_q: usize,
+    pub tile_k: usize,
+    pub tiles_total: usize,
+    pub tiles_visited: usize,
+    pub tiles_full: usize,
+    pub tiles_partial: usize,
+    /// Visible score entries ÷ (heads·T·S), by brute force; `None` above
+    /// [`BRUTE_FORCE_LIMIT`].
+    pub density: Option<f64>,
+    /// Visited tiles ÷ the tiles that hold at least one visible entry.
+    pub visited_over_minimum: Option<f64>,
+    /// The analytic bound over dense: total tiles ÷ visited tiles.
+    pub best_case_speedup: f64,
+    /// Split-KV chunks (no split-KV schedule yet: 1).
+    pub kv_splits: usize,
+    /// Query rows whose mask holds for no key (they give zeros): how many,
+    /// and the first few. `None` when not computed (brute force too large).
+    pub empty_rows: Option<(usize, Vec<usize>)>,
+}
+
+fn eval_dim(d: &tdl_ir::Dim, b: &Bindings) -> Result<i64, String> {
+    d.eval(b).map_err(|e| match e {
+        tdl_ir::DimError::Unbound(s) => format!("symbol `{s}` is not bound: pass --bind {s}=N"),
+        other => other.to_string(),
+    })
+}
+
+/// The tile report of the attention node `id` of `g`.
+pub fn tile_report(
+    g: &Graph,
+    id: NodeId,
+    bindings: &Bindings,
+    tile_q: usize,
+    tile_k: usize,
+) -> Result<TileReport, String> {
+    let Op::Attention { masked, .. } = &g.node(id).op else { return Err("not an attention node".into()) };
+    let ins = g.inputs(id);
+    let qt = g.node(ins[0]).ty.as_tensor().ok_or("q is not a tensor")?;
+    let kt = g.node(ins[1]).ty.as_tensor().ok_or("k is not a tensor")?;
+    let t = eval_dim(&qt.shape[qt.rank() - 2], bindings)?;
+    let s = eval_dim(&kt.shape[kt.rank() - 2], bindings)?;
+    let heads = if qt.rank() >= 3 { eval_dim(&qt.shape[qt.rank() - 3], bindings)? } else { 1 };
+    if t < 1 || s < 1 || heads < 1 {
+        return Err("sizes must be positive".into());
+    }
+    let (t_u, s_u, h_u) = (t as usize, s as usize, heads as usize);
+    let nq = t_u.div_ceil(tile_q);
+    let nk = s_u.div_ceil(tile_k);
+    let total = h_u * nq * nk;
+    let mask = if *masked {
+        let mask_node = ins[3];
+        let Op::Mask(m) = &g.node(mask_node).op else { return Err("the mask operand is not a mask".into()) };
+        // Operands must be known at compile time: constants.
+        let mut tensors = Vec::new();
+        for o in g.inputs(mask_node) {
+            match &g.node(o).op {
+                Op::Constant(c) => tensors.push(Tensor { dtype: c.dtype, shape: c.shape.clone(), data: c.data.clone() }),
+                _ => return Err("the mask reads run-time data (document ids or a block layout input): its tiles are classified when it runs".into()),
+            }
+        }
+        Some((m.clone(), tensors))
+    } else {
+        None
+    };
+    let Some((m, tensors)) = mask else {
+        return Ok(TileReport {
+            tile_q,
+            tile_k,
+            tiles_total: total,
+            tiles_visited: total,
+            tiles_full: total,
+            tiles_partial: 0,
+            density: Some(1.0),
+            visited_over_minimum: Some(1.0),
+            best_case_speedup: 1.0,
+            kv_splits: 1,
+            empty_rows: Some((0, Vec::new())),
+        });
+    };
+    let data = MaskData {
+        operands: tensors
+            .iter()
+            .map(|t| OperandData { dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
+            .collect(),
+    };
+    let ctx = Ctx { t, s, heads: h_u, bindings, data: &data };
+    let space = iteration_space(&m, &ctx, tile_q, tile_k)?;
+    let (tiles_total, visited, full, partial) = space.counts();
+    let mut report = TileReport {
+        tile_q,
+        tile_k,
+        tiles_total,
+        tiles_visited: visited,
+        tiles_full: full,
+        tiles_partial: partial,
+        density: None,
+        visited_over_minimum: None,
+        best_case_speedup: if visited == 0 { f64::INFINITY } else { tiles_total as f64 / visited as f64 },
+        kv_splits: 1,
+        empty_rows: None,
+    };
+    let points = (t as u64).saturating_mul(s as u64).saturating_mul(heads as u64);
+    if points <= BRUTE_FORCE_LIMIT {
+        let refs: Vec<&Tensor> = tensors.iter().collect();
+        let eval = MaskEval::new(&m, &refs, t_u, s_u, bindings).map_err(|e| e.to_string())?;
+        let mut tile_seen = vec![false; h_u * nq * nk];
+        let mut visible: u64 = 0;
+        let mut empty = Vec::new();
+        let mut empty_count = 0usize;
+        for h in 0..h_u {
+            for q in 0..t_u {
+                let mut row_any = false;
+                for k in 0..s_u {
+                    if eval.holds(q, k, h).map_err(|e| e.to_string())? {
+                        visible += 1;
+                        row_any = true;
+                        tile_seen[(h * nq + q / tile_q) * nk + k / tile_k] = true;
+                    }
+                }
+                if !row_any && h == 0 {
+                    empty_count += 1;
+                    if empty.len() < 10 {
+                        empty.push(q);
+                    }
+                }
+            }
+        }
+        let minimum = tile_seen.iter().filter(|x| **x).count();
+        report.density = Some(visible as f64 / points as f64);
+        report.visited_over_minimum = (minimum > 0).then(|| visited as f64 / minimum as f64);
+        report.empty_rows = Some((empty_count, empty));
+    }
+    Ok(report)
+}
