@@ -22,7 +22,7 @@
 //! own makes 3 (max, exp-sum, normalise).
 
 use serde_json::{json, Value};
-use tdl_ir::{Graph, Op, Span, Type};
+use tdl_ir::{Graph, Op, Span};
 
 use crate::egraph::cost::graph_cost;
 use crate::PassReport;
@@ -212,9 +212,4 @@ pub fn to_text(e: &GraphExplain, src: &str) -> String {
     }
     out.push_str(&format!("  cost {:.3e} -> {:.3e}\n", e.cost_before, e.cost_after));
     out
-}
-
-/// Whether a type is a mask (used by callers that filter nodes).
-pub fn is_mask_type(t: &Type) -> bool {
-    matches!(t, Type::Mask)
 }

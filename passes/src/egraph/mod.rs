@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
-use egg::{define_language, Analysis, DidMerge, EGraph, Id, Language};
+use egg::{define_language, Analysis, DidMerge, EGraph, Id};
 use tdl_ir::infer::infer_type;
 use tdl_ir::{BinaryOp, Graph, NodeId, Op, ReduceOp, Span, Type, UnaryOp};
 
@@ -445,8 +445,8 @@ pub fn egraph_text(egraph: &TEGraph, roots: &[Id]) -> String {
         let mut lines: Vec<String> = class
             .nodes
             .iter()
-            .map(|n| {
-                let (op, xs) = op_of(egraph, n).map(|(op, xs)| (op, xs)).unwrap_or((Op::Transpose, Vec::new()));
+            .filter_map(|n| op_of(egraph, n))
+            .map(|(op, xs)| {
                 let args: Vec<String> = xs.iter().map(|x| format!("e{}", egraph.find(*x))).collect();
                 format!("    {}({})", describe_op(&op), args.join(", "))
             })
@@ -514,10 +514,4 @@ pub fn nodes_where(egraph: &TEGraph, c: Id, f: impl Fn(&TL) -> bool) -> Vec<(TL,
         .filter(|n| f(n))
         .filter_map(|n| op_of(egraph, n).map(|(op, xs)| (n.clone(), op, xs)))
         .collect()
-}
-
-/// Silences "unused" for Language-provided helpers used by the macros.
-#[allow(dead_code)]
-fn _language_is_used(n: &TL) -> usize {
-    n.children().len()
 }
