@@ -15,6 +15,7 @@ pub use tdl_passes as passes;
 pub use tdl_reference as reference;
 
 pub mod inputs;
+pub mod masks;
 pub mod tiling;
 
 /// Parses and type-checks `.tdl` source; every graph in it comes back

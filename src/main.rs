@@ -83,6 +83,29 @@ enum Command {
         #[command(flatten)]
         passes: PassArgs,
     },
+    /// Draw each fused attention's mask and tile classes as a PNG.
+    #[command(long_about = tdl::masks::HELP)]
+    Masks(MasksArgs),
+}
+
+#[derive(clap::Args)]
+struct MasksArgs {
+    file: PathBuf,
+    /// Only this graph.
+    #[arg(long)]
+    graph: Option<String>,
+    /// Size a symbol: T=4096. Repeatable.
+    #[arg(long = "bind", value_name = "SYM=N")]
+    binds: Vec<String>,
+    /// Tile sizes: q=64,k=128 (default 64×64).
+    #[arg(long, value_name = "q=N,k=N")]
+    tile: Option<String>,
+    /// The head to draw.
+    #[arg(long, default_value_t = 0)]
+    head: usize,
+    /// Where to write the picture; with several attentions, OUT-<graph>-<i>.png next to it.
+    #[arg(long, value_name = "OUT.png")]
+    png: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -328,7 +351,62 @@ fn dispatch(cli: Cli) -> Res<()> {
             Ok(())
         }
         Command::Run(args) => run(args),
+        Command::Masks(args) => masks(args),
     }
+}
+
+/// `tdlc masks`: one PNG per fused attention.
+fn masks(args: MasksArgs) -> Res<()> {
+    let (name, src) = read_source(&args.file)?;
+    let checked = check(&name, &src)?;
+    let graphs: Vec<&VerifiedGraph> = match &args.graph {
+        Some(g) => vec![select(&checked, Some(g), &name)?],
+        None => checked.graphs.iter().collect(),
+    };
+    let mut bindings = tdl::ir::Bindings::new();
+    for b in &args.binds {
+        let (k, v) = parse_kv(b, "--bind", "SYM=N")?;
+        let n: i64 = v.parse().map_err(|_| user(format!("--bind {b}: `{v}` is not an integer")))?;
+        if n < 1 {
+            return Err(user(format!("--bind {b}: a dimension must be at least 1")));
+        }
+        bindings.insert(k.to_string(), n);
+    }
+    let (tile_q, tile_k) = parse_tile(args.tile.as_deref())?;
+    // Draw everything first, so that an error writes no file.
+    let mut pictures = Vec::new();
+    for g in graphs {
+        let (after, reports) = optimize(g, &PassArgs::default())?;
+        let e = tdl::passes::explain::explain_graph(g.graph(), after.graph(), &reports);
+        stage("masks");
+        for (i, a) in e.attentions.iter().enumerate() {
+            let at = a.span.map_or(String::new(), |sp| {
+                let (l, c) = line_col(&src, sp.start);
+                format!(" at {name}:{l}:{c}")
+            });
+            let p = tdl::masks::picture(after.graph(), a.node, &bindings, tile_q, tile_k, args.head)
+                .map_err(|why| user(format!("graph `{}`, attention {i}{at}: {why}", g.name)))?;
+            pictures.push((g.name.clone(), i, a.mask.clone().unwrap_or_else(|| "none".into()), p));
+        }
+    }
+    if pictures.is_empty() {
+        return Err(user(format!("{name}: no fused attention to draw")));
+    }
+    stage("output");
+    let several = pictures.len() > 1;
+    for (graph, i, mask, p) in &pictures {
+        let path = if several { tdl::masks::numbered_path(&args.png, graph, *i) } else { args.png.clone() };
+        tdl::masks::write_png(p, &path).map_err(user)?;
+        println!("{}", tdl::masks::summary_line(p, &path, graph, *i, mask));
+        if p.mismatches > 0 {
+            eprintln!(
+                "warning: {}: {} pixel(s) where brute force contradicts the tile classes (drawn red): a bug in tdlc, please report it",
+                path.display(),
+                p.mismatches
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `q=64,k=128` (either part may be left out; default 64).

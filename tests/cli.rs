@@ -944,3 +944,152 @@ fn explain_reports_tiles_when_sizes_are_bound() {
     let bad = tdlc(["explain", &ca, "--tile", "q=0"]);
     assert_eq!(bad.code, Some(1), "{}", bad.describe());
 }
+
+/// Decodes an 8-bit RGB PNG written by `tdlc masks`: `(width, height, rgb)`.
+fn read_png(p: &Path) -> (usize, usize, Vec<u8>) {
+    let file = std::fs::File::open(p).unwrap_or_else(|e| panic!("cannot open {}: {e}", p.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().expect("a valid PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
+    let info = reader.next_frame(&mut buf).expect("a PNG frame");
+    assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Rgb, png::BitDepth::Eight));
+    buf.truncate(info.buffer_size());
+    (info.width as usize, info.height as usize, buf)
+}
+
+/// The `(width, height)` of a PNG written by `tdlc masks`.
+fn png_size(p: &Path) -> (usize, usize) {
+    let (w, h, _) = read_png(p);
+    (w, h)
+}
+
+/// The pixels of `rgb` (`width` wide) in rows `ys` and columns `xs`.
+fn pixels(rgb: &[u8], width: usize, ys: std::ops::Range<usize>, xs: std::ops::Range<usize>) -> Vec<[u8; 3]> {
+    let mut out = Vec::new();
+    for y in ys {
+        for x in xs.clone() {
+            let i = 3 * (y * width + x);
+            out.push([rgb[i], rgb[i + 1], rgb[i + 2]]);
+        }
+    }
+    out
+}
+
+fn is_dark(p: [u8; 3]) -> bool {
+    p.iter().all(|c| *c < 160)
+}
+
+fn is_light_grey(p: [u8; 3]) -> bool {
+    p[0] == p[1] && p[1] == p[2] && p[0] > 180
+}
+
+fn is_light_orange(p: [u8; 3]) -> bool {
+    p[0] > 230 && p[0] > p[1] && p[1] > p[2] && p[2] > 80
+}
+
+fn is_green(p: [u8; 3]) -> bool {
+    let [r, g, b] = p.map(i32::from);
+    g > r + 20 && g > b + 20
+}
+
+#[test]
+fn masks_draws_causal_mask_over_its_tile_classes() {
+    let dir = tmp();
+    let png = dir.path().join("causal.png");
+    let out = tdlc([
+        "masks",
+        &s(&example("causal_attention")),
+        "--bind",
+        "H=1",
+        "--bind",
+        "T=300",
+        "--bind",
+        "S=300",
+        "--tile",
+        "q=64,k=64",
+        "--png",
+        &s(&png),
+    ]);
+    assert_ok(&out);
+    // Exactly the path given (one attention), and one line about it.
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.describe());
+    let line = out.stdout.lines().next().unwrap_or("");
+    for needle in
+        [&s(&png) as &str, "graph causal_attention", "mask causal", "300×300", "10 full, 5 partial, 10 empty of 25"]
+    {
+        assert!(line.contains(needle), "`{needle}` missing:\n{}", out.describe());
+    }
+    let (w, h, rgb) = read_png(&png);
+    assert_eq!((w, h), (300, 300), "no downsampling at 300×300");
+    // Inside the tiles (borders left out): rows are q, columns are k.
+    let top_right = pixels(&rgb, w, 1..63, 257..300);
+    assert!(top_right.iter().all(|p| is_light_grey(*p)), "the top-right tile is Empty: {:?}", &top_right[..3]);
+    let diagonal = pixels(&rgb, w, 129..191, 129..191);
+    assert!(diagonal.iter().any(|p| is_light_orange(*p)), "a diagonal tile is Partial (light orange)");
+    assert!(diagonal.iter().any(|p| is_dark(*p)), "a diagonal tile has visible entries (dark)");
+    assert!(diagonal.iter().all(|p| !is_green(*p) && !is_light_grey(*p)));
+    let below = pixels(&rgb, w, 257..300, 1..63);
+    assert!(below.iter().all(|p| is_green(*p) && is_dark(*p)), "a tile below the diagonal is Full (dark green)");
+    // The long help documents the colours.
+    let help = tdlc(["masks", "--help"]);
+    assert_ok(&help);
+    for needle in ["light grey", "light orange", "light green", "OUT-<graph>-<i>.png"] {
+        assert!(help.stdout.contains(needle), "`{needle}` missing from the help:\n{}", help.describe());
+    }
+}
+
+#[test]
+fn masks_downsamples_na2d_and_draws_moa() {
+    let dir = tmp();
+    let na = dir.path().join("na2d.png");
+    let out = tdlc(["masks", &s(&example("na2d")), "--png", &s(&na)]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("4096×4096") && out.stdout.contains("picture 1024×1024"), "{}", out.describe());
+    let (w, h, rgb) = read_png(&na);
+    assert_eq!((w, h), (1024, 1024));
+    assert!(rgb.chunks(3).any(|p| is_dark([p[0], p[1], p[2]])), "na2d has visible entries");
+    let moa = dir.path().join("moa.png");
+    let out = tdlc(["masks", &s(&example("moa")), "--bind", "T=200", "--head", "1", "--png", &s(&moa)]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("head 1 of 8"), "{}", out.describe());
+    assert_eq!(png_size(&moa), (200, 200));
+    // Above 2^26 scores only the tile classes are drawn, and the line says so.
+    let big = dir.path().join("big.png");
+    let ca = s(&example("causal_attention"));
+    let out = tdlc(["masks", &ca, "--bind", "H=1", "--bind", "T=100000", "--bind", "S=100000", "--png", &s(&big)]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("tile classes only"), "{}", out.describe());
+    assert_eq!(png_size(&big), (1024, 1024));
+}
+
+#[test]
+fn masks_writes_one_numbered_file_per_attention() {
+    let dir = tmp();
+    let src = write(
+        dir.path(),
+        "two.tdl",
+        "graph a(q: f32[8, 4], k: f32[8, 4], v: f32[8, 4]) -> f32[8, 4] {\n    return attention(q, k, v, mask = causal)\n}\n\
+         graph b(q: f32[8, 4], k: f32[8, 4], v: f32[8, 4]) -> f32[8, 4] {\n    return attention(q, k, v)\n}\n",
+    );
+    let out = tdlc(["masks", &s(&src), "--tile", "q=4,k=4", "--png", &s(&dir.path().join("m.png"))]);
+    assert_ok(&out);
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.describe());
+    assert!(!dir.path().join("m.png").exists());
+    assert_eq!(png_size(&dir.path().join("m-a-0.png")), (8, 8));
+    let (w, _, rgb) = read_png(&dir.path().join("m-b-0.png"));
+    assert!(pixels(&rgb, w, 0..8, 0..8).iter().all(|p| is_green(*p) && is_dark(*p)), "unmasked: all Full");
+    assert!(out.stdout.contains("mask none") && out.stdout.contains("4 full, 0 partial, 0 empty of 4"));
+}
+
+#[test]
+fn masks_errors_are_user_errors() {
+    let dir = tmp();
+    let png = s(&dir.path().join("x.png"));
+    let out = tdlc(["masks", &s(&example("moa")), "--png", &png]);
+    assert_user_error_says(&out, &["--bind", "T=N", "attention 0"]);
+    let src = write(dir.path(), "none.tdl", TWO);
+    let out = tdlc(["masks", &s(&src), "--png", &png]);
+    assert_user_error_says(&out, &["no fused attention"]);
+    let out = tdlc(["masks", &s(&example("moa")), "--bind", "T=64", "--head", "8", "--png", &png]);
+    assert_user_error_says(&out, &["--head 8"]);
+    assert!(!dir.path().join("x.png").exists());
+}
