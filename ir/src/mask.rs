@@ -406,3 +406,59 @@ pub fn check_expr_limits((depth, nodes, elements): (usize, usize, usize)) -> Res
     }
     Ok(())
 }
+
+/// Checks a neighborhood mask against the queries and keys it is applied to
+/// (NATTEN's rules: one entry per axis in every vector, odd positive
+/// kernels, positive grid sizes and dilations, every dilation group at least
+/// as large as the kernel, and a grid of exactly `t` = `s` positions). The
+/// reference interpreter and the tile classifier share this one check, so
+/// they accept and refuse the same masks with the same words.
+pub fn check_neighborhood(
+    kernel: &[i64],
+    grid: &[i64],
+    dilation: &[i64],
+    causal: &[bool],
+    t: i64,
+    s: i64,
+) -> Result<(), String> {
+    let n = grid.len();
+    if n == 0 || kernel.len() != n || dilation.len() != n || causal.len() != n {
+        return Err(format!(
+            "neighborhood needs one kernel, grid, dilation and causal entry per grid axis, found {}, {}, {} and {}",
+            kernel.len(),
+            grid.len(),
+            dilation.len(),
+            causal.len()
+        ));
+    }
+    let mut product: i64 = 1;
+    for ax in 0..n {
+        let (len, kk, d) = (grid[ax], kernel[ax], dilation[ax]);
+        if len < 1 {
+            return Err(format!("neighborhood grid axis {ax} has size {len}; sizes must be positive"));
+        }
+        if kk < 1 || kk % 2 == 0 {
+            return Err(format!("neighborhood kernel on axis {ax} is {kk}; kernels must be odd and positive"));
+        }
+        if d < 1 {
+            return Err(format!("neighborhood dilation on axis {ax} is {d}; dilations must be positive"));
+        }
+        // The smallest non-empty dilation group has floor(len / d) members
+        // (or 1 when d > len).
+        let smallest = if d > len { 1 } else { len / d };
+        if smallest < kk {
+            return Err(format!(
+                "neighborhood axis {ax}: {len} positions with dilation {d} leave a group of {smallest} member(s), fewer than the kernel {kk}"
+            ));
+        }
+        product = product
+            .checked_mul(len)
+            .ok_or_else(|| "the neighborhood grid has more positions than fit in 64 bits".to_string())?;
+    }
+    if product != t || product != s {
+        return Err(format!(
+            "the neighborhood grid {grid:?} has {product} positions, but the scores have {t} queries and {s} keys; all three must be equal"
+        ));
+    }
+    Ok(())
+}

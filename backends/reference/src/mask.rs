@@ -264,46 +264,13 @@ fn compile_neighborhood<'a>(
     t: usize,
     s: usize,
 ) -> Result<Node<'a>, RunError> {
-    let n = grid.len();
-    if n == 0 || kernel.len() != n || dilation.len() != n || causal.len() != n {
-        return fail(format!(
-            "neighborhood needs one kernel, grid, dilation and causal entry per grid axis, found {}, {}, {} and {}",
-            kernel.len(),
-            grid.len(),
-            dilation.len(),
-            causal.len()
-        ));
+    let (ti, si) = (i64::try_from(t).unwrap_or(i64::MAX), i64::try_from(s).unwrap_or(i64::MAX));
+    if let Err(e) = tdl_ir::mask::check_neighborhood(kernel, grid, dilation, causal, ti, si) {
+        return fail(e);
     }
-    let mut product: i64 = 1;
-    let mut axes = Vec::with_capacity(n);
-    for ax in 0..n {
-        let (len, kk, d) = (grid[ax], kernel[ax], dilation[ax]);
-        if len < 1 {
-            return fail(format!("neighborhood grid axis {ax} has size {len}; sizes must be positive"));
-        }
-        if kk < 1 || kk % 2 == 0 {
-            return fail(format!("neighborhood kernel on axis {ax} is {kk}; kernels must be odd and positive"));
-        }
-        if d < 1 {
-            return fail(format!("neighborhood dilation on axis {ax} is {d}; dilations must be positive"));
-        }
-        // The smallest non-empty dilation group has floor(len / d) members
-        // (or 1 when d > len).
-        let smallest = if d > len { 1 } else { len / d };
-        if smallest < kk {
-            return fail(format!(
-                "neighborhood axis {ax}: {len} positions with dilation {d} leave a group of {smallest} member(s), fewer than the kernel {kk}"
-            ));
-        }
-        product = match product.checked_mul(len) {
-            Some(p) => p,
-            None => return fail("the neighborhood grid has more positions than fit in 64 bits"),
-        };
-        axes.push(NaAxis { len, kernel: kk, dilation: d, causal: causal[ax] });
-    }
-    if product as u128 != t as u128 || product as u128 != s as u128 {
-        return fail(format!("the neighborhood grid {grid:?} has {product} positions, but the scores have {t} queries and {s} keys; all three must be equal"));
-    }
+    let axes = (0..grid.len())
+        .map(|ax| NaAxis { len: grid[ax], kernel: kernel[ax], dilation: dilation[ax], causal: causal[ax] })
+        .collect();
     Ok(Node::Neighborhood { axes })
 }
 

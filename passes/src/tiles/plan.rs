@@ -336,46 +336,10 @@ impl<'p> Plan<'p> {
         dilation: &[i64],
         causal: &[bool],
     ) -> Result<Node<'p>, String> {
-        let n = grid.len();
-        if n == 0 || kernel.len() != n || dilation.len() != n || causal.len() != n {
-            return Err(format!(
-                "neighborhood needs one kernel, grid, dilation and causal entry per grid axis, found {}, {}, {} and {}",
-                kernel.len(),
-                grid.len(),
-                dilation.len(),
-                causal.len()
-            ));
-        }
-        let mut product: i64 = 1;
-        let mut axes = Vec::with_capacity(n);
-        for ax in 0..n {
-            let (len, kk, d) = (grid[ax], kernel[ax], dilation[ax]);
-            if len < 1 {
-                return Err(format!("neighborhood grid axis {ax} has size {len}; sizes must be positive"));
-            }
-            if kk < 1 || kk % 2 == 0 {
-                return Err(format!("neighborhood kernel on axis {ax} is {kk}; kernels must be odd and positive"));
-            }
-            if d < 1 {
-                return Err(format!("neighborhood dilation on axis {ax} is {d}; dilations must be positive"));
-            }
-            let smallest = if d > len { 1 } else { len / d };
-            if smallest < kk {
-                return Err(format!(
-                    "neighborhood axis {ax}: {len} positions with dilation {d} leave a group of {smallest} member(s), fewer than the kernel {kk}"
-                ));
-            }
-            product = product
-                .checked_mul(len)
-                .ok_or_else(|| "the neighborhood grid has more positions than fit in 64 bits".to_string())?;
-            axes.push(NaAxis { len, kernel: kk, dilation: d, causal: causal[ax] });
-        }
-        if product != self.t || product != self.s {
-            return Err(format!(
-                "the neighborhood grid {grid:?} has {product} positions, but the scores have {} queries and {} keys; all three must be equal",
-                self.t, self.s
-            ));
-        }
+        tdl_ir::mask::check_neighborhood(kernel, grid, dilation, causal, self.t, self.s)?;
+        let axes = (0..grid.len())
+            .map(|ax| NaAxis { len: grid[ax], kernel: kernel[ax], dilation: dilation[ax], causal: causal[ax] })
+            .collect();
         Ok(Node::Neighborhood { axes, dims: grid.to_vec() })
     }
 
