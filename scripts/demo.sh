@@ -27,6 +27,8 @@ for f in examples/*.tdl; do
   name=$(basename "$f" .tdl)
   echo "== $f"
   "$TDLC" check "$f" | sed 's/^/   /'
+  fused=$("$TDLC" compile "$f" --emit fused | grep -c '= attention' || true)
+  echo "   passes: $fused fused attention node(s) after the pipeline (tdlc explain $f says how)"
   start=$(date +%s%N)
   # shellcheck disable=SC2046
   if out=$("$TDLC" run "$f" --random --seed 1 $(binds_for "$name") 2>&1); then
