@@ -11,10 +11,12 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use tdl_ir::{Bindings, Graph, NodeId, Op};
-use tdl_passes::tiles::{iteration_space, Ctx, MaskData, OperandData, TileClass};
+use tdl_ir::{Bindings, Graph, NodeId};
+use tdl_passes::tiles::{iteration_space, Ctx, TileClass};
 use tdl_reference::mask::MaskEval;
 use tdl_reference::Tensor;
+
+use crate::tiling::{AttentionMask, MaskUnavailable};
 
 pub use crate::tiling::BRUTE_FORCE_LIMIT;
 
@@ -105,13 +107,6 @@ pub struct Picture {
     pub mismatches: usize,
 }
 
-fn eval_dim(d: &tdl_ir::Dim, b: &Bindings) -> Result<i64, String> {
-    d.eval(b).map_err(|e| match e {
-        tdl_ir::DimError::Unbound(s) => format!("symbol `{s}` is not bound: pass --bind {s}=N"),
-        other => other.to_string(),
-    })
-}
-
 /// `⌊i·n/parts⌋` for `i` in `0..=parts`: the starts of `parts` nearly equal
 /// blocks of `0..n` (`parts <= n`, so none is empty).
 fn block_starts(n: usize, parts: usize) -> Vec<usize> {
@@ -144,36 +139,14 @@ pub fn picture(
     tile_k: usize,
     head: usize,
 ) -> Result<Picture, String> {
-    let Op::Attention { masked, .. } = &g.node(id).op else { return Err("not an attention node".into()) };
-    let ins = g.inputs(id);
-    let qt = g.node(ins[0]).ty.as_tensor().ok_or("q is not a tensor")?;
-    let kt = g.node(ins[1]).ty.as_tensor().ok_or("k is not a tensor")?;
-    // Run-time data first: no --bind helps there.
-    let mask = if *masked {
-        let Op::Mask(m) = &g.node(ins[3]).op else { return Err("the mask operand is not a mask".into()) };
-        let mut tensors = Vec::new();
-        for o in g.inputs(ins[3]) {
-            match &g.node(o).op {
-                Op::Constant(c) => tensors.push(Tensor { dtype: c.dtype, shape: c.shape.clone(), data: c.data.clone() }),
-                _ => {
-                    return Err(
-                        "its mask reads run-time data (document ids or a block layout input), which `tdlc masks` cannot draw"
-                            .into(),
-                    )
-                }
-            }
+    let am = AttentionMask::of(g, id, bindings).map_err(|e| match e {
+        MaskUnavailable::RunTimeData => {
+            "its mask reads run-time data (document ids or a block layout input), which `tdlc masks` cannot draw"
+                .to_string()
         }
-        Some((m.clone(), tensors))
-    } else {
-        None
-    };
-
-    let t = eval_dim(&qt.shape[qt.rank() - 2], bindings)?;
-    let s = eval_dim(&kt.shape[kt.rank() - 2], bindings)?;
-    let heads = if qt.rank() >= 3 { eval_dim(&qt.shape[qt.rank() - 3], bindings)? } else { 1 };
-    if t < 1 || s < 1 || heads < 1 {
-        return Err(format!("sizes must be positive (T = {t}, S = {s}, heads = {heads})"));
-    }
+        MaskUnavailable::Sizes(why) => why,
+    })?;
+    let (t, s, heads) = (am.t, am.s, am.heads);
     let (Ok(t_u), Ok(s_u), Ok(h_u)) = (usize::try_from(t), usize::try_from(s), usize::try_from(heads)) else {
         return Err("sizes do not fit in memory indices".into());
     };
@@ -196,7 +169,7 @@ pub fn picture(
     let mut visible = vec![false; width * height];
     let mut drawn_entries = false;
     let mut density = None;
-    match &mask {
+    match &am.mask {
         None => {
             classes.fill(BIT_FULL);
             full = nq * nk;
@@ -205,12 +178,7 @@ pub fn picture(
             density = Some(1.0);
         }
         Some((m, tensors)) => {
-            let data = MaskData {
-                operands: tensors
-                    .iter()
-                    .map(|t| OperandData { dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
-                    .collect(),
-            };
+            let data = am.data();
             // Heads beyond the one drawn are not needed.
             let ctx = Ctx { t, s, heads: head + 1, bindings, data: &data };
             let space = iteration_space(m, &ctx, tile_q, tile_k)?;

@@ -2,7 +2,7 @@
 //! how the mask's tiles classify (from the formula, `tdl_passes::tiles`)
 //! and, where the sizes allow, how that compares with brute force.
 
-use tdl_ir::{Bindings, Graph, NodeId, Op};
+use tdl_ir::{Bindings, Graph, MaskExpr, NodeId, Op};
 use tdl_passes::tiles::{iteration_space, Ctx, MaskData, OperandData};
 use tdl_reference::mask::MaskEval;
 use tdl_reference::Tensor;
@@ -41,6 +41,70 @@ fn eval_dim(d: &tdl_ir::Dim, b: &Bindings) -> Result<i64, String> {
     })
 }
 
+/// Why an attention's mask cannot be looked at before the graph runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskUnavailable {
+    /// The mask reads run-time data (document ids, a block layout input).
+    RunTimeData,
+    /// A size is unknown (unbound symbol) or invalid.
+    Sizes(String),
+}
+
+/// One fused attention's mask at concrete sizes, with the constant
+/// operands it reads: what `tdlc explain` classifies and `tdlc masks` draws.
+pub struct AttentionMask {
+    pub t: i64,
+    pub s: i64,
+    pub heads: i64,
+    /// `None` for an unmasked attention.
+    pub mask: Option<(MaskExpr, Vec<Tensor>)>,
+}
+
+impl AttentionMask {
+    /// The mask of the attention node `id` of `g`. Run-time data is checked
+    /// before the sizes: no `--bind` helps there.
+    pub fn of(g: &Graph, id: NodeId, bindings: &Bindings) -> Result<AttentionMask, MaskUnavailable> {
+        let sizes = MaskUnavailable::Sizes;
+        let Op::Attention { masked, .. } = &g.node(id).op else { return Err(sizes("not an attention node".into())) };
+        let ins = g.inputs(id);
+        let mask = if *masked {
+            let Op::Mask(m) = &g.node(ins[3]).op else { return Err(sizes("the mask operand is not a mask".into())) };
+            let mut tensors = Vec::new();
+            for o in g.inputs(ins[3]) {
+                match &g.node(o).op {
+                    Op::Constant(c) => {
+                        tensors.push(Tensor { dtype: c.dtype, shape: c.shape.clone(), data: c.data.clone() })
+                    }
+                    _ => return Err(MaskUnavailable::RunTimeData),
+                }
+            }
+            Some((m.clone(), tensors))
+        } else {
+            None
+        };
+        let qt = g.node(ins[0]).ty.as_tensor().ok_or(sizes("q is not a tensor".into()))?;
+        let kt = g.node(ins[1]).ty.as_tensor().ok_or(sizes("k is not a tensor".into()))?;
+        let t = eval_dim(&qt.shape[qt.rank() - 2], bindings).map_err(sizes)?;
+        let s = eval_dim(&kt.shape[kt.rank() - 2], bindings).map_err(sizes)?;
+        let heads = if qt.rank() >= 3 { eval_dim(&qt.shape[qt.rank() - 3], bindings).map_err(sizes)? } else { 1 };
+        if t < 1 || s < 1 || heads < 1 {
+            return Err(sizes(format!("sizes must be positive (T = {t}, S = {s}, heads = {heads})")));
+        }
+        Ok(AttentionMask { t, s, heads, mask })
+    }
+
+    /// The constant operands as the tile classifier reads them.
+    pub fn data(&self) -> MaskData<'_> {
+        let operands = match &self.mask {
+            Some((_, tensors)) => {
+                tensors.iter().map(|t| OperandData { dtype: t.dtype, shape: t.shape.clone(), data: &t.data }).collect()
+            }
+            None => Vec::new(),
+        };
+        MaskData { operands }
+    }
+}
+
 /// The tile report of the attention node `id` of `g`.
 pub fn tile_report(
     g: &Graph,
@@ -49,36 +113,19 @@ pub fn tile_report(
     tile_q: usize,
     tile_k: usize,
 ) -> Result<TileReport, String> {
-    let Op::Attention { masked, .. } = &g.node(id).op else { return Err("not an attention node".into()) };
-    let ins = g.inputs(id);
-    let qt = g.node(ins[0]).ty.as_tensor().ok_or("q is not a tensor")?;
-    let kt = g.node(ins[1]).ty.as_tensor().ok_or("k is not a tensor")?;
-    let t = eval_dim(&qt.shape[qt.rank() - 2], bindings)?;
-    let s = eval_dim(&kt.shape[kt.rank() - 2], bindings)?;
-    let heads = if qt.rank() >= 3 { eval_dim(&qt.shape[qt.rank() - 3], bindings)? } else { 1 };
-    if t < 1 || s < 1 || heads < 1 {
-        return Err("sizes must be positive".into());
-    }
+    let am = AttentionMask::of(g, id, bindings).map_err(|e| match e {
+        MaskUnavailable::RunTimeData => {
+            "the mask reads run-time data (document ids or a block layout input): its tiles are classified when it runs"
+                .to_string()
+        }
+        MaskUnavailable::Sizes(why) => why,
+    })?;
+    let (t, s, heads) = (am.t, am.s, am.heads);
     let (t_u, s_u, h_u) = (t as usize, s as usize, heads as usize);
     let nq = t_u.div_ceil(tile_q);
     let nk = s_u.div_ceil(tile_k);
     let total = h_u * nq * nk;
-    let mask = if *masked {
-        let mask_node = ins[3];
-        let Op::Mask(m) = &g.node(mask_node).op else { return Err("the mask operand is not a mask".into()) };
-        // Operands must be known at compile time: constants.
-        let mut tensors = Vec::new();
-        for o in g.inputs(mask_node) {
-            match &g.node(o).op {
-                Op::Constant(c) => tensors.push(Tensor { dtype: c.dtype, shape: c.shape.clone(), data: c.data.clone() }),
-                _ => return Err("the mask reads run-time data (document ids or a block layout input): its tiles are classified when it runs".into()),
-            }
-        }
-        Some((m.clone(), tensors))
-    } else {
-        None
-    };
-    let Some((m, tensors)) = mask else {
+    let Some((m, tensors)) = &am.mask else {
         return Ok(TileReport {
             tile_q,
             tile_k,
@@ -93,14 +140,9 @@ pub fn tile_report(
             empty_rows: Some((0, Vec::new())),
         });
     };
-    let data = MaskData {
-        operands: tensors
-            .iter()
-            .map(|t| OperandData { dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
-            .collect(),
-    };
+    let data = am.data();
     let ctx = Ctx { t, s, heads: h_u, bindings, data: &data };
-    let space = iteration_space(&m, &ctx, tile_q, tile_k)?;
+    let space = iteration_space(m, &ctx, tile_q, tile_k)?;
     let (tiles_total, visited, full, partial) = space.counts();
     let mut report = TileReport {
         tile_q,
@@ -118,7 +160,7 @@ pub fn tile_report(
     let points = (t as u64).saturating_mul(s as u64).saturating_mul(heads as u64);
     if points <= BRUTE_FORCE_LIMIT {
         let refs: Vec<&Tensor> = tensors.iter().collect();
-        let eval = MaskEval::new(&m, &refs, t_u, s_u, bindings).map_err(|e| e.to_string())?;
+        let eval = MaskEval::new(m, &refs, t_u, s_u, bindings).map_err(|e| e.to_string())?;
         let mut tile_seen = vec![false; h_u * nq * nk];
         let mut visible: u64 = 0;
         let mut empty = Vec::new();

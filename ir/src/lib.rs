@@ -14,8 +14,10 @@
 //! logos, inkwell or melior. Spans are carried as plain byte ranges so errors
 //! found late can still point at the source line.
 
+pub mod eval;
 pub mod graph;
 pub mod infer;
+pub mod layout;
 pub mod mask;
 pub mod op;
 pub mod span;

@@ -40,8 +40,8 @@
 //! either side broadcasts; the other leading axes broadcast NumPy-style.
 //! The mask predicate is evaluated per element, inside Partial tiles only,
 //! by `tdl_reference::mask::MaskEval` (the language's predicates, one
-//! implementation); the score modifier by this crate's `f32`/`i64`
-//! evaluator ([`scalar`]) and, as in the reference, only where the mask
+//! implementation); the score modifier by the shared lambda evaluator
+//! (`tdl_ir::eval`) in `f32`/`i64` and, as in the reference, only where the mask
 //! holds (so a modifier that would fail where the mask hides it does not).
 //! A NaN score makes its row NaN, as in the reference (the max propagates
 //! NaN).
@@ -49,8 +49,8 @@
 //! Memory: `O(tile_q · (D + Dv + tile_k))` per program beside the output and
 //! the iteration space; nothing of size `T × S` is allocated.
 
-pub mod scalar;
-
+use tdl_ir::eval::{eval, ArrayView, Env, Val};
+use tdl_ir::layout::{next_index, AttentionLayout};
 use tdl_ir::{Bindings, MaskExpr, ScalarExpr};
 use tdl_passes::tiles::{self, Ctx, IterSpace, MaskData, OperandData, Runs, TileClass};
 use tdl_reference::mask::MaskEval;
@@ -151,90 +151,6 @@ pub fn attention_tiled(
     attention_tiled_stats(q, k, v, mask, scale, score, bindings, sched).map(|(t, _)| t)
 }
 
-/// How an output head maps to a head of `q` and of `k`/`v` (as the
-/// reference's `Heads`).
-#[derive(Clone, Copy)]
-enum Heads {
-    /// One side has no head axis: leading axes broadcast as usual.
-    Plain,
-    /// `q` head = `h` (0 when `Hq == 1`); `k`/`v` head = `h / group` (0 when
-    /// `Hk == 1`, `h` when `Hq == 1`).
-    Grouped { hq: usize, hk: usize, group: usize },
-}
-
-fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
-    let n = a.len().max(b.len());
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-        out.push(if da == db || db == 1 {
-            da
-        } else if da == 1 {
-            db
-        } else {
-            return Err(format!("attention: leading shapes {a:?} and {b:?} do not broadcast"));
-        });
-    }
-    Ok(out)
-}
-
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut out = vec![0; shape.len()];
-    let mut acc = 1usize;
-    for (s, &d) in out.iter_mut().zip(shape).rev() {
-        *s = acc;
-        acc = acc.saturating_mul(d);
-    }
-    out
-}
-
-/// The offset of the `[.., rows, cols]` block of an operand (leading shape
-/// `l`, full strides `st`) for output leading index `idx`.
-fn lead_offset(idx: &[usize], l: &[usize], st: &[usize], heads: Heads, is_q: bool) -> usize {
-    let start = idx.len() - l.len();
-    let mut off = 0;
-    for (i, &dim) in l.iter().enumerate() {
-        let o = idx[start + i];
-        let j = match heads {
-            Heads::Grouped { hq, hk, group } if i + 1 == l.len() => {
-                if is_q {
-                    if hq == 1 {
-                        0
-                    } else {
-                        o
-                    }
-                } else if hk == 1 {
-                    0
-                } else if hq == 1 {
-                    o
-                } else {
-                    o / group
-                }
-            }
-            _ => {
-                if dim == 1 {
-                    0
-                } else {
-                    o
-                }
-            }
-        };
-        off += j * st[i];
-    }
-    off
-}
-
-fn next_index(idx: &mut [usize], shape: &[usize]) {
-    for ax in (0..idx.len()).rev() {
-        idx[ax] += 1;
-        if idx[ax] < shape[ax] {
-            return;
-        }
-        idx[ax] = 0;
-    }
-}
-
 /// `max` that propagates NaN (as the reference's softmax does).
 fn max_nan(acc: f32, v: f32) -> f32 {
     if acc.is_nan() || v.is_nan() {
@@ -261,56 +177,24 @@ pub fn attention_tiled_stats(
     q.check("attention q")?;
     k.check("attention k")?;
     v.check("attention v")?;
-    let (rq, rk, rv) = (q.shape.len(), k.shape.len(), v.shape.len());
-    if rq < 2 || rk < 2 || rv < 2 {
-        return Err(format!(
-            "attention needs q, k, v of rank at least 2, found shapes {:?}, {:?}, {:?}",
-            q.shape, k.shape, v.shape
-        ));
-    }
-    let (t, d) = (q.shape[rq - 2], q.shape[rq - 1]);
-    let (s, dk) = (k.shape[rk - 2], k.shape[rk - 1]);
-    let dv = v.shape[rv - 1];
-    if dk != d {
-        return Err(format!("attention: q {:?} and k {:?} must share the head dimension", q.shape, k.shape));
-    }
-    if v.shape[..rv - 1] != k.shape[..rk - 1] {
-        return Err(format!(
-            "attention: k {:?} and v {:?} must have the same leading dimensions and length",
-            k.shape, v.shape
-        ));
-    }
+    // Leading axes, heads and offsets: the same layout as the reference.
+    let layout = AttentionLayout::new(tdl_ir::DType::F32, &q.shape, &k.shape, &v.shape)?;
+    let (t, s, d, dv) = (layout.t, layout.s, layout.d, layout.dv);
     let (tile_q, tile_k) = (sched.tile_q, sched.tile_k);
     if tile_q == 0 || tile_k == 0 {
         return Err(format!("tile sizes must be positive, found {tile_q}×{tile_k}"));
     }
+    // The score lambda's operands, viewed once for the whole call.
+    let score_ops: Vec<Option<ArrayView>> =
+        score.map(|sm| sm.operands.iter().map(|o| o.as_ref().map(|o| o.view())).collect()).unwrap_or_default();
 
-    // Leading axes and heads, as the reference.
-    let (lq, lk) = (&q.shape[..rq - 2], &k.shape[..rk - 2]);
-    let (lead, heads) = if let (Some(&hq), Some(&hk)) = (lq.last(), lk.last()) {
-        let mut lead = broadcast(&lq[..lq.len() - 1], &lk[..lk.len() - 1])?;
-        let hout = if hq == hk || hk == 1 || (hk != 0 && hq % hk == 0) {
-            hq
-        } else if hq == 1 {
-            hk
-        } else {
-            return Err(format!(
-                "attention heads do not match: q has {hq} heads, k/v have {hk}; the query head count must be a multiple of the key head count"
-            ));
-        };
-        lead.push(hout);
-        let group = if hk == 0 || hk == 1 || hq == 1 { 1 } else { hq / hk };
-        (lead, Heads::Grouped { hq, hk, group })
-    } else {
-        (broadcast(lq, lk)?, Heads::Plain)
-    };
-    let n_lead = lead.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+    let n_lead = layout.n_lead();
     let n_out = n_lead.and_then(|n| n.checked_mul(t)).and_then(|n| n.checked_mul(dv));
     let (Some(n_lead), Some(n_out)) = (n_lead, n_out) else {
         return Err("the attention output has more elements than fit in memory".into());
     };
     // The mask's `h` is the index along the output's axis -3 (0 at rank 2).
-    let n_heads = lead.last().copied().unwrap_or(1);
+    let n_heads = layout.mask_heads();
     let (ti, si) = match (i64::try_from(t), i64::try_from(s)) {
         (Ok(a), Ok(b)) => (a, b),
         _ => return Err(format!("attention sizes {t}×{s} do not fit in 64-bit indices")),
@@ -340,7 +224,6 @@ pub fn attention_tiled_stats(
     let all_full: Runs = if nk > 0 { vec![(0..nk, TileClass::Full)] } else { Vec::new() };
 
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
-    let (sq, sk, sv) = (strides(&q.shape), strides(&k.shape), strides(&v.shape));
     let mut stats = KernelStats { space_counts: space.as_ref().map(IterSpace::counts), ..KernelStats::default() };
     let mut out = vec![0f32; n_out];
 
@@ -351,12 +234,10 @@ pub fn attention_tiled_stats(
     let mut m_row = vec![f32::NEG_INFINITY; tile_q.min(t.max(1))];
     let mut l_row = vec![0f32; tile_q.min(t.max(1))];
 
-    let mut idx = vec![0usize; lead.len()];
+    let mut idx = vec![0usize; layout.lead.len()];
     for li in 0..n_lead {
         let h = idx.last().copied().unwrap_or(0);
-        let oq = lead_offset(&idx, lq, &sq, heads, true);
-        let ok = lead_offset(&idx, lk, &sk, heads, false);
-        let ov = lead_offset(&idx, lk, &sv, heads, false);
+        let (oq, ok, ov) = layout.offsets(&idx);
         for qt in 0..nq {
             stats.programs += 1;
             let q0 = qt * tile_q;
@@ -406,7 +287,7 @@ pub fn attention_tiled_stats(
                             let mut value = dot * scale;
                             if let Some(sm) = score {
                                 stats.score_evals += 1;
-                                value = score_mod(sm, value, qi, ki, h, bindings)?;
+                                value = score_mod(sm.expr, &score_ops, value, qi, ki, h, bindings)?;
                             }
                             *sc = value;
                         }
@@ -454,21 +335,27 @@ pub fn attention_tiled_stats(
                 }
             }
         }
-        next_index(&mut idx, &lead);
+        next_index(&mut idx, &layout.lead);
     }
-    let mut shape = lead;
+    let mut shape = layout.lead;
     shape.extend([t, dv]);
     Ok((F32Tensor { shape, data: out }, stats))
 }
 
-fn score_mod(sm: &ScoreMod<'_>, s: f32, q: usize, k: usize, h: usize, bindings: &Bindings) -> Result<f32, String> {
+fn score_mod(
+    expr: &ScalarExpr,
+    operands: &[Option<ArrayView>],
+    s: f32,
+    q: usize,
+    k: usize,
+    h: usize,
+    bindings: &Bindings,
+) -> Result<f32, String> {
     // Indices of existing tensors fit in i64.
-    let env = scalar::Env { q: q as i64, k: k as i64, h: h as i64, s: Some(s), bindings, operands: &sm.operands };
-    match scalar::eval(sm.expr, &env)? {
-        scalar::Val::Float(f) => Ok(f),
-        scalar::Val::Int(i) => Ok(i as f32),
-        scalar::Val::Bool(_) => {
-            Err("the attention score modifier evaluated to a boolean; it must give a number".into())
-        }
+    let env = Env { q: q as i64, k: k as i64, h: h as i64, s: Some(s), bindings, operands };
+    match eval(expr, &env)? {
+        Val::Float(f) => Ok(f),
+        Val::Int(i) => Ok(i as f32),
+        Val::Bool(_) => Err("the attention score modifier evaluated to a boolean; it must give a number".into()),
     }
 }

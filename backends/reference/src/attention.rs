@@ -18,13 +18,14 @@
 //! attention); a head count of 1 on either side broadcasts; the other
 //! leading axes broadcast NumPy-style. One `T×S` score row is held at a time.
 
+use tdl_ir::layout::AttentionLayout;
 use tdl_ir::{Bindings, MaskExpr, ScalarExpr};
 
 use crate::error::{fail, RunError};
 use crate::mask::MaskEval;
-use crate::ops::{broadcast, ensure_shape, softmax_slice};
+use crate::ops::{ensure_shape, softmax_slice};
 use crate::scalar::{self, Env, Val};
-use crate::tensor::{next_index, shape_text, strides, Limits, Tensor};
+use crate::tensor::{next_index, shape_text, Limits, Tensor};
 
 /// The operands of one attention node.
 pub(crate) struct AttentionArgs<'a> {
@@ -40,16 +41,6 @@ pub(crate) struct AttentionArgs<'a> {
     pub scale: Option<f64>,
 }
 
-/// How an output head maps to a head of `q` and of `k`/`v`.
-#[derive(Clone, Copy)]
-enum Heads {
-    /// The leading axes broadcast as usual (one side has no head axis).
-    Plain,
-    /// Grouped: `q` head = `h` (or 0 when `Hq == 1`), `k`/`v` head =
-    /// `h / group` (or 0 when `Hk == 1`).
-    Grouped { hq: usize, hk: usize, group: usize },
-}
-
 pub(crate) fn attention(
     a: &AttentionArgs,
     bindings: &Bindings,
@@ -57,46 +48,9 @@ pub(crate) fn attention(
     out: &[usize],
 ) -> Result<Tensor, RunError> {
     let (q, k, v) = (a.q, a.k, a.v);
-    let (rq, rk, rv) = (q.rank(), k.rank(), v.rank());
-    if rq < 2 || rk < 2 || rv < 2 {
-        return fail(format!(
-            "attention needs q, k, v of rank at least 2, found {}, {}, {}",
-            q.type_text(),
-            k.type_text(),
-            v.type_text()
-        ));
-    }
-    let (t, d) = (q.shape[rq - 2], q.shape[rq - 1]);
-    let (s, dk) = (k.shape[rk - 2], k.shape[rk - 1]);
-    let dv = v.shape[rv - 1];
-    if dk != d {
-        return fail(format!("q {} and k {} must share the head dimension", q.type_text(), k.type_text()));
-    }
-    if v.shape[..rv - 1] != k.shape[..rk - 1] {
-        return fail(format!(
-            "k {} and v {} must have the same leading dimensions and length",
-            k.type_text(),
-            v.type_text()
-        ));
-    }
-    let (lq, lk) = (&q.shape[..rq - 2], &k.shape[..rk - 2]);
-    let (lead, heads) = if let (Some(&hq), Some(&hk)) = (lq.last(), lk.last()) {
-        let mut lead = broadcast(&lq[..lq.len() - 1], &lk[..lk.len() - 1])?;
-        let hout = if hq == hk || hk == 1 || (hk != 0 && hq % hk == 0) {
-            hq
-        } else if hq == 1 {
-            hk
-        } else {
-            return fail(format!(
-                "attention heads do not match: q has {hq} heads, k/v have {hk}; the query head count must be a multiple of the key head count"
-            ));
-        };
-        lead.push(hout);
-        let group = if hk == 0 || hk == 1 || hq == 1 { 1 } else { hq / hk };
-        (lead, Heads::Grouped { hq, hk, group })
-    } else {
-        (broadcast(lq, lk)?, Heads::Plain)
-    };
+    let layout = AttentionLayout::new(q.dtype, &q.shape, &k.shape, &v.shape).map_err(RunError::Eval)?;
+    let (t, s, d, dv) = (layout.t, layout.s, layout.d, layout.dv);
+    let lead = &layout.lead;
     let mut shape = lead.clone();
     shape.extend([t, dv]);
     ensure_shape(&shape, out)?;
@@ -107,7 +61,7 @@ pub(crate) fn attention(
         None => None,
     };
     let scale = a.scale.unwrap_or(1.0 / (d as f64).sqrt());
-    let (sq, sk, sv) = (strides(&q.shape), strides(&k.shape), strides(&v.shape));
+    let score_operands: Vec<Option<scalar::ArrayView>> = a.operands.iter().map(|o| o.map(scalar::view)).collect();
     let n_lead: usize = lead.iter().product();
     let mut data = Vec::with_capacity(n_lead * t * dv);
     let mut scores = vec![0.0; s];
@@ -115,9 +69,7 @@ pub(crate) fn attention(
     let mut idx = vec![0usize; lead.len()];
     for _ in 0..n_lead {
         let h = idx.last().copied().unwrap_or(0);
-        let oq = lead_offset(&idx, lq, &sq, heads, true);
-        let ok = lead_offset(&idx, lk, &sk, heads, false);
-        let ov = lead_offset(&idx, lk, &sv, heads, false);
+        let (oq, ok, ov) = layout.offsets(&idx);
         for qi in 0..t {
             let qrow = &q.data[oq + qi * d..oq + (qi + 1) * d];
             for (ki, sc) in scores.iter_mut().enumerate() {
@@ -136,7 +88,7 @@ pub(crate) fn attention(
                 }
                 let mut value = dot * scale;
                 if let Some(e) = a.score {
-                    value = score_mod(e, value, qi, ki, h, bindings, &a.operands)?;
+                    value = score_mod(e, value, qi, ki, h, bindings, &score_operands)?;
                 }
                 *sc = value;
             }
@@ -150,48 +102,12 @@ pub(crate) fn attention(
             }
             data.extend_from_slice(&acc);
         }
-        next_index(&mut idx, &lead);
+        next_index(&mut idx, lead);
     }
     if data.len() != n_lead * t * dv {
         return fail(format!("attention produced {} elements for shape {}", data.len(), shape_text(&shape)));
     }
     Ok(Tensor { dtype: q.dtype, shape, data })
-}
-
-/// The offset of the `[.., T, D]` block of an operand (leading shape `l`,
-/// full strides `st`) for the output leading index `idx`.
-fn lead_offset(idx: &[usize], l: &[usize], st: &[usize], heads: Heads, is_q: bool) -> usize {
-    let start = idx.len() - l.len();
-    let mut off = 0;
-    for (i, &dim) in l.iter().enumerate() {
-        let o = idx[start + i];
-        let j = match heads {
-            Heads::Grouped { hq, hk, group } if i + 1 == l.len() => {
-                if is_q {
-                    if hq == 1 {
-                        0
-                    } else {
-                        o
-                    }
-                } else if hk == 1 {
-                    0
-                } else if hq == 1 {
-                    o
-                } else {
-                    o / group
-                }
-            }
-            _ => {
-                if dim == 1 {
-                    0
-                } else {
-                    o
-                }
-            }
-        };
-        off += j * st[i];
-    }
-    off
 }
 
 fn score_mod(
@@ -201,7 +117,7 @@ fn score_mod(
     k: usize,
     h: usize,
     bindings: &Bindings,
-    operands: &[Option<&Tensor>],
+    operands: &[Option<scalar::ArrayView>],
 ) -> Result<f64, RunError> {
     // Indices of existing tensors fit in i64.
     let env = Env { q: q as i64, k: k as i64, h: h as i64, s: Some(s), bindings, operands };

@@ -80,7 +80,7 @@ pub struct MaskEval<'a> {
     s: i64,
     root: Node<'a>,
     bindings: &'a Bindings,
-    operands: Vec<Option<&'a Tensor>>,
+    operands: Vec<Option<scalar::ArrayView<'a>>>,
 }
 
 impl std::fmt::Debug for MaskEval<'_> {
@@ -102,7 +102,13 @@ impl<'a> MaskEval<'a> {
             return fail(format!("mask sizes {t}×{s} do not fit in 64-bit indices"));
         };
         let root = compile(expr, operands, t, s)?;
-        Ok(MaskEval { t: ti, s: si, root, bindings, operands: operands.iter().map(|t| Some(*t)).collect() })
+        Ok(MaskEval {
+            t: ti,
+            s: si,
+            root,
+            bindings,
+            operands: operands.iter().map(|t| Some(scalar::view(t))).collect(),
+        })
     }
 
     /// Whether the mask holds at query `q`, key `k`, head `h`.

@@ -31,20 +31,8 @@ pub(crate) fn ensure_shape(computed: &[usize], out: &[usize]) -> Result<(), RunE
 
 /// NumPy broadcasting of two concrete shapes.
 pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, RunError> {
-    let n = a.len().max(b.len());
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-        out.push(if da == db || db == 1 {
-            da
-        } else if da == 1 {
-            db
-        } else {
-            return fail(format!("shapes {} and {} do not broadcast", shape_text(a), shape_text(b)));
-        });
-    }
-    Ok(out)
+    tdl_ir::layout::broadcast(a, b)
+        .ok_or_else(|| RunError::eval(format!("shapes {} and {} do not broadcast", shape_text(a), shape_text(b))))
 }
 
 /// The flat offset in a tensor of `shape` (right-aligned against the

@@ -65,31 +65,11 @@ pub(crate) fn shape_text(shape: &[usize]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-/// Row-major strides of `shape`. The caller guarantees the element count
-/// does not overflow (every shape the interpreter builds passed
-/// [`Limits::check`] or belongs to an existing tensor).
-pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut out = vec![0; shape.len()];
-    let mut acc = 1usize;
-    for (s, &d) in out.iter_mut().zip(shape).rev() {
-        *s = acc;
-        acc = acc.saturating_mul(d);
-    }
-    out
-}
-
-/// Advances the row-major multi-index `idx` within `shape`; `false` once it
-/// wraps around past the last element.
-pub(crate) fn next_index(idx: &mut [usize], shape: &[usize]) -> bool {
-    for ax in (0..idx.len()).rev() {
-        idx[ax] += 1;
-        if idx[ax] < shape[ax] {
-            return true;
-        }
-        idx[ax] = 0;
-    }
-    false
-}
+// Row-major strides and multi-index stepping are shared with every
+// executor (the caller guarantees the element count does not overflow: every
+// shape the interpreter builds passed [`Limits::check`] or belongs to an
+// existing tensor).
+pub(crate) use tdl_ir::layout::{next_index, strides};
 
 /// Rounds `v` to the nearest value of `dtype` (ties to even for floats;
 /// overflow gives ±inf). `i32` wraps modulo 2³² after truncation toward zero
@@ -250,8 +230,7 @@ impl Tensor {
 
     /// `f32[2, 3]`: the tensor's type as the language writes it.
     pub fn type_text(&self) -> String {
-        let parts: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
-        format!("{}[{}]", self.dtype, parts.join(", "))
+        tdl_ir::layout::type_text(self.dtype, &self.shape)
     }
 
     /// Checks that every element is a value of the element type: integers

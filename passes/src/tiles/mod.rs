@@ -148,6 +148,13 @@ pub struct OperandData<'a> {
     pub data: &'a [f64],
 }
 
+impl OperandData<'_> {
+    /// The operand as the lambda evaluator reads it.
+    pub fn view(&self) -> tdl_ir::eval::ArrayView<'_> {
+        tdl_ir::eval::ArrayView { dtype: self.dtype, shape: &self.shape, data: self.data }
+    }
+}
+
 /// The operands a data-dependent mask reads (by operand position).
 #[derive(Clone, Debug, Default)]
 pub struct MaskData<'a> {

@@ -1,35 +1,98 @@
-//! The lambda language ([`ScalarExpr`]) evaluated as a kernel evaluates it:
-//! 64-bit integers, **`f32`** floats and booleans.
+//! The evaluator of the scalar lambda language ([`ScalarExpr`]): mask
+//! lambdas and attention score modifiers. One evaluator for every consumer,
+//! generic over the float type: the reference interpreter runs it in `f64`,
+//! the tile schedule (`tdl-kernel`) in `f32` as a backend would.
 //!
-//! The semantics are the language's (`tdl_ir::mask`, and the reference's
-//! `scalar.rs`), with `f32` in place of `f64` for floats:
-//!
-//! * integer arithmetic is 64-bit and wraps; `/` is floor division and `%`
-//!   floor modulo; `x / 0 == 0` and `x % 0 == x`;
-//! * a float on either side of an arithmetic operator or comparison makes it
-//!   a float one (the integer is converted to `f32`); float `%` is floor
-//!   modulo too (the sign of the divisor; `x % 0.0` is NaN);
-//! * `where` evaluates only the branch it takes; `&`/`|` need booleans;
-//! * indexing reads a constant array or an operand with integer indices; an
-//!   index out of range is an error. `i32` elements read as integers, `bool`
-//!   elements as booleans, float elements as `f32`.
-//!
-//! The reference's score-modifier evaluator is crate-private, hence this
-//! one; its error messages follow the reference's words.
+//! Values are 64-bit integers, floats and booleans. Integer arithmetic
+//! wraps; integer `/` is floor division and `%` floor modulo, with `x / 0 ==
+//! 0` and `x % 0 == x`. A float on either side of an arithmetic operator or
+//! comparison makes it a float one (IEEE; float `%` is floor modulo too: the
+//! result has the sign of the divisor, and `x % 0.0` is NaN). `select`
+//! evaluates only the branch it takes. Indexing reads a constant array or an
+//! operand with integer indices; an index out of range is an error. `i32`
+//! elements read as integers, `bool` elements as booleans, float elements as
+//! floats.
 
-use tdl_ir::{ArrayRef, Bindings, DType, LambdaVar, ScalarBinary, ScalarExpr, ScalarUnary};
-use tdl_passes::tiles::OperandData;
+use std::fmt::Debug;
+use std::ops::{Add, Div, Mul, Neg, Rem, Sub};
 
-/// A value of the lambda language, as a kernel holds it.
+use crate::mask::{ArrayRef, LambdaVar, ScalarBinary, ScalarExpr, ScalarUnary};
+use crate::types::{Bindings, DType};
+
+/// The float type a lambda is evaluated in (`f32` or `f64`).
+pub trait LambdaFloat:
+    Copy
+    + Debug
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Rem<Output = Self>
+    + Neg<Output = Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64(x: f64) -> Self;
+    fn from_i64(x: i64) -> Self;
+    fn abs(self) -> Self;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
+    fn min(self, other: Self) -> Self;
+    fn max(self, other: Self) -> Self;
+}
+
+macro_rules! lambda_float {
+    ($t:ty) => {
+        impl LambdaFloat for $t {
+            const ZERO: $t = 0.0;
+            const ONE: $t = 1.0;
+            fn from_f64(x: f64) -> $t {
+                x as $t
+            }
+            fn from_i64(x: i64) -> $t {
+                x as $t
+            }
+            fn abs(self) -> $t {
+                <$t>::abs(self)
+            }
+            fn exp(self) -> $t {
+                <$t>::exp(self)
+            }
+            fn ln(self) -> $t {
+                <$t>::ln(self)
+            }
+            fn sqrt(self) -> $t {
+                <$t>::sqrt(self)
+            }
+            fn tanh(self) -> $t {
+                <$t>::tanh(self)
+            }
+            fn min(self, other: $t) -> $t {
+                <$t>::min(self, other)
+            }
+            fn max(self, other: $t) -> $t {
+                <$t>::max(self, other)
+            }
+        }
+    };
+}
+
+lambda_float!(f32);
+lambda_float!(f64);
+
+/// A value of the lambda language.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Val {
+pub enum Val<F> {
     Int(i64),
-    Float(f32),
+    Float(F),
     Bool(bool),
 }
 
-impl Val {
-    fn kind(self) -> &'static str {
+impl<F: LambdaFloat> Val<F> {
+    pub fn kind(self) -> &'static str {
         match self {
             Val::Int(_) => "an integer",
             Val::Float(_) => "a float",
@@ -37,26 +100,35 @@ impl Val {
         }
     }
 
-    fn as_f32(self) -> Option<f32> {
+    pub fn as_float(self) -> Option<F> {
         match self {
-            Val::Int(i) => Some(i as f32),
+            Val::Int(i) => Some(F::from_i64(i)),
             Val::Float(f) => Some(f),
             Val::Bool(_) => None,
         }
     }
 }
 
-/// What a lambda sees: the indices, the score (score modifiers only), the
-/// bound dimension symbols and the operands of its node by position
-/// (`None` where the position is not a tensor the lambda may read).
+/// A tensor a lambda may index: element type, shape and row-major values
+/// (as `f64`, the way every tdlc buffer of the interpreters holds them).
 #[derive(Clone, Copy, Debug)]
-pub struct Env<'a> {
+pub struct ArrayView<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub data: &'a [f64],
+}
+
+/// What a lambda sees: the indices, the score (score modifiers only), the
+/// bound dimension symbols and the operands of its node by position (`None`
+/// where the position is not a tensor the lambda may read).
+#[derive(Clone, Copy, Debug)]
+pub struct Env<'a, F> {
     pub q: i64,
     pub k: i64,
     pub h: i64,
-    pub s: Option<f32>,
+    pub s: Option<F>,
     pub bindings: &'a Bindings,
-    pub operands: &'a [Option<OperandData<'a>>],
+    pub operands: &'a [Option<ArrayView<'a>>],
 }
 
 /// Floor division with `x / 0 == 0`, wrapping (`i64::MIN / -1 == i64::MIN`).
@@ -85,10 +157,10 @@ pub fn int_mod(a: i64, b: i64) -> i64 {
     }
 }
 
-/// Floor modulo on `f32` (Python's `%`): the result has the sign of `b`.
-pub fn float_mod(a: f32, b: f32) -> f32 {
+/// Floor modulo on floats (Python's `%`): the result has the sign of `b`.
+pub fn float_mod<F: LambdaFloat>(a: F, b: F) -> F {
     let r = a % b;
-    if r != 0.0 && ((r < 0.0) != (b < 0.0)) {
+    if r != F::ZERO && ((r < F::ZERO) != (b < F::ZERO)) {
         r + b
     } else {
         r
@@ -96,7 +168,7 @@ pub fn float_mod(a: f32, b: f32) -> f32 {
 }
 
 /// Evaluates `e` in `env`.
-pub fn eval(e: &ScalarExpr, env: &Env<'_>) -> Result<Val, String> {
+pub fn eval<F: LambdaFloat>(e: &ScalarExpr, env: &Env<'_, F>) -> Result<Val<F>, String> {
     Ok(match e {
         ScalarExpr::Var(LambdaVar::Q) => Val::Int(env.q),
         ScalarExpr::Var(LambdaVar::K) => Val::Int(env.k),
@@ -106,7 +178,7 @@ pub fn eval(e: &ScalarExpr, env: &Env<'_>) -> Result<Val, String> {
             None => return Err("the score `s` is only defined in an attention score modifier, not in a mask".into()),
         },
         ScalarExpr::Int(i) => Val::Int(*i),
-        ScalarExpr::Float(f) => Val::Float(*f as f32),
+        ScalarExpr::Float(f) => Val::Float(F::from_f64(*f)),
         ScalarExpr::Bool(b) => Val::Bool(*b),
         ScalarExpr::Sym(name) => match env.bindings.get(name) {
             Some(v) => Val::Int(*v),
@@ -137,11 +209,13 @@ pub fn eval(e: &ScalarExpr, env: &Env<'_>) -> Result<Val, String> {
     })
 }
 
-fn read_array(array: &ArrayRef, idx: &[i64], env: &Env<'_>) -> Result<Val, String> {
+fn read_array<F: LambdaFloat>(array: &ArrayRef, idx: &[i64], env: &Env<'_, F>) -> Result<Val<F>, String> {
     let (dtype, shape, data, what): (DType, &[usize], &[f64], String) = match array {
         ArrayRef::Const(c) => (c.dtype, &c.shape, &c.data, format!("constant array of shape {:?}", c.shape)),
-        ArrayRef::Operand(i) => match env.operands.get(*i).and_then(|o| o.as_ref()) {
-            Some(t) => (t.dtype, &t.shape, t.data, format!("operand {i} ({}{:?})", t.dtype.name(), t.shape)),
+        ArrayRef::Operand(i) => match env.operands.get(*i).copied().flatten() {
+            Some(t) => {
+                (t.dtype, t.shape, t.data, format!("operand {i} ({})", crate::layout::type_text(t.dtype, t.shape)))
+            }
             None => return Err(format!("a lambda reads operand {i}, which is not a tensor operand of its node")),
         },
     };
@@ -164,13 +238,13 @@ fn read_array(array: &ArrayRef, idx: &[i64], env: &Env<'_>) -> Result<Val, Strin
     Ok(match dtype {
         DType::I32 => Val::Int(v as i64),
         DType::Bool => Val::Bool(v != 0.0),
-        _ => Val::Float(v as f32),
+        _ => Val::Float(F::from_f64(v)),
     })
 }
 
-fn unary(op: ScalarUnary, a: Val) -> Result<Val, String> {
-    let float = |f: fn(f32) -> f32| -> Result<Val, String> {
-        match a.as_f32() {
+fn unary<F: LambdaFloat>(op: ScalarUnary, a: Val<F>) -> Result<Val<F>, String> {
+    let float = |f: fn(F) -> F| -> Result<Val<F>, String> {
+        match a.as_float() {
             Some(x) => Ok(Val::Float(f(x))),
             None => Err(format!("lambda `{}` needs a number, found {}", op.name(), a.kind())),
         }
@@ -181,32 +255,29 @@ fn unary(op: ScalarUnary, a: Val) -> Result<Val, String> {
         (ScalarUnary::Neg, Val::Int(i)) => Ok(Val::Int(i.wrapping_neg())),
         (ScalarUnary::Neg, _) => float(|x| -x),
         (ScalarUnary::Abs, Val::Int(i)) => Ok(Val::Int(i.wrapping_abs())),
-        (ScalarUnary::Abs, _) => float(f32::abs),
-        (ScalarUnary::Exp, _) => float(f32::exp),
-        (ScalarUnary::Log, _) => float(f32::ln),
-        (ScalarUnary::Sqrt, _) => float(f32::sqrt),
-        (ScalarUnary::Tanh, _) => float(f32::tanh),
-        (ScalarUnary::Sigmoid, _) => float(|x| 1.0 / (1.0 + (-x).exp())),
+        (ScalarUnary::Abs, _) => float(F::abs),
+        (ScalarUnary::Exp, _) => float(F::exp),
+        (ScalarUnary::Log, _) => float(F::ln),
+        (ScalarUnary::Sqrt, _) => float(F::sqrt),
+        (ScalarUnary::Tanh, _) => float(F::tanh),
+        (ScalarUnary::Sigmoid, _) => float(|x| F::ONE / (F::ONE + (-x).exp())),
     }
 }
 
-fn binary(op: ScalarBinary, a: Val, b: Val) -> Result<Val, String> {
+fn binary<F: LambdaFloat>(op: ScalarBinary, a: Val<F>, b: Val<F>) -> Result<Val<F>, String> {
     use ScalarBinary as B;
-    if matches!(op, B::And | B::Or) {
-        return match (a, b) {
-            (Val::Bool(x), Val::Bool(y)) => Ok(Val::Bool(if op == B::And { x && y } else { x || y })),
-            _ => Err(format!("lambda `{}` needs two booleans, found {} and {}", op_name(op), a.kind(), b.kind())),
-        };
-    }
-    if let (Val::Bool(x), Val::Bool(y)) = (a, b) {
-        return match op {
+    match (a, b) {
+        (Val::Bool(x), Val::Bool(y)) => match op {
+            B::And => Ok(Val::Bool(x && y)),
+            B::Or => Ok(Val::Bool(x || y)),
             B::Eq => Ok(Val::Bool(x == y)),
             B::Ne => Ok(Val::Bool(x != y)),
             _ => Err(format!("lambda `{}` needs numbers, found two booleans", op_name(op))),
-        };
-    }
-    if let (Val::Int(x), Val::Int(y)) = (a, b) {
-        return Ok(match op {
+        },
+        _ if matches!(op, B::And | B::Or) => {
+            Err(format!("lambda `{}` needs two booleans, found {} and {}", op_name(op), a.kind(), b.kind()))
+        }
+        (Val::Int(x), Val::Int(y)) => Ok(match op {
             B::Add => Val::Int(x.wrapping_add(y)),
             B::Sub => Val::Int(x.wrapping_sub(y)),
             B::Mul => Val::Int(x.wrapping_mul(y)),
@@ -214,35 +285,37 @@ fn binary(op: ScalarBinary, a: Val, b: Val) -> Result<Val, String> {
             B::Mod => Val::Int(int_mod(x, y)),
             B::Min => Val::Int(x.min(y)),
             B::Max => Val::Int(x.max(y)),
-            B::Lt => Val::Bool(x < y),
-            B::Le => Val::Bool(x <= y),
-            B::Gt => Val::Bool(x > y),
-            B::Ge => Val::Bool(x >= y),
-            B::Eq => Val::Bool(x == y),
-            B::Ne => Val::Bool(x != y),
-            // Handled above; kept exhaustive without a panic.
-            B::And | B::Or => Val::Bool(false),
-        });
+            _ => Val::Bool(compare(op, x, y)),
+        }),
+        _ => {
+            let (Some(x), Some(y)) = (a.as_float(), b.as_float()) else {
+                return Err(format!("lambda `{}` needs numbers, found {} and {}", op_name(op), a.kind(), b.kind()));
+            };
+            Ok(match op {
+                B::Add => Val::Float(x + y),
+                B::Sub => Val::Float(x - y),
+                B::Mul => Val::Float(x * y),
+                B::Div => Val::Float(x / y),
+                B::Mod => Val::Float(float_mod(x, y)),
+                B::Min => Val::Float(x.min(y)),
+                B::Max => Val::Float(x.max(y)),
+                _ => Val::Bool(compare(op, x, y)),
+            })
+        }
     }
-    let (Some(x), Some(y)) = (a.as_f32(), b.as_f32()) else {
-        return Err(format!("lambda `{}` needs numbers, found {} and {}", op_name(op), a.kind(), b.kind()));
-    };
-    Ok(match op {
-        B::Add => Val::Float(x + y),
-        B::Sub => Val::Float(x - y),
-        B::Mul => Val::Float(x * y),
-        B::Div => Val::Float(x / y),
-        B::Mod => Val::Float(float_mod(x, y)),
-        B::Min => Val::Float(x.min(y)),
-        B::Max => Val::Float(x.max(y)),
-        B::Lt => Val::Bool(x < y),
-        B::Le => Val::Bool(x <= y),
-        B::Gt => Val::Bool(x > y),
-        B::Ge => Val::Bool(x >= y),
-        B::Eq => Val::Bool(x == y),
-        B::Ne => Val::Bool(x != y),
-        B::And | B::Or => Val::Bool(false),
-    })
+}
+
+/// A comparison (the only binary operators left once arithmetic and the
+/// boolean connectives are handled).
+fn compare<T: PartialOrd>(op: ScalarBinary, x: T, y: T) -> bool {
+    match op {
+        ScalarBinary::Lt => x < y,
+        ScalarBinary::Le => x <= y,
+        ScalarBinary::Gt => x > y,
+        ScalarBinary::Ge => x >= y,
+        ScalarBinary::Eq => x == y,
+        _ => x != y,
+    }
 }
 
 fn op_name(op: ScalarBinary) -> &'static str {
@@ -255,7 +328,7 @@ fn op_name(op: ScalarBinary) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tdl_ir::ConstValue;
+    use crate::mask::ConstValue;
 
     #[test]
     fn floor_division_and_modulo() {
@@ -267,23 +340,28 @@ mod tests {
         assert_eq!(int_div(i64::MIN, -1), i64::MIN);
         assert_eq!(int_mod(-7, 3), 2);
         assert_eq!(int_mod(7, -3), -2);
+        assert_eq!(int_mod(-6, 3), 0);
         assert_eq!(int_mod(5, 0), 5);
         assert_eq!(int_mod(i64::MIN, -1), 0);
-        assert_eq!(float_mod(-1.5, 1.0), 0.5);
-        assert_eq!(float_mod(1.5, -1.0), -0.5);
-        assert!(float_mod(1.0, 0.0).is_nan());
+        assert_eq!(float_mod(-1.5f64, 1.0), 0.5);
+        assert_eq!(float_mod(1.5f64, -1.0), -0.5);
+        assert!(float_mod(1.0f64, 0.0).is_nan());
+        assert_eq!(float_mod(-1.5f32, 1.0), 0.5);
+        assert!(float_mod(1.0f32, 0.0).is_nan());
     }
 
-    fn ev(e: &ScalarExpr) -> Result<Val, String> {
+    const IDS: [f64; 3] = [10.0, 20.0, 30.0];
+
+    fn ev<F: LambdaFloat>(e: &ScalarExpr, s: Option<F>) -> Result<Val<F>, String> {
         let b = Bindings::from([("T".to_string(), 9)]);
-        let data = [10.0, 20.0, 30.0];
-        let ops = [None, Some(OperandData { dtype: DType::I32, shape: vec![3], data: &data })];
-        eval(e, &Env { q: 5, k: 2, h: 1, s: Some(0.5), bindings: &b, operands: &ops })
+        let ops = [None, Some(ArrayView { dtype: DType::I32, shape: &[3], data: &IDS })];
+        eval(e, &Env { q: 5, k: 2, h: 1, s, bindings: &b, operands: &ops })
     }
 
     #[test]
     fn lambda_values() {
         use ScalarExpr as E;
+        let ev = |e: &ScalarExpr| ev::<f64>(e, None);
         let q = || E::Var(LambdaVar::Q);
         let k = || E::Var(LambdaVar::K);
         assert_eq!(ev(&E::binary(ScalarBinary::Sub, k(), q())).unwrap(), Val::Int(-3));
@@ -296,7 +374,6 @@ mod tests {
         assert_eq!(ev(&E::binary(ScalarBinary::Mod, q(), E::Int(0))).unwrap(), Val::Int(5));
         assert_eq!(ev(&E::binary(ScalarBinary::Lt, q(), E::Sym("T".into()))).unwrap(), Val::Bool(true));
         assert_eq!(ev(&E::binary(ScalarBinary::Add, E::Int(i64::MAX), E::Int(1))).unwrap(), Val::Int(i64::MIN));
-        assert_eq!(ev(&E::binary(ScalarBinary::Mul, E::Var(LambdaVar::S), E::Int(4))).unwrap(), Val::Float(2.0));
         let idx = E::Index { array: ArrayRef::Operand(1), indices: vec![E::Var(LambdaVar::H)] };
         assert_eq!(ev(&idx).unwrap(), Val::Int(20));
         let konst = ConstValue { dtype: DType::F32, shape: vec![2], data: vec![0.25, 0.5] };
@@ -305,12 +382,23 @@ mod tests {
         let oob = E::Index { array: ArrayRef::Operand(1), indices: vec![q()] };
         let msg = ev(&oob).unwrap_err();
         assert!(msg.contains("index 5") && msg.contains("size 3"), "{msg}");
+        // select is lazy: the out-of-range branch is not taken.
         let sel = E::Select(Box::new(E::Bool(true)), Box::new(E::Int(1)), Box::new(oob));
         assert_eq!(ev(&sel).unwrap(), Val::Int(1));
+        assert!(ev(&E::Var(LambdaVar::S)).is_err());
         assert!(ev(&E::Index { array: ArrayRef::Operand(0), indices: vec![] }).is_err());
         assert!(ev(&E::binary(ScalarBinary::And, E::Int(1), E::Bool(true))).is_err());
         assert!(ev(&E::Sym("Z".into())).is_err());
         assert_eq!(ev(&E::Unary(ScalarUnary::Abs, Box::new(E::Int(-4)))).unwrap(), Val::Int(4));
         assert_eq!(ev(&E::binary(ScalarBinary::Min, E::Int(3), E::Float(2.5))).unwrap(), Val::Float(2.5));
+    }
+
+    #[test]
+    fn scores_in_f32() {
+        use ScalarExpr as E;
+        let e = E::binary(ScalarBinary::Mul, E::Var(LambdaVar::S), E::Int(4));
+        assert_eq!(ev::<f32>(&e, Some(0.5)).unwrap(), Val::Float(2.0));
+        let third = E::binary(ScalarBinary::Div, E::Var(LambdaVar::S), E::Float(3.0));
+        assert_eq!(ev::<f32>(&third, Some(1.0)).unwrap(), Val::Float(1.0f32 / 3.0));
     }
 }
