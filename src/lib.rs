@@ -11,6 +11,7 @@
 pub use tdl_frontend as frontend;
 pub use tdl_frontend::{CheckError, Checked, Diagnostic};
 pub use tdl_ir as ir;
+pub use tdl_kernel as kernel;
 pub use tdl_passes as passes;
 pub use tdl_reference as reference;
 
@@ -26,4 +27,4 @@ pub fn check_source(src: &str) -> Result<Checked, CheckError> {
 
 /// The stages of the pipeline, by the names the CLI and the docs use
 /// (`--emit STAGE`).
-pub const STAGES: &[&str] = &["graph"];
+pub const STAGES: &[&str] = &["graph", "egraph", "fused", "kernel"];

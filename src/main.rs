@@ -64,6 +64,8 @@ enum Command {
         output: Option<PathBuf>,
         #[command(flatten)]
         passes: PassArgs,
+        #[command(flatten)]
+        kernel: KernelArgs,
     },
     /// Explain what the pass pipeline did: fused attentions, rules, costs.
     Explain {
@@ -116,6 +118,22 @@ enum Emit {
     Egraph,
     /// The graph after the whole pass pipeline (fused attention nodes).
     Fused,
+    /// The Kernel IR: buffers and tiled loop-nest kernels.
+    Kernel,
+}
+
+/// Kernel IR options shared by `compile --emit kernel` and `run --backend kernel`.
+#[derive(clap::Args, Clone, Default)]
+struct KernelArgs {
+    /// The target the tile sizes are chosen for: host, sm_80 or sm_90.
+    #[arg(long, default_value = "host")]
+    target: String,
+    /// Force the attention tile sizes: q=64,k=128 (default: the target's cost model).
+    #[arg(long, value_name = "q=N,k=N")]
+    tile: Option<String>,
+    /// Split the KV range of every attention: N, or auto (the cost model; default).
+    #[arg(long, value_name = "N|auto")]
+    kv_split: Option<String>,
 }
 
 /// Pipeline options shared by `compile` and `explain`.
@@ -136,6 +154,8 @@ struct PassArgs {
 enum Backend {
     /// The f64 reference interpreter (the oracle).
     Reference,
+    /// The Kernel IR interpreter: the fused, tiled schedule in f32.
+    Kernel,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +184,11 @@ struct RunArgs {
     /// Write result i to the i-th path given (.npy). Repeatable, in order.
     #[arg(long = "output", value_name = "PATH.npy")]
     outputs: Vec<PathBuf>,
+    /// Print what each kernel did (--backend kernel).
+    #[arg(long)]
+    stats: bool,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 /// A user error: already printed (diagnostics) or a message to print.
@@ -257,7 +282,7 @@ fn dispatch(cli: Cli) -> Res<()> {
             }
             Ok(())
         }
-        Command::Compile { file, emit, graph, output, passes } => {
+        Command::Compile { file, emit, graph, output, passes, kernel } => {
             let (name, src) = read_source(&file)?;
             let checked = check(&name, &src)?;
             let graphs: Vec<&VerifiedGraph> = match &graph {
@@ -269,6 +294,7 @@ fn dispatch(cli: Cli) -> Res<()> {
                 let text = match emit {
                     Emit::Graph => tdl::ir::text::print_graph(g.graph()),
                     Emit::Fused => tdl::ir::text::print_graph(&optimize(g, &passes)?.0),
+                    Emit::Kernel => tdl::kernel::text::print_program(&kernel_program(g, &passes, &kernel)?),
                     Emit::Egraph => {
                         let (_, reports) = optimize(g, &passes)?;
                         let e = reports.iter().rev().find_map(|r| r.egraph.clone());
@@ -500,6 +526,44 @@ fn optimize(g: &VerifiedGraph, args: &PassArgs) -> Res<(VerifiedGraph, Vec<tdl::
     tdl::passes::run_pipeline_with(g.clone(), &passes, &mut print).map_err(|e| Failure::Internal(e.to_string()))
 }
 
+fn kernel_options(args: &KernelArgs) -> Res<(tdl::kernel::target::Target, tdl::kernel::lower::LowerOptions)> {
+    use tdl::kernel::ir::KvSplit;
+    let target = match args.target.as_str() {
+        "host" => tdl::kernel::target::Target::host(),
+        chip => tdl::kernel::target::Target::gpu(chip).map_err(|e| user(format!("--target {chip}: {e}")))?,
+    };
+    let mut opts = tdl::kernel::lower::LowerOptions::default();
+    if args.tile.is_some() {
+        opts.attention_tiles = Some(parse_tile(args.tile.as_deref())?);
+    }
+    opts.kv_split = match args.kv_split.as_deref() {
+        None | Some("auto") => None,
+        Some(n) => match n.parse::<usize>() {
+            Ok(1) => Some(KvSplit::None),
+            Ok(n) if (2..=4096).contains(&n) => Some(KvSplit::Fixed(n)),
+            _ => return Err(user(format!("--kv-split {n}: expected auto or a count from 1 to 4096"))),
+        },
+    };
+    Ok((target, opts))
+}
+
+/// The pass pipeline, then the Kernel IR (lowered and verified).
+fn kernel_program(g: &VerifiedGraph, passes: &PassArgs, args: &KernelArgs) -> Res<tdl::kernel::ir::KernelProgram> {
+    let (target, opts) = kernel_options(args)?;
+    let (fused, _) = optimize(g, passes)?;
+    stage("kernel-ir");
+    let p = tdl::kernel::lower::lower(&fused, &target, &opts).map_err(|e| {
+        if e.contains("not supported yet") {
+            user(e)
+        } else {
+            Failure::Internal(e)
+        }
+    })?;
+    tdl::kernel::verify::verify(&p)
+        .map_err(|e| Failure::Internal(format!("the Kernel IR of graph `{}` fails verification: {e}", g.name)))?;
+    Ok(p)
+}
+
 fn read_source(path: &Path) -> Res<(String, String)> {
     stage("read");
     let name = path.display().to_string();
@@ -600,6 +664,31 @@ fn run(args: RunArgs) -> Res<()> {
                 user(e.to_string())
             }
         })?,
+        Backend::Kernel => {
+            let p = kernel_program(g, &PassArgs::default(), &args.kernel)?;
+            stage("run");
+            let out = tdl::kernel::interp::run_with_limits(&p, &inputs, &limits).map_err(|e| {
+                if let Some(span) = e.span {
+                    let d = tdl::Diagnostic::error(e.to_string()).at(span, format!("while running graph `{}`", g.name));
+                    emit_stderr(&[d], &name, &src);
+                    Failure::User(None)
+                } else {
+                    user(e.to_string())
+                }
+            })?;
+            if args.stats {
+                for k in &out.kernels {
+                    match &k.attention {
+                        Some(s) => println!(
+                            "kernel `{}` ({}): {} programs, {} kv-tiles visited ({} full, {} partial), {} mask tests, kv split {}",
+                            k.name, k.kind, s.programs, s.tiles_visited, s.full_tiles, s.partial_tiles, s.mask_evals, s.kv_splits
+                        ),
+                        None => println!("kernel `{}` ({})", k.name, k.kind),
+                    }
+                }
+            }
+            out.results
+        }
     };
     stage("output");
     for (i, t) in outputs.iter().enumerate() {

@@ -1093,3 +1093,75 @@ fn masks_errors_are_user_errors() {
     assert_user_error_says(&out, &["--head 8"]);
     assert!(!dir.path().join("x.png").exists());
 }
+
+#[test]
+fn compile_emits_the_kernel_ir_for_every_example_and_target() {
+    for name in EXAMPLES {
+        for target in ["host", "sm_80", "sm_90"] {
+            let out = tdlc(["compile", &s(&example(name)), "--emit", "kernel", "--target", target]);
+            assert_ok(&out);
+            assert!(out.stdout.starts_with(&format!("kernel_program {name}(")), "{}", out.describe());
+            assert!(out.stdout.contains("attention -> %"), "{}", out.describe());
+            assert!(out.stdout.contains("results: %"), "{}", out.describe());
+        }
+    }
+    // Forced tiles and split show in the text.
+    let out = tdlc([
+        "compile",
+        &s(&example("causal_attention")),
+        "--emit",
+        "kernel",
+        "--tile",
+        "q=48,k=80",
+        "--kv-split",
+        "3",
+    ]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("tiles q=48 k=80, kv_split fixed(3)"), "{}", out.describe());
+    // Bad options are user errors that say what was expected.
+    for (flag, value, needle) in [
+        ("--target", "sm_999", "known chips"),
+        ("--kv-split", "0", "expected auto or a count"),
+        ("--kv-split", "many", "expected auto or a count"),
+        ("--tile", "q=0,k=64", "not a tile size"),
+    ] {
+        let out = tdlc(["compile", &s(&example("causal_attention")), "--emit", "kernel", flag, value]);
+        assert_eq!(out.code, Some(1), "{}", out.describe());
+        assert_no_panic(&out);
+        assert!(out.stderr.contains(needle), "{}", out.describe());
+    }
+}
+
+/// `--backend kernel` runs the tiled f32 schedules and agrees with the
+/// reference on the same inputs; `--stats` says what each kernel did.
+#[test]
+fn run_backend_kernel_matches_the_reference() {
+    let dir = tmp();
+    let file = s(&example("causal_attention"));
+    let common = ["--random", "--seed", "3", "--bind", "H=2", "--bind", "T=37", "--bind", "S=45"];
+    let run = |backend: &str, out: &str, extra: &[&str]| {
+        let mut args = vec!["run", file.as_str(), "--backend", backend, "--output", out];
+        args.extend(common);
+        args.extend(extra);
+        let o = tdlc_in(dir.path(), &args);
+        assert_ok(&o);
+        o
+    };
+    run("reference", "r.npy", &[]);
+    let k = run("kernel", "k.npy", &["--tile", "q=16,k=7", "--kv-split", "1", "--stats"]);
+    assert!(k.stdout.contains("(attention): 6 programs"), "{}", k.describe());
+    assert!(k.stdout.contains("kv split 1"), "{}", k.describe());
+    let r = npy::read_npy(dir.path().join("r.npy")).unwrap();
+    let kt = npy::read_npy(dir.path().join("k.npy")).unwrap();
+    assert_close("kernel vs reference", &kt, &r.shape, &r.data, 1e-4);
+    // A forced KV split merges and still agrees.
+    run("kernel", "k3.npy", &["--kv-split", "3"]);
+    let k3 = npy::read_npy(dir.path().join("k3.npy")).unwrap();
+    assert_close("kernel (kv split 3) vs reference", &k3, &r.shape, &r.data, 1e-4);
+    // A wrong input shape is a clear user error.
+    let x = f32t(&[2, 5, 63], 1);
+    write_npy(dir.path(), "q.npy", &x);
+    let o = tdlc_in(dir.path(), ["run", &file, "--backend", "kernel", "--input", "q=q.npy", "--random"]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert_no_panic(&o);
+}

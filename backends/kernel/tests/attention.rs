@@ -218,7 +218,7 @@ fn check(spec: &Spec, t: usize, s: usize, tiles: (usize, usize), seed: u64) -> O
     let mut sops: Vec<Option<OperandData>> = vec![None; spec.first_score_operand()];
     sops.extend(spec.score_ops.iter().map(|x| Some(operand(x))));
     let score = spec.score.as_ref().map(|e| ScoreMod { expr: e, operands: sops });
-    let sched = AttentionSchedule { tile_q: tiles.0, tile_k: tiles.1 };
+    let sched = AttentionSchedule::new(tiles.0, tiles.1);
     let (kernel, stats) = attention_tiled_stats(
         &f32_of(&qt),
         &f32_of(&kt),
@@ -682,7 +682,7 @@ fn empty_sequences() {
     let k = F32Tensor::new(vec![2, 0, 4], vec![]).unwrap();
     let v = F32Tensor::new(vec![2, 0, 6], vec![]).unwrap();
     let b = Bindings::new();
-    let sched = AttentionSchedule { tile_q: 16, tile_k: 16 };
+    let sched = AttentionSchedule::new(16, 16);
     let none = MaskData::none();
     let out = attention_tiled(&q, &k, &v, Some((&MaskExpr::Causal, &none)), None, None, &b, &sched).unwrap();
     assert_eq!(out.shape, vec![2, 3, 6]);
@@ -698,7 +698,7 @@ fn empty_sequences() {
 fn errors_are_reported() {
     use ScalarBinary as B;
     let b = Bindings::new();
-    let sched = AttentionSchedule { tile_q: 16, tile_k: 16 };
+    let sched = AttentionSchedule::new(16, 16);
     let t = |shape: &[usize]| F32Tensor::zeros(shape);
     let err = |q: &F32Tensor, k: &F32Tensor, v: &F32Tensor| {
         attention_tiled(q, k, v, None, None, None, &b, &sched).unwrap_err()
@@ -710,7 +710,7 @@ fn errors_are_reported() {
     assert!(err(&t(&[2, 3, 4, 8]), &t(&[3, 3, 4, 8]), &t(&[3, 3, 4, 4])).contains("do not broadcast"));
     let bad = F32Tensor { shape: vec![4, 8], data: vec![0.0; 3] };
     assert!(err(&bad, &t(&[4, 8]), &t(&[4, 4])).contains("needs 32 elements"));
-    let zero = AttentionSchedule { tile_q: 0, tile_k: 16 };
+    let zero = AttentionSchedule::new(0, 16);
     let e = attention_tiled(&t(&[4, 8]), &t(&[4, 8]), &t(&[4, 4]), None, None, None, &b, &zero).unwrap_err();
     assert!(e.contains("tile sizes"), "{e}");
 

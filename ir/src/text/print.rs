@@ -483,6 +483,22 @@ fn write_scalar(out: &mut String, e: &ScalarExpr, min: u8) {
     }
 }
 
+/// A mask expression in the text form's syntax (`causal & window(64)`);
+/// operands print as `$0`, `$1`, … This is the "canonical mask text" that
+/// `tdlc explain` reports.
+pub fn mask_text(m: &MaskExpr) -> String {
+    let mut out = String::new();
+    write_mask(&mut out, m, 0);
+    out
+}
+
+/// A lambda expression in the text form's syntax (`s - $4[h] * abs(q - k)`).
+pub fn scalar_text(e: &ScalarExpr) -> String {
+    let mut out = String::new();
+    write_scalar(&mut out, e, 0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,20 +565,4 @@ mod tests {
         assert_eq!(text(c(DType::I32, &[2, 0], &[])), "i32[2, 0] []");
         assert_eq!(text(c(DType::I32, &[3], &[1.0])), "i32[3] [1]");
     }
-}
-
-/// A mask expression in the text form's syntax (`causal & window(64)`);
-/// operands print as `$0`, `$1`, … This is the "canonical mask text" that
-/// `tdlc explain` reports.
-pub fn mask_text(m: &MaskExpr) -> String {
-    let mut out = String::new();
-    write_mask(&mut out, m, 0);
-    out
-}
-
-/// A lambda expression in the text form's syntax (`s - $4[h] * abs(q - k)`).
-pub fn scalar_text(e: &ScalarExpr) -> String {
-    let mut out = String::new();
-    write_scalar(&mut out, e, 0);
-    out
 }

@@ -1,0 +1,364 @@
+//! The Kernel IR over the whole corpus and the examples:
+//!
+//! 1. every graph goes through the pass pipeline, lowers to Kernel IR and
+//!    passes the Kernel IR verifier;
+//! 2. the Kernel IR interpreter (`f32`, the tiled schedules) matches the
+//!    reference interpreter (`f64`, the oracle, run on the *source* graph)
+//!    with every symbol bound to 1, 17, 63, 64, 65 and 1000, under the
+//!    cost model's tiles and under tile sizes that divide none of them
+//!    (13×7, 48×80), with and without a forced KV split;
+//! 3. snapshots of `tdlc compile --emit kernel` (for a fixed target, so the
+//!    snapshots do not depend on the machine).
+//!
+//! Tolerances (absolute, scaled by `max(1, max |reference|)` over the
+//! result, so 1e-4 absolute for attention outputs): `f32` 1e-4;
+//! `f16` 4e-3 and `bf16` 3e-2 (results compared after rounding the
+//! reference to the type); `i32` and `bool` exact. A reference `NaN` may be
+//! a kernel 0 (the spelled-out softmax of a fully masked row fuses into an
+//! attention that gives zeros; see the passes tests).
+
+use std::path::{Path, PathBuf};
+
+use tdl::ir::{Bindings, DType, Graph, VerifiedGraph};
+use tdl::kernel::ir::{KernelBody, KernelProgram, KvSplit};
+use tdl::kernel::lower::{lower, LowerOptions};
+use tdl::kernel::target::{CpuInfo, Target};
+use tdl::passes::{default_pipeline, run_pipeline_with};
+use tdl::reference::{run_with_limits, try_random_tensor, Limits, Tensor};
+use tdl_testsuite::{check_ok, repo_root};
+
+const LIMITS: Limits = Limits { max_elements: 1 << 24 };
+const SIZES: [i64; 6] = [1, 17, 63, 64, 65, 1000];
+
+fn fixed_target() -> Target {
+    Target::cpu(CpuInfo {
+        l1d_bytes: 32 << 10,
+        l2_bytes: 512 << 10,
+        l3_bytes: 32 << 20,
+        vector_bits: 256,
+        cores: 2,
+        name: "fixed test cpu".into(),
+    })
+}
+
+fn program_files() -> Vec<(String, PathBuf)> {
+    let root = repo_root();
+    let mut out = Vec::new();
+    for dir in ["testsuite/corpus", "examples"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tdl"))
+            .collect();
+        files.sort();
+        let short = dir.rsplit('/').next().unwrap();
+        for f in files {
+            out.push((format!("{short}/{}", f.file_name().unwrap().to_string_lossy()), f));
+        }
+    }
+    assert!(out.len() > 30, "found only {} programs", out.len());
+    out
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn fused(g: &VerifiedGraph) -> VerifiedGraph {
+    let mut none = |_: &tdl::passes::PassReport, _: &VerifiedGraph| {};
+    run_pipeline_with(g.clone(), &default_pipeline(), &mut none).expect("the pipeline runs").0
+}
+
+fn program(g: &VerifiedGraph, opts: &LowerOptions) -> KernelProgram {
+    let p = lower(&fused(g), &fixed_target(), opts).unwrap_or_else(|e| panic!("`{}` does not lower: {e}", g.name));
+    tdl::kernel::verify::verify(&p).unwrap_or_else(|e| panic!("`{}`: the Kernel IR fails verification: {e}", g.name));
+    p
+}
+
+fn inputs_with(g: &Graph, b: &Bindings) -> Option<Vec<Tensor>> {
+    let mut out = Vec::new();
+    for (i, p) in g.params().iter().enumerate() {
+        let shape = p.ty.concrete_shape(b).ok()?;
+        let shape: Vec<usize> = shape.into_iter().map(usize::try_from).collect::<Result<_, _>>().ok()?;
+        out.push(try_random_tensor(p.ty.dtype, &shape, 0x5eed + i as u64, &LIMITS).ok()?);
+    }
+    Some(out)
+}
+
+/// The largest error relative to `max(1, |reference|)`, or why the two differ.
+fn compare(reference: &Tensor, kernel: &Tensor) -> Result<f64, String> {
+    if reference.dtype != kernel.dtype || reference.shape != kernel.shape {
+        return Err(format!(
+            "reference {:?}{:?}, kernel {:?}{:?}",
+            reference.dtype, reference.shape, kernel.dtype, kernel.shape
+        ));
+    }
+    let tol = match reference.dtype {
+        DType::F32 => 1e-4,
+        DType::F16 => 4e-3,
+        DType::BF16 => 3e-2,
+        DType::I32 | DType::Bool => 0.0,
+    };
+    let r = reference.round_to_dtype();
+    // Norm-wise: the error is measured against the tensor's largest value
+    // (at least 1), so cancellation in a whole block is not blamed on one
+    // small element.
+    let scale = r.data.iter().filter(|v| v.is_finite()).fold(1f64, |m, v| m.max(v.abs()));
+    let mut worst = 0f64;
+    for (i, (&a, &b)) in r.data.iter().zip(&kernel.data).enumerate() {
+        let ok = if a.is_nan() || b.is_nan() {
+            (a.is_nan() && b.is_nan()) || (a.is_nan() && b == 0.0)
+        } else if a.is_infinite() || b.is_infinite() {
+            a == b
+        } else {
+            let e = (a - b).abs() / scale;
+            worst = worst.max(e);
+            e <= tol
+        };
+        if !ok {
+            return Err(format!("element {i} of {:?}: reference {a}, kernel {b} (tolerance {tol})", r.shape));
+        }
+    }
+    Ok(worst)
+}
+
+#[test]
+fn every_graph_lowers_and_verifies() {
+    let mut n = 0;
+    for (name, path) in program_files() {
+        for g in &check_ok(&name, &read(&path)).graphs {
+            let p = program(g, &LowerOptions::default());
+            assert!(!p.kernels.is_empty() || p.results.iter().all(|r| p.params.contains(r)), "{name}: no kernels");
+            n += 1;
+        }
+    }
+    assert!(n > 90, "only {n} graphs");
+}
+
+/// The sequence symbols (`T`, `S`, `N`) at `value` and the others (heads,
+/// batch, head dims) at 3; failing that (a graph may tie a symbol to
+/// another), every symbol at `value`.
+fn bindings_for(g: &VerifiedGraph, value: i64) -> Vec<Bindings> {
+    let syms = g.graph().symbols();
+    let seq: Bindings =
+        syms.iter().map(|s| (s.clone(), if ["T", "S", "N"].contains(&s.as_str()) { value } else { 3 })).collect();
+    let all: Bindings = syms.iter().map(|s| (s.clone(), value)).collect();
+    if seq == all {
+        vec![seq]
+    } else {
+        vec![seq, all]
+    }
+}
+
+/// One configuration of the schedules under test.
+struct Config {
+    what: &'static str,
+    opts: LowerOptions,
+}
+
+fn configs() -> Vec<Config> {
+    vec![
+        Config { what: "cost-model tiles", opts: LowerOptions::default() },
+        Config {
+            what: "tiles 13×7",
+            opts: LowerOptions { attention_tiles: Some((13, 7)), kv_split: Some(KvSplit::None) },
+        },
+        Config {
+            what: "tiles 48×80, kv split 3",
+            opts: LowerOptions { attention_tiles: Some((48, 80)), kv_split: Some(KvSplit::Fixed(3)) },
+        },
+    ]
+}
+
+#[test]
+fn kernel_interpreter_matches_the_reference_at_small_sizes() {
+    corpus_against_reference(&SIZES[..5], 3);
+}
+
+/// T = 1000 under the cost model's tiles (128×128 for attention, 64×64×256
+/// for matmul: neither divides 1000).
+#[test]
+fn kernel_interpreter_matches_the_reference_at_1000() {
+    corpus_against_reference(&SIZES[5..], 1);
+}
+
+/// What comparing some graphs gave.
+#[derive(Default)]
+struct Tally {
+    graphs: usize,
+    compared_graphs: usize,
+    runs: usize,
+    worst: std::collections::BTreeMap<&'static str, f64>,
+    per_size: std::collections::BTreeMap<i64, usize>,
+    failures: Vec<String>,
+    skipped: Vec<String>,
+    attention_runs: usize,
+    split_runs: usize,
+}
+
+/// Every corpus and example graph at each of `sizes` under the first
+/// `configs_used` configurations, graphs shared among the cores.
+fn corpus_against_reference(sizes: &[i64], configs_used: usize) {
+    let mut all: Vec<(String, VerifiedGraph)> = Vec::new();
+    for (name, path) in program_files() {
+        all.extend(check_ok(&name, &read(&path)).graphs.into_iter().map(|g| (name.clone(), g)));
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let tally = std::sync::Mutex::new(Tally::default());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, g)) = all.get(i) else { break };
+                let t = compare_graph(name, g, sizes, configs_used);
+                let mut all_t = tally.lock().unwrap();
+                all_t.graphs += t.graphs;
+                all_t.compared_graphs += t.compared_graphs;
+                all_t.runs += t.runs;
+                for (k, v) in t.worst {
+                    let w = all_t.worst.entry(k).or_default();
+                    *w = w.max(v);
+                }
+                for (k, v) in t.per_size {
+                    *all_t.per_size.entry(k).or_default() += v;
+                }
+                all_t.failures.extend(t.failures);
+                all_t.skipped.extend(t.skipped);
+                all_t.attention_runs += t.attention_runs;
+                all_t.split_runs += t.split_runs;
+            });
+        }
+    });
+    let t = tally.into_inner().unwrap();
+    println!(
+        "kernel vs reference: {} of {} graphs, {} runs, worst scaled error per type {:?}; graphs compared per size: \
+         {:?}; attention kernels run {} times, {} with a KV split",
+        t.compared_graphs, t.graphs, t.runs, t.worst, t.per_size, t.attention_runs, t.split_runs
+    );
+    for s in &t.skipped {
+        println!("  skipped (no size runs in the reference): {s}");
+    }
+    assert!(t.failures.is_empty(), "{} mismatches:\n{}", t.failures.len(), t.failures.join("\n"));
+    assert!(t.compared_graphs * 10 >= t.graphs * 9, "only {} of {} graphs compared", t.compared_graphs, t.graphs);
+    for v in sizes {
+        assert!(
+            t.per_size.get(v).copied().unwrap_or(0) * 2 >= t.graphs,
+            "few graphs run at size {v}: {:?}",
+            t.per_size
+        );
+    }
+    if configs_used >= 3 {
+        assert!(t.split_runs > 0, "no attention ran with a KV split");
+    }
+}
+
+fn compare_graph(name: &str, g: &VerifiedGraph, sizes: &[i64], configs_used: usize) -> Tally {
+    let mut t = Tally { graphs: 1, ..Tally::default() };
+    let programs: Vec<(&str, KernelProgram)> =
+        configs().into_iter().take(configs_used).map(|c| (c.what, program(g, &c.opts))).collect();
+    for &value in sizes {
+        let t0 = std::time::Instant::now();
+        let Some((inputs, reference)) = bindings_for(g, value).into_iter().find_map(|b| {
+            let inputs = inputs_with(g.graph(), &b)?;
+            let reference = run_with_limits(g, &inputs, &LIMITS).ok()?;
+            Some((inputs, reference))
+        }) else {
+            continue;
+        };
+        let t_ref = t0.elapsed();
+        for (what, p) in &programs {
+            let out = match tdl::kernel::interp::run_with_limits(p, &inputs, &LIMITS) {
+                Ok(o) => o,
+                Err(e) => {
+                    t.failures.push(format!("{name}: `{}` at {value} ({what}): {e}", g.name));
+                    continue;
+                }
+            };
+            t.runs += 1;
+            for k in &out.kernels {
+                if let Some(s) = &k.attention {
+                    t.attention_runs += 1;
+                    t.split_runs += usize::from(s.kv_splits > 1);
+                }
+            }
+            for (i, (r, k)) in reference.iter().zip(&out.results).enumerate() {
+                match compare(r, k) {
+                    Ok(e) => {
+                        let w = t.worst.entry(r.dtype.name()).or_default();
+                        *w = w.max(e);
+                    }
+                    Err(e) => t.failures.push(format!("{name}: `{}` at {value} ({what}) result {i}: {e}", g.name)),
+                }
+            }
+        }
+        if std::env::var_os("TDL_KERNEL_TIMES").is_some() {
+            println!("{name} `{}` at {value}: reference {t_ref:?}, total {:?}", g.name, t0.elapsed());
+        }
+        *t.per_size.entry(value).or_default() += 1;
+    }
+    if t.per_size.is_empty() {
+        t.skipped.push(format!("{name}: `{}`", g.name));
+    } else {
+        t.compared_graphs = 1;
+    }
+    t
+}
+
+#[test]
+fn kernel_snapshots() {
+    insta::glob!("../corpus", "*.tdl", |path| {
+        let src = read(path);
+        let name = format!("corpus/{}", path.file_name().unwrap().to_string_lossy());
+        insta::assert_snapshot!(kernel_text(&name, &src));
+    });
+    insta::glob!("../../examples", "*.tdl", |path| {
+        let src = read(path);
+        let name = format!("examples/{}", path.file_name().unwrap().to_string_lossy());
+        insta::assert_snapshot!(kernel_text(&name, &src));
+    });
+}
+
+fn kernel_text(name: &str, src: &str) -> String {
+    let checked = check_ok(name, src);
+    let mut out = String::new();
+    for g in &checked.graphs {
+        out.push_str(&tdl::kernel::text::print_program(&program(g, &LowerOptions::default())));
+        out.push('\n');
+    }
+    out
+}
+
+/// Decode (one query row, a long KV cache): the cost model splits the KV
+/// range across the workers and the merge matches the reference.
+#[test]
+fn decode_splits_the_kv_range() {
+    let src = "graph decode(q: f32[8, 1, 64], k: f32[8, S, 64], v: f32[8, S, 64]) -> f32[8, 1, 64] {\n    \
+               return attention(q, k, v, mask = causal)\n}\n";
+    let g = &check_ok("decode.tdl", src).graphs[0];
+    let mut wide = fixed_target();
+    if let tdl::kernel::target::TargetKind::Cpu(c) = &mut wide.kind {
+        c.cores = 32;
+    }
+    let p = lower(&fused(g), &wide, &LowerOptions { attention_tiles: Some((16, 64)), kv_split: None }).unwrap();
+    tdl::kernel::verify::verify(&p).unwrap();
+    let attention = p.kernels.iter().find(|k| matches!(k.body, KernelBody::Attention(_))).expect("an attention");
+    let KernelBody::Attention(a) = &attention.body else { unreachable!() };
+    assert!(matches!(a.kv_split, KvSplit::Auto { .. }), "{:?}", a.kv_split);
+    for s in [1i64, 63, 1000, 4099] {
+        let b: Bindings = [("S".to_string(), s)].into_iter().collect();
+        let inputs = inputs_with(g.graph(), &b).unwrap();
+        let reference = run_with_limits(g, &inputs, &LIMITS).unwrap();
+        let out = tdl::kernel::interp::run(&p, &inputs).unwrap();
+        let stats = out.kernels.iter().find_map(|k| k.attention.clone()).unwrap();
+        let tiles = (s as usize).div_ceil(64);
+        // 8 programs for 32 workers: 4 splits, when there are tiles enough.
+        let want = if tiles >= 8 { 4 } else { (tiles / 2).max(1) };
+        assert_eq!(stats.kv_splits, want, "S = {s}: {stats:?}");
+        if stats.kv_splits > 1 {
+            assert_eq!(stats.merged_rows, 8, "S = {s}");
+        }
+        let e = compare(&reference[0], &out.results[0]).unwrap_or_else(|e| panic!("S = {s}: {e}"));
+        assert!(e <= 1e-4);
+    }
+}
