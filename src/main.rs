@@ -79,7 +79,7 @@ enum Command {
         /// Size a symbol for the tile report: T=4096. Repeatable.
         #[arg(long = "bind", value_name = "SYM=N")]
         binds: Vec<String>,
-        /// Tile sizes for the tile report: q=64,k=128 (default 64×64).
+        /// Tile sizes for the tile report: q=64,k=128 (default: the host cost model's, as --emit kernel).
         #[arg(long, value_name = "q=N,k=N")]
         tile: Option<String>,
         #[command(flatten)]
@@ -328,7 +328,11 @@ fn dispatch(cli: Cli) -> Res<()> {
                 }
                 bindings.insert(k.to_string(), n);
             }
-            let (tile_q, tile_k) = parse_tile(tile.as_deref())?;
+            let forced = match &tile {
+                Some(t) => Some(parse_tile(Some(t))?),
+                None => None,
+            };
+            let target = tdl::kernel::target::Target::host();
             let mut explained = Vec::new();
             for g in graphs {
                 let (after, reports) = optimize(g, &passes)?;
@@ -337,7 +341,11 @@ fn dispatch(cli: Cli) -> Res<()> {
                 let tiles: Vec<Result<tdl::tiling::TileReport, String>> = e
                     .attentions
                     .iter()
-                    .map(|a| tdl::tiling::tile_report(after.graph(), a.node, &bindings, tile_q, tile_k))
+                    .map(|a| {
+                        let (tq, tk) =
+                            forced.unwrap_or_else(|| tdl::tiling::default_tiles(after.graph(), a.node, &target));
+                        tdl::tiling::tile_report(after.graph(), a.node, &bindings, tq, tk, target.kv_split())
+                    })
                     .collect();
                 explained.push((e, tiles));
             }

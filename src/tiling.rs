@@ -3,6 +3,8 @@
 //! and, where the sizes allow, how that compares with brute force.
 
 use tdl_ir::{Bindings, Graph, MaskExpr, NodeId, Op};
+use tdl_kernel::ir::KvSplit;
+use tdl_kernel::target::{resolve_kv_split, Target};
 use tdl_passes::tiles::{iteration_space, Ctx, MaskData, OperandData};
 use tdl_reference::mask::MaskEval;
 use tdl_reference::Tensor;
@@ -27,7 +29,9 @@ pub struct TileReport {
     pub visited_over_minimum: Option<f64>,
     /// The analytic bound over dense: total tiles ÷ visited tiles.
     pub best_case_speedup: f64,
-    /// Split-KV chunks (no split-KV schedule yet: 1).
+    /// Split-KV chunks the Kernel IR's `auto` split resolves to on the
+    /// target (per batch element: `heads × q-tiles` programs, the busiest
+    /// program's visited kv-tiles).
     pub kv_splits: usize,
     /// Query rows whose mask holds for no key (they give zeros): how many,
     /// and the first few. `None` when not computed (brute force too large).
@@ -105,13 +109,30 @@ impl AttentionMask {
     }
 }
 
-/// The tile report of the attention node `id` of `g`.
+/// The tile sizes the target's cost model gives the attention node `id`
+/// (what `--emit kernel` uses), from its head dimensions and element type.
+pub fn default_tiles(g: &Graph, id: NodeId, target: &Target) -> (usize, usize) {
+    let ins = g.inputs(id);
+    let last = |i: usize| {
+        ins.get(i)
+            .and_then(|&n| g.node(n).ty.as_tensor())
+            .and_then(|t| t.shape.last())
+            .and_then(tdl_ir::Dim::as_const)
+            .and_then(|x| usize::try_from(x).ok())
+    };
+    let elem = g.node(id).ty.as_tensor().map_or(4, |t| t.dtype.size_bytes());
+    target.attention_tiles(last(0), last(2), elem)
+}
+
+/// The tile report of the attention node `id` of `g`; `kv_split` is the
+/// split the Kernel IR would give it (`Target::kv_split`).
 pub fn tile_report(
     g: &Graph,
     id: NodeId,
     bindings: &Bindings,
     tile_q: usize,
     tile_k: usize,
+    kv_split: KvSplit,
 ) -> Result<TileReport, String> {
     let am = AttentionMask::of(g, id, bindings).map_err(|e| match e {
         MaskUnavailable::RunTimeData => {
@@ -136,7 +157,7 @@ pub fn tile_report(
             density: Some(1.0),
             visited_over_minimum: Some(1.0),
             best_case_speedup: 1.0,
-            kv_splits: 1,
+            kv_splits: resolve_kv_split(kv_split, h_u * nq, nk),
             empty_rows: Some((0, Vec::new())),
         });
     };
@@ -154,7 +175,16 @@ pub fn tile_report(
         density: None,
         visited_over_minimum: None,
         best_case_speedup: if visited == 0 { f64::INFINITY } else { tiles_total as f64 / visited as f64 },
-        kv_splits: 1,
+        kv_splits: {
+            let busiest = space
+                .per_head
+                .iter()
+                .flatten()
+                .map(|runs| runs.iter().map(|(r, _)| r.len()).sum::<usize>())
+                .max()
+                .unwrap_or(0);
+            resolve_kv_split(kv_split, h_u * nq, busiest)
+        },
         empty_rows: None,
     };
     let points = (t as u64).saturating_mul(s as u64).saturating_mul(heads as u64);

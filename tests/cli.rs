@@ -1165,3 +1165,41 @@ fn run_backend_kernel_matches_the_reference() {
     assert_eq!(o.code, Some(1), "{}", o.describe());
     assert_no_panic(&o);
 }
+
+/// Without `--tile`, the tile report uses the host cost model's tiles (the
+/// ones `--emit kernel` chooses), and `kv_splits` is the split the Kernel
+/// IR resolves to: more than 1 for one decoding row when there are cores to
+/// spare.
+#[test]
+fn explain_tiles_follow_the_cost_model_and_report_the_kv_split() {
+    let target = tdl::kernel::target::Target::host();
+    let (tq, tk) = target.attention_tiles(Some(64), Some(64), 4);
+    let dir = tmp();
+    write(
+        dir.path(),
+        "dec.tdl",
+        "graph dec(q: f32[H, T, 64], k: f32[H, S, 64], v: f32[H, S, 64]) -> f32[H, T, 64] {\n    \
+         return attention(q, k, v, mask = causal)\n}\n",
+    );
+    let explain = |t: &str| {
+        let out =
+            tdlc_in(dir.path(), ["explain", "dec.tdl", "--json", "--bind", "H=1", "--bind", t, "--bind", "S=8192"]);
+        assert_ok(&out);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        v["graphs"][0]["attentions"][0].clone()
+    };
+    let a = explain("T=1");
+    assert_eq!(a["tile_q"], tq as u64);
+    assert_eq!(a["tile_k"], tk as u64);
+    let visited = a["tiles_visited"].as_u64().unwrap() as usize;
+    let want = tdl::kernel::target::resolve_kv_split(target.kv_split(), 1, visited);
+    assert_eq!(a["kv_splits"], want as u64, "{a}");
+    if target.workers() >= 2 {
+        assert!(want >= 2, "one decoding row on {} workers should split", target.workers());
+    }
+    // A long prefill has programs enough (64 q-tiles or more): no split.
+    if target.workers() <= 64 {
+        let a = explain("T=8192");
+        assert_eq!(a["kv_splits"], 1, "{a}");
+    }
+}

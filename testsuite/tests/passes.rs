@@ -883,6 +883,24 @@ fn check_case(case: &AttnCase, stats: &std::cell::RefCell<Stats>) -> Result<(), 
         run_with_limits(&p.after, &inputs, &LIMITS).map_err(|e| TestCaseError::fail(format!("after: {e}\n{src}")))?;
     let allowed = compare("result", &before[0], &after_out[0], case.nan_may_become_zero())
         .map_err(|e| TestCaseError::fail(format!("{e} with {:?}\n{src}\n{}", case.bindings(), print_graph(after))))?;
+    // The Kernel IR of the fused graph, under tiles that divide nothing and a
+    // forced KV split, in f32, against the reference on the source graph.
+    let opts = tdl::kernel::lower::LowerOptions {
+        attention_tiles: Some((7, 5)),
+        kv_split: Some(tdl::kernel::ir::KvSplit::Fixed(2)),
+    };
+    let kp = tdl::kernel::lower::lower(&p.after, &tdl::kernel::target::Target::host(), &opts)
+        .map_err(|e| TestCaseError::fail(format!("lowering: {e}\n{src}")))?;
+    tdl::kernel::verify::verify(&kp).map_err(|e| TestCaseError::fail(format!("kernel IR: {e}\n{src}")))?;
+    let k = tdl::kernel::interp::run_with_limits(&kp, &inputs, &LIMITS)
+        .map_err(|e| TestCaseError::fail(format!("kernel: {e}\n{src}")))?;
+    let (r, kt) = (&before[0], &k.results[0]);
+    prop_assert_eq!(&r.shape, &kt.shape);
+    let scale = r.data.iter().filter(|v| v.is_finite()).fold(1f64, |m, v| m.max(v.abs()));
+    for (i, (&a, &b)) in r.data.iter().zip(&kt.data).enumerate() {
+        let ok = if a.is_nan() { b.is_nan() || b == 0.0 } else { (a - b).abs() <= 1e-4 * scale };
+        prop_assert!(ok, "kernel element {} is {} where the reference has {}:\n{}", i, b, a, src);
+    }
     let mut st = stats.borrow_mut();
     st.fused += n;
     st.known_missed += usize::from(n == 0);
