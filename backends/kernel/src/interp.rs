@@ -321,14 +321,17 @@ impl<'a> Ctx<'a> {
                     r.shape[*axis] = e - s;
                 }
                 ViewOp::Reshape(dims) => {
-                    if r.strides != strides(&r.shape) {
-                        return Err(err("a reshape of a non-contiguous view"));
-                    }
                     let shape = eval_shape(dims, self.bindings)?;
                     if shape.iter().try_fold(1usize, |x, &d| x.checked_mul(d)) != Some(r.numel()) {
                         return Err(err(format!("reshape of {:?} into {:?}: element counts differ", r.shape, shape)));
                     }
-                    r.strides = strides(&shape);
+                    r.strides = if r.strides == strides(&r.shape) {
+                        strides(&shape)
+                    } else {
+                        split_strides(&r.shape, &r.strides, &shape).ok_or_else(|| {
+                            err(format!("a reshape of a non-contiguous view of {:?} into {:?}", r.shape, shape))
+                        })?
+                    };
                     r.shape = shape;
                 }
                 other => return Err(err(format!("view {other:?} does not apply to rank {rank}"))),
@@ -827,6 +830,38 @@ impl<'a> Ctx<'a> {
             }
         })
     }
+}
+
+/// The strides of `to` as a view of a (strided) view `from` when the reshape
+/// only splits axes (size-1 axes aside); `None` otherwise.
+fn split_strides(from: &[usize], from_strides: &[usize], to: &[usize]) -> Option<Vec<usize>> {
+    let mut out = vec![0usize; to.len()];
+    if to.contains(&0) {
+        return Some(out);
+    }
+    let targets: Vec<usize> = (0..to.len()).filter(|&j| to[j] != 1).collect();
+    let mut t = 0;
+    for (&d, &st) in from.iter().zip(from_strides) {
+        if d == 1 {
+            continue;
+        }
+        let start = t;
+        let mut prod = 1usize;
+        while prod < d {
+            prod = prod.checked_mul(to[*targets.get(t)?])?;
+            t += 1;
+        }
+        if prod != d {
+            return None;
+        }
+        // The last axis of the group steps by the source stride.
+        let mut step = st;
+        for &j in targets[start..t].iter().rev() {
+            out[j] = step;
+            step = step.checked_mul(to[j])?;
+        }
+    }
+    (t == targets.len()).then_some(out)
 }
 
 /// One row of an elementwise instruction's values.

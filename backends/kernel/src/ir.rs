@@ -75,9 +75,39 @@ pub enum ViewOp {
     Permute(Vec<usize>),
     /// Elements `start..end` along `axis`.
     Slice { axis: usize, start: i64, end: i64 },
-    /// The same elements, row-major, in a new shape. Only valid on a
-    /// contiguous view (the lowering copies first otherwise).
+    /// The same elements, row-major, in a new shape. Valid on a contiguous
+    /// view, or on any view when it only splits axes
+    /// ([`reshape_only_splits`]: `[T, 256]` → `[T, 4, 64]`), which strides
+    /// express; the lowering copies first otherwise.
     Reshape(Vec<Dim>),
+}
+
+/// Whether reshaping `from` into `to` only splits axes (ignoring axes of
+/// size 1): each axis of `from` is either an axis of `to` or the product of
+/// consecutive constant axes of `to`. Such a reshape is a strided view of
+/// any view, contiguous or not.
+pub fn reshape_only_splits(from: &[Dim], to: &[Dim]) -> bool {
+    let one = Dim::constant(1);
+    let from: Vec<&Dim> = from.iter().filter(|d| **d != one).collect();
+    let to: Vec<&Dim> = to.iter().filter(|d| **d != one).collect();
+    let mut j = 0;
+    for d in from {
+        if to.get(j) == Some(&d) {
+            j += 1;
+            continue;
+        }
+        let Some(want) = d.as_const() else { return false };
+        let mut prod: i64 = 1;
+        while prod < want {
+            let Some(c) = to.get(j).and_then(|x| x.as_const()) else { return false };
+            prod = prod.saturating_mul(c);
+            j += 1;
+        }
+        if prod != want {
+            return false;
+        }
+    }
+    j == to.len()
 }
 
 /// A read of a buffer through a chain of views: an affine map from the
@@ -382,5 +412,42 @@ pub struct KernelProgram {
 impl KernelProgram {
     pub fn buffer(&self, id: BufId) -> Option<&Buffer> {
         self.buffers.get(id.index())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Dim {
+        s.parse::<i64>().map_or_else(|_| Dim::sym(s), Dim::constant)
+    }
+
+    fn dims(s: &[&str]) -> Vec<Dim> {
+        s.iter().map(|x| d(x)).collect()
+    }
+
+    #[test]
+    fn reshapes_that_only_split_axes() {
+        let yes = [
+            (&["T", "256"][..], &["T", "4", "64"][..]),
+            (&["T", "256"], &["T", "256"]),
+            (&["1", "T", "8"], &["T", "2", "2", "2"]),
+            (&["T", "8"], &["T", "1", "8", "1"]),
+            (&["6"], &["2", "3"]),
+        ];
+        for (a, b) in yes {
+            assert!(reshape_only_splits(&dims(a), &dims(b)), "{a:?} -> {b:?}");
+        }
+        let no = [
+            (&["T", "4", "64"][..], &["T", "256"][..]), // a merge
+            (&["H", "T"], &["T", "H"]),
+            (&["T", "6"], &["T", "4"]),
+            (&["T", "6"], &["T", "4", "2"]),
+            (&["12"], &["T", "3"]),
+        ];
+        for (a, b) in no {
+            assert!(!reshape_only_splits(&dims(a), &dims(b)), "{a:?} -> {b:?}");
+        }
     }
 }

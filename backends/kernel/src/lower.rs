@@ -7,7 +7,7 @@
 //!   (no kernel, no copy); a consumer that needs a contiguous operand
 //!   (attention, rows, reductions, mask operands) gets a `copy` kernel when
 //!   the view is not contiguous, and so does a reshape of a non-contiguous
-//!   view.
+//!   view unless it only splits axes (a strided view still).
 //! * Elementwise nodes (`unary`, `binary`, `where`, a mask added to scores)
 //!   are **fused**: a node used exactly once, by an elementwise node of the
 //!   same shape, is computed inside its consumer's loop instead of being
@@ -286,8 +286,14 @@ impl Lowerer<'_> {
                 LVal::Tensor(a)
             }
             Op::Reshape { .. } => {
-                let mut a = self.contiguous(operand(0)?)?;
-                a.view.push(ViewOp::Reshape(node_shape(node)?));
+                let to = node_shape(node)?;
+                let a = self.access(operand(0)?)?;
+                let mut a = if a.is_contiguous() || reshape_only_splits(&self.access_shape(&a)?, &to) {
+                    a
+                } else {
+                    self.contiguous(operand(0)?)?
+                };
+                a.view.push(ViewOp::Reshape(to));
                 LVal::Tensor(a)
             }
             Op::MatMul => {
