@@ -156,6 +156,10 @@ enum Backend {
     Reference,
     /// The Kernel IR interpreter: the fused, tiled schedule in f32.
     Kernel,
+    /// The CPU backend: attention kernels compiled through LLVM and run on
+    /// every core; other kernels still run in the Kernel IR interpreter
+    /// (`--stats` says which ran where).
+    Cpu,
 }
 
 #[derive(clap::Args)]
@@ -184,9 +188,12 @@ struct RunArgs {
     /// Write result i to the i-th path given (.npy). Repeatable, in order.
     #[arg(long = "output", value_name = "PATH.npy")]
     outputs: Vec<PathBuf>,
-    /// Print what each kernel did (--backend kernel).
+    /// Print what each kernel did (--backend kernel|cpu).
     #[arg(long)]
     stats: bool,
+    /// Worker threads for --backend cpu (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
     #[command(flatten)]
     kernel: KernelArgs,
 }
@@ -672,10 +679,23 @@ fn run(args: RunArgs) -> Res<()> {
                 user(e.to_string())
             }
         })?,
-        Backend::Kernel => {
+        Backend::Kernel | Backend::Cpu => {
             let p = kernel_program(g, &PassArgs::default(), &args.kernel)?;
             stage("run");
-            let out = tdl::kernel::interp::run_with_limits(&p, &inputs, &limits).map_err(|e| {
+            let threads = match args.threads {
+                Some(0) => return Err(user("--threads 0: give at least 1")),
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
+            let cpu;
+            let hooks: &dyn tdl::kernel::interp::Hooks = match args.backend {
+                Backend::Cpu => {
+                    cpu = tdl::llvm::cpu::CpuHooks::new(threads);
+                    &cpu
+                }
+                _ => &tdl::kernel::interp::NoHooks,
+            };
+            let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &limits, hooks).map_err(|e| {
                 if let Some(span) = e.span {
                     let d = tdl::Diagnostic::error(e.to_string()).at(span, format!("while running graph `{}`", g.name));
                     emit_stderr(&[d], &name, &src);
@@ -688,10 +708,10 @@ fn run(args: RunArgs) -> Res<()> {
                 for k in &out.kernels {
                     match &k.attention {
                         Some(s) => println!(
-                            "kernel `{}` ({}): {} programs, {} kv-tiles visited ({} full, {} partial), {} mask tests, kv split {}",
-                            k.name, k.kind, s.programs, s.tiles_visited, s.full_tiles, s.partial_tiles, s.mask_evals, s.kv_splits
+                            "kernel `{}` ({}) on {}: {} programs, {} kv-tiles visited ({} full, {} partial), {} mask tests, kv split {}",
+                            k.name, k.kind, k.executor, s.programs, s.tiles_visited, s.full_tiles, s.partial_tiles, s.mask_evals, s.kv_splits
                         ),
-                        None => println!("kernel `{}` ({})", k.name, k.kind),
+                        None => println!("kernel `{}` ({}) on {}", k.name, k.kind, k.executor),
                     }
                 }
             }

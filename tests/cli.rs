@@ -1149,7 +1149,7 @@ fn run_backend_kernel_matches_the_reference() {
     };
     run("reference", "r.npy", &[]);
     let k = run("kernel", "k.npy", &["--tile", "q=16,k=7", "--kv-split", "1", "--stats"]);
-    assert!(k.stdout.contains("(attention): 6 programs"), "{}", k.describe());
+    assert!(k.stdout.contains("(attention) on interpreter: 6 programs"), "{}", k.describe());
     assert!(k.stdout.contains("kv split 1"), "{}", k.describe());
     let r = npy::read_npy(dir.path().join("r.npy")).unwrap();
     let kt = npy::read_npy(dir.path().join("k.npy")).unwrap();
@@ -1202,4 +1202,57 @@ fn explain_tiles_follow_the_cost_model_and_report_the_kv_split() {
         let a = explain("T=8192");
         assert_eq!(a["kv_splits"], 1, "{a}");
     }
+}
+
+/// `--backend cpu` compiles the attention through LLVM, runs it on the
+/// requested threads, and agrees with the reference; 1 and 2 threads give
+/// identical bytes; the transformer block runs end to end.
+#[test]
+fn run_backend_cpu_matches_the_reference() {
+    let dir = tmp();
+    let file = s(&example("causal_attention"));
+    let common = ["--random", "--seed", "5", "--bind", "H=3", "--bind", "T=70", "--bind", "S=90"];
+    let run = |backend: &str, out: &str, extra: &[&str]| {
+        let mut args = vec!["run", file.as_str(), "--backend", backend, "--output", out];
+        args.extend(common);
+        args.extend(extra);
+        let o = tdlc_in(dir.path(), &args);
+        assert_ok(&o);
+        o
+    };
+    run("reference", "r.npy", &[]);
+    let c1 = run("cpu", "c1.npy", &["--threads", "1", "--stats"]);
+    assert!(c1.stdout.contains("(attention) on cpu (LLVM JIT)"), "{}", c1.describe());
+    run("cpu", "c2.npy", &["--threads", "2", "--tile", "q=16,k=24"]);
+    run("cpu", "c3.npy", &["--threads", "2"]);
+    let r = npy::read_npy(dir.path().join("r.npy")).unwrap();
+    for f in ["c1.npy", "c2.npy", "c3.npy"] {
+        let c = npy::read_npy(dir.path().join(f)).unwrap();
+        assert_close(f, &c, &r.shape, &r.data, 1e-4);
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("c1.npy")).unwrap(),
+        std::fs::read(dir.path().join("c3.npy")).unwrap(),
+        "1 and 2 threads differ"
+    );
+    let o = tdlc_in(dir.path(), ["run", &file, "--backend", "cpu", "--threads", "0", "--random"]);
+    assert_eq!(o.code, Some(1), "{}", o.describe());
+    assert_no_panic(&o);
+    // The whole block: attention compiled, the rest interpreted, same numbers.
+    let block = s(&example("block"));
+    for (backend, out) in [("reference", "br.npy"), ("cpu", "bc.npy")] {
+        let o = tdlc_in(
+            dir.path(),
+            ["run", &block, "--backend", backend, "--random", "--bind", "T=37", "--output", out, "--stats"],
+        );
+        assert_ok(&o);
+        if backend == "cpu" {
+            assert!(o.stdout.contains("(attention) on cpu (LLVM JIT)"), "{}", o.describe());
+        }
+    }
+    let (br, bc) =
+        (npy::read_npy(dir.path().join("br.npy")).unwrap(), npy::read_npy(dir.path().join("bc.npy")).unwrap());
+    let scale = br.data.iter().fold(1f64, |m, v| m.max(v.abs()));
+    let err = br.data.iter().zip(&bc.data).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    assert!(err <= 1e-4 * scale, "block: max error {err} (scale {scale})");
 }

@@ -95,8 +95,42 @@ impl Val {
 pub struct KernelRun {
     pub name: String,
     pub kind: &'static str,
+    /// What ran it: `interpreter`, or the name a [`Hooks`] implementation gave.
+    pub executor: &'static str,
     /// Attention kernels: the schedule's counts.
     pub attention: Option<KernelStats>,
+}
+
+/// The operands of one attention kernel, as [`Hooks::attention`] gets them.
+pub struct AttentionArgs<'x> {
+    pub q: &'x F32Tensor,
+    pub k: &'x F32Tensor,
+    pub v: &'x F32Tensor,
+    pub mask: Option<(&'x tdl_ir::MaskExpr, &'x MaskData<'x>)>,
+    pub bindings: &'x Bindings,
+}
+
+/// Native executors a backend plugs into the interpreter: a kernel a hook
+/// takes runs there (compiled code); the others run in the interpreter.
+/// [`KernelRun::executor`] records which ran what.
+pub trait Hooks {
+    /// Runs attention kernel `k`, or returns `None` when this executor does
+    /// not support it (the interpreter runs it then). The result is the
+    /// `[lead..., T, Dv]` output in `f32`, the executor's name and what it did
+    /// (the counts it knows; the others 0).
+    fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>>;
+}
+
+/// What a hook gives back: the output, its executor's name, its counts.
+pub type HookRun = (F32Tensor, &'static str, KernelStats);
+
+/// No hooks: everything runs in the interpreter.
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn attention(&self, _: &AttentionKernel, _: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
+        None
+    }
 }
 
 /// The results and what each kernel did.
@@ -187,6 +221,16 @@ fn eval_shape(shape: &[tdl_ir::Dim], b: &Bindings) -> Result<Vec<usize>, InterpE
 /// Runs `p` on `inputs`; every buffer is checked against `limits` before
 /// it is allocated.
 pub fn run_with_limits(p: &KernelProgram, inputs: &[Tensor], limits: &Limits) -> Result<RunOutput, InterpError> {
+    run_with_hooks(p, inputs, limits, &NoHooks)
+}
+
+/// [`run_with_limits`], handing the kernels `hooks` supports to it.
+pub fn run_with_hooks(
+    p: &KernelProgram,
+    inputs: &[Tensor],
+    limits: &Limits,
+    hooks: &dyn Hooks,
+) -> Result<RunOutput, InterpError> {
     let bindings = bind(p, inputs)?;
     let mut vals: Vec<Option<Val>> = vec![None; p.buffers.len()];
     for (i, t) in inputs.iter().enumerate() {
@@ -207,13 +251,14 @@ pub fn run_with_limits(p: &KernelProgram, inputs: &[Tensor], limits: &Limits) ->
         let ob = p.buffer(out).ok_or_else(|| at(err(format!("no buffer {out}"))))?;
         let shape = eval_shape(&ob.shape, &bindings).map_err(at)?;
         limits.check(&format!("buffer {out} (`{}`)", ob.name), &shape).map_err(|e| at(err(e.to_string())))?;
-        let mut ctx = Ctx { p, vals: &vals, bindings: &bindings, limits };
+        let mut ctx = Ctx { p, vals: &vals, bindings: &bindings, limits, hooks, executor: "interpreter" };
         let (val, stats) = ctx.kernel(&k.body, ob.dtype, &shape).map_err(at)?;
+        let executor = ctx.executor;
         if val.shape() != shape.as_slice() {
             return Err(at(err(format!("computed shape {:?}, but the buffer is {:?}", val.shape(), shape))));
         }
         vals[out.index()] = Some(val);
-        runs.push(KernelRun { name: k.name.clone(), kind: k.body.kind(), attention: stats });
+        runs.push(KernelRun { name: k.name.clone(), kind: k.body.kind(), executor, attention: stats });
     }
     let mut results = Vec::with_capacity(p.results.len());
     for &r in &p.results {
@@ -271,6 +316,8 @@ struct Ctx<'a> {
     vals: &'a [Option<Val>],
     bindings: &'a Bindings,
     limits: &'a Limits,
+    hooks: &'a dyn Hooks,
+    executor: &'static str,
 }
 
 fn round_f32(dtype: DType, v: f32) -> f32 {
@@ -366,7 +413,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn attention(&self, a: &AttentionKernel, dtype: DType) -> Result<(Val, KernelStats), InterpError> {
+    fn attention(&mut self, a: &AttentionKernel, dtype: DType) -> Result<(Val, KernelStats), InterpError> {
         let (q, k, v) = (self.f32_buf(a.q, "q")?, self.f32_buf(a.k, "k")?, self.f32_buf(a.v, "v")?);
         // Mask and lambda operands as the predicate evaluator reads them.
         let mask_tensors: Vec<Tensor> = match &a.mask {
@@ -398,8 +445,17 @@ impl<'a> Ctx<'a> {
         });
         let sched = AttentionSchedule { tile_q: a.tile_q, tile_k: a.tile_k, kv_split: a.kv_split };
         let mask = a.mask.as_ref().map(|m| (&m.expr, &mask_data));
-        let (mut out, stats) =
-            attention_tiled_stats(q, k, v, mask, a.scale, score.as_ref(), self.bindings, &sched).map_err(err)?;
+        let args = AttentionArgs { q, k, v, mask, bindings: self.bindings };
+        let (mut out, stats) = match self.hooks.attention(a, &args) {
+            Some(r) => {
+                let (out, name, stats) = r.map_err(err)?;
+                self.executor = name;
+                (out, stats)
+            }
+            None => {
+                attention_tiled_stats(q, k, v, mask, a.scale, score.as_ref(), self.bindings, &sched).map_err(err)?
+            }
+        };
         if dtype != DType::F32 {
             out.data.iter_mut().for_each(|x| *x = round_f32(dtype, *x));
         }

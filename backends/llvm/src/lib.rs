@@ -10,6 +10,8 @@
 //! LLVM is linked statically, and it is the same single copy that `tdl-mlir`
 //! (melior) uses, so both backends can live in one process.
 
+pub mod attention;
+pub mod cpu;
 mod error;
 mod smoke;
 mod target;

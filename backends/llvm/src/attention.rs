@@ -1,0 +1,693 @@
+//! The CPU attention kernel: the Kernel IR's [`AttentionKernel`] compiled
+//! to native code through LLVM and run on every core.
+//!
+//! # What is generated
+//!
+//! One function per attention, `tdl_attention_program`, that runs **one
+//! program** of the FlashAttention-2 schedule — one `(leading index,
+//! q-tile)` — exactly as the Kernel IR interpreter does: the running max,
+//! sum and output of the q-tile's rows on the stack; for each visited
+//! kv-tile of the program's runs, `S = Q·Kᵀ·scale` (the dot products
+//! written with `reassoc contract` so LLVM vectorises them and fuses
+//! multiply-adds), the mask predicate **compiled to integer arithmetic**
+//! and tested per element in partial tiles only, the online-softmax update
+//! and `O += P·V`; one division at the end; a row with no visible key gives
+//! zeros. Head dimensions, tile sizes and the scale are constants of the
+//! function; `T`, `S` and the offsets are arguments, so one compiled
+//! function serves every sequence length.
+//!
+//! The text of the function is LLVM IR written by this module (every local
+//! an `alloca` that SROA/mem2reg promote), parsed by inkwell, optimised with
+//! `default<O3>` for the host CPU (its features and preferred vector width
+//! as function attributes) and JIT-compiled with MCJIT.
+//!
+//! # The runtime
+//!
+//! [`CompiledAttention::run`] derives the block-sparse iteration space from
+//! the mask formula (`tdl_passes::tiles::iteration_space`), flattens it into
+//! run arrays (`[start, end, partial]` per run, an offset per `(head,
+//! q-tile)`), and hands the `(leading index, q-tile)` programs to `threads`
+//! worker threads through an atomic counter; each program writes its own
+//! rows of the output.
+//!
+//! # Not supported yet
+//!
+//! Masks other than `causal`, `local`, `window`, `dilated`, `sink`,
+//! `strided` and their `&`, `|`, `!` combinations (neighborhood, blocks,
+//! document, lambdas), score modifiers, symbolic head dimensions and KV
+//! splits are refused with a "not supported yet" error.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use inkwell::context::Context;
+use inkwell::memory_buffer::MemoryBuffer;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::OptimizationLevel;
+use tdl_ir::layout::{next_index, AttentionLayout};
+use tdl_ir::{Bindings, DType, MaskExpr};
+use tdl_passes::tiles::{self, Ctx, MaskData, TileClass};
+
+use crate::{HostTarget, LlvmError};
+
+/// The compile-time parameters of one attention kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionSpec {
+    /// Head dimension of q and k.
+    pub d: usize,
+    /// Head dimension of v and the output.
+    pub dv: usize,
+    pub tile_q: usize,
+    pub tile_k: usize,
+    /// `None`: `1/sqrt(d)`.
+    pub scale: Option<f64>,
+    pub mask: Option<MaskExpr>,
+}
+
+const FN_NAME: &str = "tdl_attention_program";
+
+/// The tile state one program keeps on its stack: m, l, O and S.
+fn stack_bytes(spec: &AttentionSpec) -> usize {
+    4 * (2 * spec.tile_q + spec.tile_q * spec.dv + spec.tile_q * spec.tile_k)
+}
+
+const MAX_STACK: usize = 16 << 20;
+
+/// `(q, k, v, out, runs, offsets, T, S, oq, ok, ov, oo, head, q_tile, n_q_tiles)`.
+type ProgramFn = unsafe extern "C" fn(
+    *const f32,
+    *const f32,
+    *const f32,
+    *mut f32,
+    *const i64,
+    *const i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+
+fn not_supported(what: &str) -> LlvmError {
+    LlvmError::Internal(format!("not supported yet: {what} in the CPU attention kernel"))
+}
+
+/// A small LLVM IR text writer: fresh value and label names, lines.
+struct Ir {
+    text: String,
+    next: usize,
+}
+
+impl Ir {
+    fn tmp(&mut self) -> String {
+        self.next += 1;
+        format!("%v{}", self.next)
+    }
+
+    fn label(&mut self, base: &str) -> String {
+        self.next += 1;
+        format!("{base}{}", self.next)
+    }
+
+    fn line(&mut self, s: impl AsRef<str>) {
+        self.text.push_str("  ");
+        self.text.push_str(s.as_ref());
+        self.text.push('\n');
+    }
+
+    fn block(&mut self, l: &str) {
+        let _ = writeln!(self.text, "{l}:");
+    }
+
+    /// `op ty a, b` into a fresh value.
+    fn op(&mut self, op: &str, ty: &str, a: &str, b: &str) -> String {
+        let t = self.tmp();
+        self.line(format!("{t} = {op} {ty} {a}, {b}"));
+        t
+    }
+
+    fn load(&mut self, ty: &str, ptr: &str) -> String {
+        let t = self.tmp();
+        self.line(format!("{t} = load {ty}, ptr {ptr}"));
+        t
+    }
+
+    fn gep(&mut self, ty: &str, base: &str, index: &str) -> String {
+        let t = self.tmp();
+        self.line(format!("{t} = getelementptr inbounds {ty}, ptr {base}, i64 {index}"));
+        t
+    }
+
+    fn alloca(&mut self, ty: &str, n: usize) -> String {
+        let t = self.tmp();
+        self.line(format!("{t} = alloca {ty}, i64 {n}, align 64"));
+        t
+    }
+
+    fn min(&mut self, a: &str, b: &str) -> String {
+        let t = self.tmp();
+        self.line(format!("{t} = call i64 @llvm.smin.i64(i64 {a}, i64 {b})"));
+        t
+    }
+
+    /// `for var in lo..hi { body }`; the counter lives in an alloca.
+    fn for_range(&mut self, counter: &str, lo: &str, hi: &str, body: impl FnOnce(&mut Ir, &str)) {
+        let (head, bodyl, end) = (self.label("head"), self.label("body"), self.label("end"));
+        self.line(format!("store i64 {lo}, ptr {counter}"));
+        self.line(format!("br label %{head}"));
+        self.block(&head);
+        let i = self.load("i64", counter);
+        let c = self.op("icmp slt", "i64", &i, hi);
+        self.line(format!("br i1 {c}, label %{bodyl}, label %{end}"));
+        self.block(&bodyl);
+        let iv = self.load("i64", counter);
+        body(self, &iv);
+        let i2 = self.load("i64", counter);
+        let n = self.op("add nsw", "i64", &i2, "1");
+        self.line(format!("store i64 {n}, ptr {counter}"));
+        self.line(format!("br label %{head}"));
+        self.block(&end);
+    }
+
+    /// `if cond { then }`.
+    fn if_then(&mut self, cond: &str, then: impl FnOnce(&mut Ir)) {
+        let (t, e) = (self.label("then"), self.label("endif"));
+        self.line(format!("br i1 {cond}, label %{t}, label %{e}"));
+        self.block(&t);
+        then(self);
+        self.line(format!("br label %{e}"));
+        self.block(&e);
+    }
+}
+
+fn float_text(x: f32) -> String {
+    // LLVM reads float constants as the hex of the equivalent double.
+    format!("0x{:016X}", f64::from(x).to_bits())
+}
+
+/// Floor modulo of `a` by the positive constant `m`.
+fn floor_mod(ir: &mut Ir, a: &str, m: i64) -> String {
+    let r = ir.op("srem", "i64", a, &m.to_string());
+    let neg = ir.op("icmp slt", "i64", &r, "0");
+    let fixed = ir.op("add", "i64", &r, &m.to_string());
+    let t = ir.tmp();
+    ir.line(format!("{t} = select i1 {neg}, i64 {fixed}, i64 {r}"));
+    t
+}
+
+/// The mask predicate at `(q, k)` as an `i1`; `t`, `s` are the sizes.
+fn mask_ir(ir: &mut Ir, m: &MaskExpr, q: &str, k: &str, t: &str, s: &str) -> Result<String, LlvmError> {
+    let causal = |ir: &mut Ir| {
+        let st = ir.op("sub", "i64", s, t);
+        let lim = ir.op("add", "i64", q, &st);
+        ir.op("icmp sle", "i64", k, &lim)
+    };
+    let local = |ir: &mut Ir, left: i64, right: i64| {
+        let lo = ir.op("sub", "i64", q, &left.to_string());
+        let hi = ir.op("add", "i64", q, &right.to_string());
+        let a = ir.op("icmp sle", "i64", &lo, k);
+        let b = ir.op("icmp sle", "i64", k, &hi);
+        ir.op("and", "i1", &a, &b)
+    };
+    let bounded = |x: i64| x.abs() < (1 << 40);
+    Ok(match m {
+        MaskExpr::Causal => causal(ir),
+        MaskExpr::Local { left, right } if bounded(*left) && bounded(*right) => local(ir, *left, *right),
+        MaskExpr::Window { w } if bounded(*w) => {
+            let c = causal(ir);
+            let l = local(ir, w.saturating_sub(1), 0);
+            ir.op("and", "i1", &c, &l)
+        }
+        MaskExpr::Dilated { w, d } if *d > 0 && bounded(*w) && bounded(*d) => {
+            let c = causal(ir);
+            let diff = ir.op("sub", "i64", q, k);
+            let lt = ir.op("icmp slt", "i64", &diff, &(w * d).to_string());
+            let r = floor_mod(ir, &diff, *d);
+            let z = ir.op("icmp eq", "i64", &r, "0");
+            let a = ir.op("and", "i1", &c, &lt);
+            ir.op("and", "i1", &a, &z)
+        }
+        MaskExpr::Sink { n } => ir.op("icmp slt", "i64", k, &n.to_string()),
+        MaskExpr::Strided { stride, offset } if *stride > 0 && bounded(*stride) && bounded(*offset) => {
+            let x = ir.op("add", "i64", k, &offset.to_string());
+            let r = floor_mod(ir, &x, *stride);
+            ir.op("icmp eq", "i64", &r, "0")
+        }
+        MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
+            let x = mask_ir(ir, a, q, k, t, s)?;
+            let y = mask_ir(ir, b, q, k, t, s)?;
+            ir.op(if matches!(m, MaskExpr::And(..)) { "and" } else { "or" }, "i1", &x, &y)
+        }
+        MaskExpr::Not(a) => {
+            let x = mask_ir(ir, a, q, k, t, s)?;
+            ir.op("xor", "i1", &x, "true")
+        }
+        other => return Err(not_supported(&format!("the mask `{}`", tdl_ir::text::mask_text(other)))),
+    })
+}
+
+/// The LLVM IR text of the program function for `spec` (before optimisation).
+pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, LlvmError> {
+    let (d, dv, tq, tk) = (spec.d, spec.dv, spec.tile_q, spec.tile_k);
+    if d == 0 || dv == 0 || tq == 0 || tk == 0 || d > 4096 || dv > 4096 || tq > 1024 || tk > 1024 {
+        return Err(not_supported(&format!("head dimensions {d}/{dv} with tiles {tq}×{tk}")));
+    }
+    if stack_bytes(spec) > MAX_STACK {
+        return Err(not_supported(&format!(
+            "tiles {tq}×{tk} with head dimension {dv} (more than 16 MiB of tile state)"
+        )));
+    }
+    let scale = spec.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
+    let mut ir = Ir { text: String::new(), next: 0 };
+    let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
+    let _ = writeln!(
+        ir.text,
+        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare float @llvm.exp.f32(float)\n\n\
+         define void @{FN_NAME}(ptr noalias readonly %q, ptr noalias readonly %k, ptr noalias readonly %v, ptr noalias %out, \
+         ptr noalias readonly %runs, ptr noalias readonly %offs, i64 %T, i64 %S, i64 %oq, i64 %ok, i64 %ov, i64 %oo, \
+         i64 %h, i64 %qt, i64 %nq) #0 {{\nentry:"
+    );
+    let fast = "fast";
+    let ninf = "0xFFF0000000000000";
+    let (m, l, acc, st) =
+        (ir.alloca("float", tq), ir.alloca("float", tq), ir.alloca("float", tq * dv), ir.alloca("float", tq * tk));
+    let counters: Vec<String> = (0..6).map(|_| ir.alloca("i64", 1)).collect();
+    let (ci, cj, cd, cr, ckt, cmax) =
+        (&counters[0], &counters[1], &counters[2], &counters[3], &counters[4], &counters[5]);
+    let (dot_acc, lsum, mrow) = (ir.alloca("float", 1), ir.alloca("float", 1), ir.alloca("float", 1));
+    let q0 = ir.op("mul", "i64", "%qt", &tq.to_string());
+    let rest = ir.op("sub", "i64", "%T", &q0);
+    let bq = ir.min(&tq.to_string(), &rest);
+    // m = -inf, l = 0, O = 0.
+    ir.for_range(ci, "0", &bq, |ir, i| {
+        let pm = ir.gep("float", &m, i);
+        ir.line(format!("store float {ninf}, ptr {pm}"));
+        let pl = ir.gep("float", &l, i);
+        ir.line(format!("store float 0.0, ptr {pl}"));
+        let base = ir.op("mul", "i64", i, &dv.to_string());
+        ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
+            let idx = ir.op("add", "i64", &base, dd);
+            let p = ir.gep("float", &acc, &idx);
+            ir.line(format!("store float 0.0, ptr {p}"));
+        });
+    });
+    // The program's runs.
+    let hq = ir.op("mul", "i64", "%h", "%nq");
+    let slot = ir.op("add", "i64", &hq, "%qt");
+    let p0 = ir.gep("i64", "%offs", &slot);
+    let r0 = ir.load("i64", &p0);
+    let slot1 = ir.op("add", "i64", &slot, "1");
+    let p1 = ir.gep("i64", "%offs", &slot1);
+    let r1 = ir.load("i64", &p1);
+    let mut result: Result<(), LlvmError> = Ok(());
+    ir.for_range(cr, &r0, &r1, |ir, r| {
+        let r3 = ir.op("mul", "i64", r, "3");
+        let ps = ir.gep("i64", "%runs", &r3);
+        let ks = ir.load("i64", &ps);
+        let r31 = ir.op("add", "i64", &r3, "1");
+        let pe = ir.gep("i64", "%runs", &r31);
+        let ke = ir.load("i64", &pe);
+        let r32 = ir.op("add", "i64", &r3, "2");
+        let pp = ir.gep("i64", "%runs", &r32);
+        let partial_i = ir.load("i64", &pp);
+        let partial = ir.op("icmp ne", "i64", &partial_i, "0");
+        ir.for_range(ckt, &ks, &ke, |ir, kt| {
+            let k0 = ir.op("mul", "i64", kt, &tk.to_string());
+            let krest = ir.op("sub", "i64", "%S", &k0);
+            let bk = ir.min(&tk.to_string(), &krest);
+            // S = Q·Kᵀ·scale with the mask in partial tiles.
+            ir.for_range(ci, "0", &bq, |ir, i| {
+                let qi = ir.op("add", "i64", &q0, i);
+                let qoff0 = ir.op("mul", "i64", &qi, &d.to_string());
+                let qoff = ir.op("add", "i64", &qoff0, "%oq");
+                let qrow = ir.gep("float", "%q", &qoff);
+                let srow0 = ir.op("mul", "i64", i, &tk.to_string());
+                ir.for_range(cj, "0", &bk, |ir, j| {
+                    let ki = ir.op("add", "i64", &k0, j);
+                    let sidx = ir.op("add", "i64", &srow0, j);
+                    let sp = ir.gep("float", &st, &sidx);
+                    let vis_l = ir.label("vis");
+                    let hid_l = ir.label("hidden");
+                    let next_l = ir.label("next");
+                    let test_l = ir.label("test");
+                    ir.line(format!("br i1 {partial}, label %{test_l}, label %{vis_l}"));
+                    ir.block(&test_l);
+                    match &spec.mask {
+                        Some(mk) => match mask_ir(ir, mk, &qi, &ki, "%T", "%S") {
+                            Ok(holds) => ir.line(format!("br i1 {holds}, label %{vis_l}, label %{hid_l}")),
+                            Err(e) => {
+                                result = Err(e);
+                                ir.line(format!("br label %{vis_l}"));
+                            }
+                        },
+                        None => ir.line(format!("br label %{vis_l}")),
+                    }
+                    ir.block(&hid_l);
+                    ir.line(format!("store float {ninf}, ptr {sp}"));
+                    ir.line(format!("br label %{next_l}"));
+                    ir.block(&vis_l);
+                    let koff0 = ir.op("mul", "i64", &ki, &d.to_string());
+                    let koff = ir.op("add", "i64", &koff0, "%ok");
+                    let krow = ir.gep("float", "%k", &koff);
+                    ir.line(format!("store float 0.0, ptr {dot_acc}"));
+                    ir.for_range(cd, "0", &d.to_string(), |ir, dd| {
+                        let pq = ir.gep("float", &qrow, dd);
+                        let pk = ir.gep("float", &krow, dd);
+                        let x = ir.load("float", &pq);
+                        let y = ir.load("float", &pk);
+                        let p = ir.op(&format!("fmul {fast}"), "float", &x, &y);
+                        let a = ir.load("float", &dot_acc);
+                        let s = ir.op(&format!("fadd {fast}"), "float", &a, &p);
+                        ir.line(format!("store float {s}, ptr {dot_acc}"));
+                    });
+                    let dot = ir.load("float", &dot_acc);
+                    let sc = ir.op("fmul", "float", &dot, &float_text(scale));
+                    ir.line(format!("store float {sc}, ptr {sp}"));
+                    ir.line(format!("br label %{next_l}"));
+                    ir.block(&next_l);
+                });
+            });
+            // Online softmax and O += P·V, row by row.
+            ir.for_range(ci, "0", &bq, |ir, i| {
+                let srow0 = ir.op("mul", "i64", i, &tk.to_string());
+                let pm = ir.gep("float", &m, i);
+                let m_old = ir.load("float", &pm);
+                ir.line(format!("store float {m_old}, ptr {mrow}"));
+                ir.for_range(cmax, "0", &bk, |ir, j| {
+                    let sidx = ir.op("add", "i64", &srow0, j);
+                    let sp = ir.gep("float", &st, &sidx);
+                    let x = ir.load("float", &sp);
+                    let cur = ir.load("float", &mrow);
+                    let gt = ir.op("fcmp ogt", "float", &x, &cur);
+                    let t = ir.tmp();
+                    ir.line(format!("{t} = select i1 {gt}, float {x}, float {cur}"));
+                    ir.line(format!("store float {t}, ptr {mrow}"));
+                });
+                let m_new = ir.load("float", &mrow);
+                let any = ir.op("fcmp one", "float", &m_new, ninf);
+                ir.if_then(&any, |ir| {
+                    let grew = ir.op("fcmp une", "float", &m_new, &m_old);
+                    let pl = ir.gep("float", &l, i);
+                    let orow0 = ir.op("mul", "i64", i, &dv.to_string());
+                    ir.if_then(&grew, |ir| {
+                        let was_ninf = ir.op("fcmp oeq", "float", &m_old, ninf);
+                        let diff = ir.op("fsub", "float", &m_old, &m_new);
+                        let e = ir.tmp();
+                        ir.line(format!("{e} = call float @llvm.exp.f32(float {diff})"));
+                        let alpha = ir.tmp();
+                        ir.line(format!("{alpha} = select i1 {was_ninf}, float 0.0, float {e}"));
+                        ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
+                            let idx = ir.op("add", "i64", &orow0, dd);
+                            let p = ir.gep("float", &acc, &idx);
+                            let o = ir.load("float", &p);
+                            let o2 = ir.op("fmul", "float", &o, &alpha);
+                            ir.line(format!("store float {o2}, ptr {p}"));
+                        });
+                        let lv = ir.load("float", &pl);
+                        let l2 = ir.op("fmul", "float", &lv, &alpha);
+                        ir.line(format!("store float {l2}, ptr {pl}"));
+                    });
+                    ir.line(format!("store float {m_new}, ptr {pm}"));
+                    let lv = ir.load("float", &pl);
+                    ir.line(format!("store float {lv}, ptr {lsum}"));
+                    ir.for_range(cj, "0", &bk, |ir, j| {
+                        let sidx = ir.op("add", "i64", &srow0, j);
+                        let sp = ir.gep("float", &st, &sidx);
+                        let x = ir.load("float", &sp);
+                        let diff = ir.op("fsub", "float", &x, &m_new);
+                        let p = ir.tmp();
+                        ir.line(format!("{p} = call float @llvm.exp.f32(float {diff})"));
+                        let ls = ir.load("float", &lsum);
+                        let ls2 = ir.op("fadd", "float", &ls, &p);
+                        ir.line(format!("store float {ls2}, ptr {lsum}"));
+                        let kj = ir.op("add", "i64", &k0, j);
+                        let voff0 = ir.op("mul", "i64", &kj, &dv.to_string());
+                        let voff = ir.op("add", "i64", &voff0, "%ov");
+                        let vrow = ir.gep("float", "%v", &voff);
+                        ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
+                            let idx = ir.op("add", "i64", &orow0, dd);
+                            let po = ir.gep("float", &acc, &idx);
+                            let pv = ir.gep("float", &vrow, dd);
+                            let o = ir.load("float", &po);
+                            let y = ir.load("float", &pv);
+                            let py = ir.op(&format!("fmul {fast}"), "float", &p, &y);
+                            let o2 = ir.op(&format!("fadd {fast}"), "float", &o, &py);
+                            ir.line(format!("store float {o2}, ptr {po}"));
+                        });
+                    });
+                    let ls = ir.load("float", &lsum);
+                    ir.line(format!("store float {ls}, ptr {pl}"));
+                });
+            });
+        });
+    });
+    result?;
+    // out = O / l; l == 0 gives zeros.
+    ir.for_range(ci, "0", &bq, |ir, i| {
+        let pl = ir.gep("float", &l, i);
+        let lv = ir.load("float", &pl);
+        let zero = ir.op("fcmp oeq", "float", &lv, "0.0");
+        let inv0 = ir.op("fdiv", "float", "1.0", &lv);
+        let inv = ir.tmp();
+        ir.line(format!("{inv} = select i1 {zero}, float 0.0, float {inv0}"));
+        let qi = ir.op("add", "i64", &q0, i);
+        let ooff0 = ir.op("mul", "i64", &qi, &dv.to_string());
+        let ooff = ir.op("add", "i64", &ooff0, "%oo");
+        let orow = ir.gep("float", "%out", &ooff);
+        let arow0 = ir.op("mul", "i64", i, &dv.to_string());
+        ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
+            let idx = ir.op("add", "i64", &arow0, dd);
+            let pa = ir.gep("float", &acc, &idx);
+            let a = ir.load("float", &pa);
+            let o0 = ir.op("fmul", "float", &a, &inv);
+            let o = ir.tmp();
+            ir.line(format!("{o} = select i1 {zero}, float 0.0, float {o0}"));
+            let po = ir.gep("float", &orow, dd);
+            ir.line(format!("store float {o}, ptr {po}"));
+        });
+    });
+    ir.line("ret void");
+    ir.text.push_str("}\n\n");
+    let _ = writeln!(ir.text, "attributes #0 = {{ nounwind {} }}", attrs.join(" "));
+    Ok(ir.text)
+}
+
+/// A compiled attention kernel, alive for the duration of a
+/// [`with_attention`] call.
+pub struct CompiledAttention {
+    spec: AttentionSpec,
+    f: ProgramFn,
+}
+
+/// How a run went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuRunStats {
+    pub programs: usize,
+    /// Over every leading index (batch and head).
+    pub tiles_visited: usize,
+    pub tiles_full: usize,
+    pub tiles_partial: usize,
+    pub threads: usize,
+}
+
+/// Compiles `spec` for the host and calls `f` with the compiled kernel. The
+/// machine code lives as long as the call.
+pub fn with_attention<R>(spec: &AttentionSpec, f: impl FnOnce(&CompiledAttention) -> R) -> Result<R, LlvmError> {
+    let host = HostTarget::detect()?;
+    let text = attention_ir(spec, &host)?;
+    let tm = host.target_machine(OptimizationLevel::Aggressive)?;
+    let ctx = Context::create();
+    let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tdl_attention");
+    let module = ctx.create_module_from_ir(buf).map_err(|e| LlvmError::Verify(e.to_string()))?;
+    module.set_triple(&tm.get_triple());
+    module.set_data_layout(&tm.get_target_data().get_data_layout());
+    module.verify().map_err(|e| LlvmError::Verify(e.to_string()))?;
+    let options = PassBuilderOptions::create();
+    options.set_loop_vectorization(true);
+    options.set_loop_slp_vectorization(true);
+    options.set_loop_unrolling(true);
+    module
+        .run_passes("default<O3>", &tm, options)
+        .map_err(|m| LlvmError::Passes { pipeline: "default<O3>".into(), message: m.to_string() })?;
+    let engine =
+        module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(|m| LlvmError::Jit(m.to_string()))?;
+    let addr = engine
+        .get_function_address(FN_NAME)
+        .map_err(|source| LlvmError::JitLookup { name: FN_NAME.to_string(), source })?;
+    if addr == 0 {
+        return Err(LlvmError::Internal(format!("the JIT gave a null address for `{FN_NAME}`")));
+    }
+    // SAFETY: the function was generated above with exactly this signature,
+    // and its code stays valid while `engine` lives, i.e. for this call.
+    let raw: ProgramFn = unsafe { std::mem::transmute::<usize, ProgramFn>(addr) };
+    let compiled = CompiledAttention { spec: spec.clone(), f: raw };
+    let r = f(&compiled);
+    drop(engine);
+    Ok(r)
+}
+
+/// The optimised LLVM IR of `spec` for the host (`--emit llvm`).
+pub fn attention_llvm_text(spec: &AttentionSpec) -> Result<String, LlvmError> {
+    let host = HostTarget::detect()?;
+    let text = attention_ir(spec, &host)?;
+    let tm = host.target_machine(OptimizationLevel::Aggressive)?;
+    let ctx = Context::create();
+    let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tdl_attention");
+    let module = ctx.create_module_from_ir(buf).map_err(|e| LlvmError::Verify(e.to_string()))?;
+    module.set_triple(&tm.get_triple());
+    module.set_data_layout(&tm.get_target_data().get_data_layout());
+    module
+        .run_passes("default<O3>", &tm, PassBuilderOptions::create())
+        .map_err(|m| LlvmError::Passes { pipeline: "default<O3>".into(), message: m.to_string() })?;
+    Ok(module.print_to_string().to_string())
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: every program writes a disjoint set of output rows.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl CompiledAttention {
+    /// Runs the attention on row-major `f32` data of shapes `q: [..., T, d]`,
+    /// `k: [..., S, d]`, `v: [..., S, dv]` (leading axes as the Kernel IR's
+    /// attention layout: GQA on axis -3, broadcasting), writing `out` of
+    /// shape `[lead..., T, dv]`, on `threads` threads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        q: (&[usize], &[f32]),
+        k: (&[usize], &[f32]),
+        v: (&[usize], &[f32]),
+        mask_data: &MaskData<'_>,
+        bindings: &Bindings,
+        out: &mut Vec<f32>,
+        threads: usize,
+    ) -> Result<CpuRunStats, LlvmError> {
+        let layout = AttentionLayout::new(DType::F32, q.0, k.0, v.0).map_err(LlvmError::Internal)?;
+        let (t, s) = (layout.t, layout.s);
+        if layout.d != self.spec.d || layout.dv != self.spec.dv {
+            return Err(LlvmError::Internal(format!(
+                "the kernel was compiled for head dimensions {}/{}, the data has {}/{}",
+                self.spec.d, self.spec.dv, layout.d, layout.dv
+            )));
+        }
+        for (what, (shape, data)) in [("q", q), ("k", k), ("v", v)] {
+            if shape.iter().product::<usize>() != data.len() {
+                return Err(LlvmError::Internal(format!(
+                    "{what}: shape {shape:?} does not match {} elements",
+                    data.len()
+                )));
+            }
+        }
+        let (tq, tk) = (self.spec.tile_q, self.spec.tile_k);
+        let (nq, nk) = (t.div_ceil(tq), s.div_ceil(tk));
+        let heads = layout.mask_heads();
+        let n_lead = layout.n_lead().ok_or_else(|| LlvmError::Internal("too many leading elements".into()))?;
+        // The iteration space, flattened: runs [start, end, partial] and an
+        // offset per (head, q-tile).
+        let (mut runs, mut offs): (Vec<i64>, Vec<i64>) = (Vec::new(), vec![0]);
+        let (mut full, mut partial) = (0usize, 0usize);
+        match &self.spec.mask {
+            Some(m) => {
+                let (ti, si) = (t as i64, s as i64);
+                let ctx = Ctx { t: ti, s: si, heads, bindings, data: mask_data };
+                let space = tiles::iteration_space(m, &ctx, tq, tk).map_err(LlvmError::Internal)?;
+                for h in 0..heads {
+                    for qt in 0..nq {
+                        for (r, class) in &space.per_head[h][qt] {
+                            let is_partial = *class == TileClass::Partial;
+                            runs.extend([r.start as i64, r.end as i64, i64::from(is_partial)]);
+                            if is_partial {
+                                partial += r.len();
+                            } else {
+                                full += r.len();
+                            }
+                        }
+                        offs.push((runs.len() / 3) as i64);
+                    }
+                }
+            }
+            None => {
+                for _ in 0..heads * nq {
+                    if nk > 0 {
+                        runs.extend([0, nk as i64, 0]);
+                        full += nk;
+                    }
+                    offs.push((runs.len() / 3) as i64);
+                }
+            }
+        }
+        let n_out = n_lead * t * self.spec.dv;
+        out.clear();
+        out.resize(n_out, 0.0);
+        // Per leading index: offsets into q, k, v, out and the head.
+        let mut leads = Vec::with_capacity(n_lead);
+        let mut idx = vec![0usize; layout.lead.len()];
+        for li in 0..n_lead {
+            let (oq, ok, ov) = layout.offsets(&idx);
+            leads.push((oq, ok, ov, li * t * self.spec.dv, idx.last().copied().unwrap_or(0)));
+            next_index(&mut idx, &layout.lead);
+        }
+        let programs = n_lead * nq;
+        let threads = threads.clamp(1, programs.max(1));
+        let next = AtomicUsize::new(0);
+        let outp = SendPtr(out.as_mut_ptr());
+        let (runs, offs) = (&runs, &offs);
+        let f = self.f;
+        let stack = (2 << 20) + stack_bytes(&self.spec);
+        std::thread::scope(|sc| -> Result<(), LlvmError> {
+            for _ in 0..threads {
+                let (next, outp, leads) = (&next, &outp, &leads);
+                let worker = move || loop {
+                    let p = next.fetch_add(1, Ordering::Relaxed);
+                    if p >= programs {
+                        break;
+                    }
+                    let (li, qt) = (p / nq, p % nq);
+                    let (oq, ok, ov, oo, h) = leads[li];
+                    // SAFETY: the function reads q/k/v/runs/offs within the
+                    // bounds the layout and the iteration space guarantee, and
+                    // writes rows [qt·tile_q, ..) of lead `li` only, which no
+                    // other program writes.
+                    unsafe {
+                        f(
+                            q.1.as_ptr(),
+                            k.1.as_ptr(),
+                            v.1.as_ptr(),
+                            outp.0,
+                            runs.as_ptr(),
+                            offs.as_ptr(),
+                            t as i64,
+                            s as i64,
+                            oq as i64,
+                            ok as i64,
+                            ov as i64,
+                            oo as i64,
+                            h as i64,
+                            qt as i64,
+                            nq as i64,
+                        )
+                    };
+                };
+                std::thread::Builder::new()
+                    .stack_size(stack)
+                    .spawn_scoped(sc, worker)
+                    .map_err(|e| LlvmError::Internal(format!("cannot start a worker thread: {e}")))?;
+            }
+            Ok(())
+        })?;
+        // The space is per head; every other leading axis repeats it.
+        let per = (n_lead / heads.max(1)).max(1);
+        Ok(CpuRunStats {
+            programs,
+            tiles_visited: (full + partial) * per,
+            tiles_full: full * per,
+            tiles_partial: partial * per,
+            threads,
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! `tdlc run --backend cpu`: the Kernel IR run with the kernels this
+//! backend compiles through LLVM, as [`tdl_kernel::interp::Hooks`].
+//!
+//! Today that is the attention kernel ([`crate::attention`]) for the masks
+//! it compiles and without score modifiers; every other kernel, and those
+//! attentions, still run in the Kernel IR interpreter's loops. `--stats`
+//! says which executor ran each kernel.
+
+use tdl_ir::layout::AttentionLayout;
+use tdl_ir::DType;
+use tdl_kernel::interp::{AttentionArgs, HookRun, Hooks};
+use tdl_kernel::ir::AttentionKernel;
+use tdl_kernel::{F32Tensor, KernelStats};
+use tdl_passes::tiles::MaskData;
+
+use crate::attention::{attention_ir, with_attention, AttentionSpec};
+use crate::HostTarget;
+
+/// The CPU backend's executors, on `threads` worker threads.
+pub struct CpuHooks {
+    pub threads: usize,
+    host: Option<HostTarget>,
+}
+
+impl CpuHooks {
+    pub fn new(threads: usize) -> CpuHooks {
+        CpuHooks { threads: threads.max(1), host: HostTarget::detect().ok() }
+    }
+}
+
+/// The name the CPU backend's compiled kernels run under.
+pub const EXECUTOR: &str = "cpu (LLVM JIT)";
+
+impl Hooks for CpuHooks {
+    fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
+        let host = self.host.as_ref()?;
+        if k.score.is_some() {
+            return None;
+        }
+        let layout = AttentionLayout::new(DType::F32, &args.q.shape, &args.k.shape, &args.v.shape).ok()?;
+        let spec = AttentionSpec {
+            d: layout.d,
+            dv: layout.dv,
+            tile_q: k.tile_q,
+            tile_k: k.tile_k,
+            scale: k.scale,
+            mask: args.mask.map(|(m, _)| m.clone()),
+        };
+        // Only what the code generator supports; the rest is the interpreter's.
+        attention_ir(&spec, host).ok()?;
+        let none = MaskData::none();
+        let data = args.mask.map_or(&none, |(_, d)| d);
+        let run = with_attention(&spec, |c| {
+            let mut out = Vec::new();
+            let st = c.run(
+                (&args.q.shape, &args.q.data),
+                (&args.k.shape, &args.k.data),
+                (&args.v.shape, &args.v.data),
+                data,
+                args.bindings,
+                &mut out,
+                self.threads,
+            )?;
+            let mut shape = layout.lead.clone();
+            shape.extend([layout.t, layout.dv]);
+            let stats = KernelStats {
+                programs: st.programs as u64,
+                tiles_visited: st.tiles_visited as u64,
+                full_tiles: st.tiles_full as u64,
+                partial_tiles: st.tiles_partial as u64,
+                kv_splits: 1,
+                ..KernelStats::default()
+            };
+            Ok::<_, crate::LlvmError>((F32Tensor { shape, data: out }, EXECUTOR, stats))
+        });
+        Some(match run {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) | Err(e) => Err(e.to_string()),
+        })
+    }
+}
