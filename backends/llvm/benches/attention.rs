@@ -54,8 +54,14 @@ fn bench(c: &mut Criterion) {
         let q = random(&[h, t, d], 1);
         let k = random(&[h, t, d], 2);
         let v = random(&[h, t, d], 3);
-        let spec = AttentionSpec { d, dv: d, tile_q: 64, tile_k: 64, scale: None, mask: mask.clone() };
-        let sched = AttentionSchedule::new(64, 64);
+        // The tiles the Kernel IR's cost model gives this machine (TDL_TILE=q,k overrides).
+        let (tq, tk) = std::env::var("TDL_TILE")
+            .ok()
+            .and_then(|v| v.split_once(',').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
+            .unwrap_or_else(|| tdl_kernel::target::Target::host().attention_tiles(Some(d), Some(d), 4));
+        let spec = AttentionSpec { d, dv: d, tile_q: tq, tile_k: tk, scale: None, mask: mask.clone() };
+        let sched = AttentionSchedule::new(tq, tk);
+        println!("{name}: tiles {tq}×{tk}");
         with_attention(&spec, |kern| {
             let mut out = Vec::new();
             g.bench_function(format!("{name}/cpu-jit/{threads}t"), |b| {
