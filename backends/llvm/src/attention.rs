@@ -33,9 +33,12 @@
 //! # Not supported yet
 //!
 //! Masks other than `causal`, `local`, `window`, `dilated`, `sink`,
-//! `strided` and their `&`, `|`, `!` combinations (neighborhood, blocks,
-//! document, lambdas), score modifiers, symbolic head dimensions and KV
-//! splits are refused with a "not supported yet" error.
+//! `strided`, `document`, `blocks` and their `&`, `|`, `!` combinations
+//! (neighborhood, lambdas), score modifiers, symbolic head dimensions and KV
+//! splits are refused with a "not supported yet" error. `document` ids and
+//! `blocks` layouts are passed as `i32` arrays (`%mops`, with the layout's
+//! column count in `%mcols`), checked by the runtime as the reference
+//! checks them.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,7 +48,7 @@ use inkwell::memory_buffer::MemoryBuffer;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::OptimizationLevel;
 use tdl_ir::layout::{next_index, AttentionLayout};
-use tdl_ir::{Bindings, DType, MaskExpr};
+use tdl_ir::{ArrayRef, Bindings, DType, MaskExpr};
 use tdl_passes::tiles::{self, Ctx, MaskData, TileClass};
 
 use crate::{HostTarget, LlvmError};
@@ -73,7 +76,8 @@ fn stack_bytes(spec: &AttentionSpec) -> usize {
 
 const MAX_STACK: usize = 16 << 20;
 
-/// `(q, k, v, out, runs, offsets, T, S, oq, ok, ov, oo, head, q_tile, n_q_tiles)`.
+/// `(q, k, v, out, runs, offsets, T, S, oq, ok, ov, oo, head, q_tile,
+/// n_q_tiles, mask arrays, mask array column counts)`.
 type ProgramFn = unsafe extern "C" fn(
     *const f32,
     *const f32,
@@ -90,6 +94,8 @@ type ProgramFn = unsafe extern "C" fn(
     i64,
     i64,
     i64,
+    *const *const i32,
+    *const i64,
 );
 
 fn not_supported(what: &str) -> LlvmError {
@@ -258,7 +264,61 @@ fn floor_mod(ir: &mut Ir, a: &str, m: i64) -> String {
 }
 
 /// The mask predicate at `(q, k)` as an `i1`; `t`, `s` are the sizes.
+/// The arrays a mask reads at run time (document ids, block layouts), in
+/// the order [`mask_ir`] numbers them: a pre-order walk, left to right.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskSlot {
+    /// `document(ids)`: mask operand `i`, an `i32[N]` with `N ≥ T, S`.
+    Document(usize),
+    /// `blocks(layout, block)`: a 2-D layout (an operand or a constant).
+    Blocks { layout: ArrayRef, bq: i64, bk: i64 },
+}
+
+/// The run-time arrays of `m`, in slot order.
+pub fn mask_slots(m: &MaskExpr) -> Vec<MaskSlot> {
+    let mut out = Vec::new();
+    fn walk(m: &MaskExpr, out: &mut Vec<MaskSlot>) {
+        match m {
+            MaskExpr::Document { ids } => out.push(MaskSlot::Document(*ids)),
+            MaskExpr::Blocks { layout, block } => {
+                out.push(MaskSlot::Blocks { layout: layout.clone(), bq: block[0], bk: block[1] })
+            }
+            MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            MaskExpr::Not(a) => walk(a, out),
+            _ => {}
+        }
+    }
+    walk(m, &mut out);
+    out
+}
+
+/// Loads the pointer and the column count of run-time array `slot`.
+fn slot_ir(ir: &mut Ir, slot: usize) -> (String, String) {
+    let pp = ir.gep("ptr", "%mops", &slot.to_string());
+    let p = ir.load("ptr", &pp);
+    let pc = ir.gep("i64", "%mcols", &slot.to_string());
+    let c = ir.load("i64", &pc);
+    (p, c)
+}
+
 fn mask_ir(ir: &mut Ir, m: &MaskExpr, q: &str, k: &str, t: &str, s: &str) -> Result<String, LlvmError> {
+    let mut slot = 0;
+    mask_ir_at(ir, m, q, k, t, s, &mut slot)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mask_ir_at(
+    ir: &mut Ir,
+    m: &MaskExpr,
+    q: &str,
+    k: &str,
+    t: &str,
+    s: &str,
+    slot: &mut usize,
+) -> Result<String, LlvmError> {
     let causal = |ir: &mut Ir| {
         let st = ir.op("sub", "i64", s, t);
         let lim = ir.op("add", "i64", q, &st);
@@ -296,13 +356,35 @@ fn mask_ir(ir: &mut Ir, m: &MaskExpr, q: &str, k: &str, t: &str, s: &str) -> Res
             ir.op("icmp eq", "i64", &r, "0")
         }
         MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
-            let x = mask_ir(ir, a, q, k, t, s)?;
-            let y = mask_ir(ir, b, q, k, t, s)?;
+            let x = mask_ir_at(ir, a, q, k, t, s, slot)?;
+            let y = mask_ir_at(ir, b, q, k, t, s, slot)?;
             ir.op(if matches!(m, MaskExpr::And(..)) { "and" } else { "or" }, "i1", &x, &y)
         }
         MaskExpr::Not(a) => {
-            let x = mask_ir(ir, a, q, k, t, s)?;
+            let x = mask_ir_at(ir, a, q, k, t, s, slot)?;
             ir.op("xor", "i1", &x, "true")
+        }
+        // ids[q] == ids[k] (the runtime checks the ids cover T and S).
+        MaskExpr::Document { .. } => {
+            let (p, _) = slot_ir(ir, *slot);
+            *slot += 1;
+            let pq = ir.gep("i32", &p, q);
+            let pk = ir.gep("i32", &p, k);
+            let a = ir.load("i32", &pq);
+            let b = ir.load("i32", &pk);
+            ir.op("icmp eq", "i32", &a, &b)
+        }
+        // layout[q / bq][k / bk] (the runtime checks the layout covers the tiles).
+        MaskExpr::Blocks { block: [bq, bk], .. } if *bq > 0 && *bk > 0 => {
+            let (p, cols) = slot_ir(ir, *slot);
+            *slot += 1;
+            let r = ir.op("sdiv", "i64", q, &bq.to_string());
+            let c = ir.op("sdiv", "i64", k, &bk.to_string());
+            let rc = ir.op("mul", "i64", &r, &cols);
+            let idx = ir.op("add", "i64", &rc, &c);
+            let pv = ir.gep("i32", &p, &idx);
+            let v = ir.load("i32", &pv);
+            ir.op("icmp ne", "i32", &v, "0")
         }
         other => return Err(not_supported(&format!("the mask `{}`", tdl_ir::text::mask_text(other)))),
     })
@@ -327,7 +409,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
         "declare i64 @llvm.smin.i64(i64, i64)\ndeclare float @llvm.exp.f32(float)\ndeclare float @llvm.maxnum.f32(float, float)\n{EXPF}\n\
          define void @{FN_NAME}(ptr noalias readonly %q, ptr noalias readonly %k, ptr noalias readonly %v, ptr noalias %out, \
          ptr noalias readonly %runs, ptr noalias readonly %offs, i64 %T, i64 %S, i64 %oq, i64 %ok, i64 %ov, i64 %oo, \
-         i64 %h, i64 %qt, i64 %nq) #0 {{\nentry:",
+         i64 %h, i64 %qt, i64 %nq, ptr noalias readonly %mops, ptr noalias readonly %mcols) #0 {{\nentry:",
         EXPF = expf_ir()
     );
     let fast = "fast";
@@ -684,6 +766,11 @@ pub fn attention_llvm_text(spec: &AttentionSpec) -> Result<String, LlvmError> {
     Ok(module.print_to_string().to_string())
 }
 
+struct SendConst<T>(*const T);
+// SAFETY: read-only arrays that outlive the worker threads.
+unsafe impl<T> Send for SendConst<T> {}
+unsafe impl<T> Sync for SendConst<T> {}
+
 struct SendPtr(*mut f32);
 // SAFETY: every program writes a disjoint set of output rows.
 unsafe impl Send for SendPtr {}
@@ -759,6 +846,57 @@ impl CompiledAttention {
                 }
             }
         }
+        // The mask's run-time arrays as i32, checked as the reference checks them.
+        let slots = self.spec.mask.as_ref().map(mask_slots).unwrap_or_default();
+        let mut arrays: Vec<Vec<i32>> = Vec::new();
+        let mut cols: Vec<i64> = Vec::new();
+        for slot in &slots {
+            let operand = |i: usize| {
+                mask_data.operands.get(i).ok_or_else(|| {
+                    LlvmError::Internal(format!("the mask reads operand {i}, but it has {}", mask_data.operands.len()))
+                })
+            };
+            match slot {
+                MaskSlot::Document(i) => {
+                    let x = operand(*i)?;
+                    if x.shape.len() != 1 || x.dtype != DType::I32 || x.data.len() < t || x.data.len() < s {
+                        return Err(LlvmError::Internal(format!(
+                            "document ids must be an i32[N] with N ≥ {t} queries and {s} keys, found {:?} of shape {:?}",
+                            x.dtype, x.shape
+                        )));
+                    }
+                    arrays.push(x.data.iter().map(|&v| v as i32).collect());
+                    cols.push(0);
+                }
+                MaskSlot::Blocks { layout, bq, bk } => {
+                    let (shape, data): (Vec<usize>, Vec<f64>) = match layout {
+                        ArrayRef::Const(c) => (c.shape.clone(), c.data.clone()),
+                        ArrayRef::Operand(i) => {
+                            let x = operand(*i)?;
+                            (x.shape.clone(), x.data.to_vec())
+                        }
+                    };
+                    let (Ok(bq), Ok(bk)) = (usize::try_from(*bq), usize::try_from(*bk)) else {
+                        return Err(LlvmError::Internal(format!("block sizes must be positive, found [{bq}, {bk}]")));
+                    };
+                    let ok = shape.len() == 2
+                        && bq > 0
+                        && bk > 0
+                        && data.len() == shape[0] * shape[1]
+                        && shape[0] >= t.div_ceil(bq)
+                        && shape[1] >= s.div_ceil(bk);
+                    if !ok {
+                        return Err(LlvmError::Internal(format!(
+                            "block layout of shape {shape:?} does not cover {t} queries × {s} keys in blocks of [{bq}, {bk}]"
+                        )));
+                    }
+                    arrays.push(data.iter().map(|&v| i32::from(v != 0.0)).collect());
+                    cols.push(shape[1] as i64);
+                }
+            }
+        }
+        let array_ptrs: Vec<*const i32> = arrays.iter().map(|a| a.as_ptr()).collect();
+        let (mptr, cptr) = (SendConst(array_ptrs.as_ptr()), SendConst(cols.as_ptr()));
         let n_out = n_lead * t * self.spec.dv;
         out.clear();
         out.resize(n_out, 0.0);
@@ -779,7 +917,7 @@ impl CompiledAttention {
         let stack = (2 << 20) + stack_bytes(&self.spec);
         std::thread::scope(|sc| -> Result<(), LlvmError> {
             for _ in 0..threads {
-                let (next, outp, leads) = (&next, &outp, &leads);
+                let (next, outp, leads, mptr, cptr) = (&next, &outp, &leads, &mptr, &cptr);
                 let worker = move || loop {
                     let p = next.fetch_add(1, Ordering::Relaxed);
                     if p >= programs {
@@ -808,6 +946,8 @@ impl CompiledAttention {
                             h as i64,
                             qt as i64,
                             nq as i64,
+                            mptr.0,
+                            cptr.0,
                         )
                     };
                 };

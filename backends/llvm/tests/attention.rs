@@ -7,7 +7,7 @@
 use tdl_ir::{Bindings, MaskExpr};
 use tdl_kernel::{attention_tiled, AttentionSchedule, F32Tensor};
 use tdl_llvm::attention::{with_attention, AttentionSpec};
-use tdl_passes::tiles::MaskData;
+use tdl_passes::tiles::{MaskData, OperandData};
 use tdl_reference::random::SplitMix64;
 
 fn random(shape: &[usize], seed: u64) -> F32Tensor {
@@ -80,8 +80,8 @@ fn jit_attention_matches_the_interpreter() {
 
 #[test]
 fn unsupported_masks_say_so() {
-    let spec =
-        AttentionSpec { d: 8, dv: 8, tile_q: 16, tile_k: 16, scale: None, mask: Some(MaskExpr::Document { ids: 0 }) };
+    let nat = MaskExpr::Neighborhood { kernel: vec![3], grid: vec![8], dilation: vec![1], causal: vec![false] };
+    let spec = AttentionSpec { d: 8, dv: 8, tile_q: 16, tile_k: 16, scale: None, mask: Some(nat) };
     let e = with_attention(&spec, |_| ()).expect_err("refused");
     assert!(e.to_string().contains("not supported yet"), "{e}");
 }
@@ -111,4 +111,74 @@ fn expf_polynomial_is_accurate() {
     assert!(worst < 3e-7, "max relative error {worst}");
     let edge = tdl_llvm::attention::expf_polynomial(&[f32::NEG_INFINITY, -100.0, 0.0]).unwrap();
     assert_eq!(edge, vec![0.0, 0.0, 1.0]);
+}
+
+/// Masks that read run-time arrays: `document(ids)` and `blocks(layout)`
+/// (an operand and a constant layout), alone and combined with causal.
+#[test]
+fn jit_attention_with_document_ids_and_block_layouts() {
+    use tdl_ir::{ArrayRef, ConstValue, DType};
+    let bindings = Bindings::new();
+    let (t, s) = (70usize, 70usize);
+    // Four documents of uneven lengths.
+    let ids: Vec<f64> = (0..t).map(|i| [0, 0, 1, 2, 2, 2, 3][i * 7 / t] as f64).collect();
+    // A 5×5 layout of 16-blocks with a pseudo-random pattern.
+    let lay: Vec<f64> = (0..25).map(|i| f64::from(u8::from((i * 7 + 3) % 5 < 2 || i % 6 == 0))).collect();
+    let doc = OperandData { dtype: DType::I32, shape: vec![t], data: &ids };
+    let layout = OperandData { dtype: DType::Bool, shape: vec![5, 5], data: &lay };
+    let konst = ConstValue { dtype: DType::Bool, shape: vec![5, 5], data: lay.clone() };
+    let cases: Vec<(MaskExpr, Vec<OperandData>)> = vec![
+        (MaskExpr::Document { ids: 0 }, vec![doc.clone()]),
+        (MaskExpr::And(Box::new(MaskExpr::Causal), Box::new(MaskExpr::Document { ids: 0 })), vec![doc.clone()]),
+        (MaskExpr::Blocks { layout: ArrayRef::Operand(0), block: [16, 16] }, vec![layout.clone()]),
+        (MaskExpr::Blocks { layout: ArrayRef::Const(konst), block: [16, 16] }, vec![]),
+        (
+            MaskExpr::Or(
+                Box::new(MaskExpr::Blocks { layout: ArrayRef::Operand(1), block: [16, 16] }),
+                Box::new(MaskExpr::Document { ids: 0 }),
+            ),
+            vec![doc.clone(), layout.clone()],
+        ),
+    ];
+    for (mask, ops) in cases {
+        let data = MaskData { operands: ops };
+        for (tq, tk) in [(16, 16), (13, 7)] {
+            let spec =
+                AttentionSpec { d: 16, dv: 8, tile_q: tq, tile_k: tk, scale: Some(0.3), mask: Some(mask.clone()) };
+            let q = random(&[2, t, 16], 4);
+            let kk = random(&[2, s, 16], 5);
+            let v = random(&[2, s, 8], 6);
+            let want = attention_tiled(
+                &q,
+                &kk,
+                &v,
+                Some((&mask, &data)),
+                Some(0.3),
+                None,
+                &bindings,
+                &AttentionSchedule::new(tq, tk),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            with_attention(&spec, |k| {
+                k.run((&q.shape, &q.data), (&kk.shape, &kk.data), (&v.shape, &v.data), &data, &bindings, &mut out, 2)
+                    .unwrap()
+            })
+            .unwrap();
+            let err = out.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-5, "{mask:?} tiles {tq}×{tk}: max error {err}");
+        }
+    }
+    // Ids that do not cover the keys are an error, not a read out of bounds.
+    let short: Vec<f64> = vec![0.0; 10];
+    let data = MaskData { operands: vec![OperandData { dtype: DType::I32, shape: vec![10], data: &short }] };
+    let spec =
+        AttentionSpec { d: 16, dv: 8, tile_q: 16, tile_k: 16, scale: None, mask: Some(MaskExpr::Document { ids: 0 }) };
+    let (q, kk, v) = (random(&[1, t, 16], 1), random(&[1, s, 16], 2), random(&[1, s, 8], 3));
+    let r = with_attention(&spec, |k| {
+        let mut out = Vec::new();
+        k.run((&q.shape, &q.data), (&kk.shape, &kk.data), (&v.shape, &v.data), &data, &bindings, &mut out, 1)
+    })
+    .unwrap();
+    assert!(r.is_err());
 }
