@@ -33,8 +33,8 @@
 //! # Not supported yet
 //!
 //! Masks other than `causal`, `local`, `window`, `dilated`, `sink`,
-//! `strided`, `document`, `blocks` and their `&`, `|`, `!` combinations
-//! (neighborhood, lambdas), score modifiers, symbolic head dimensions and KV
+//! `strided`, `neighborhood` (1-D/2-D/3-D, dilation, causal), `document`,
+//! `blocks` and their `&`, `|`, `!` combinations (index lambdas), score modifiers, symbolic head dimensions and KV
 //! splits are refused with a "not supported yet" error. `document` ids and
 //! `blocks` layouts are passed as `i32` arrays (`%mops`, with the layout's
 //! column count in `%mcols`), checked by the runtime as the reference
@@ -364,6 +364,54 @@ fn mask_ir_at(
             let x = mask_ir_at(ir, a, q, k, t, s, slot)?;
             ir.op("xor", "i1", &x, "true")
         }
+        // NATTEN's rule per grid axis, last axis fastest (the runtime checks
+        // the grid with `check_neighborhood`, as the reference does).
+        MaskExpr::Neighborhood { kernel, grid, dilation, causal: cz }
+            if !grid.is_empty()
+                && kernel.len() == grid.len()
+                && dilation.len() == grid.len()
+                && cz.len() == grid.len()
+                && grid.iter().chain(kernel).chain(dilation).all(|&x| (1..1 << 31).contains(&x)) =>
+        {
+            let (mut qr, mut kr) = (q.to_string(), k.to_string());
+            let mut all = "true".to_string();
+            for ax in (0..grid.len()).rev() {
+                let (len, kk, d) = (grid[ax], kernel[ax], dilation[ax]);
+                let a = ir.op("urem", "i64", &qr, &len.to_string());
+                let b = ir.op("urem", "i64", &kr, &len.to_string());
+                qr = ir.op("udiv", "i64", &qr, &len.to_string());
+                kr = ir.op("udiv", "i64", &kr, &len.to_string());
+                let group = ir.op("urem", "i64", &a, &d.to_string());
+                let bg = ir.op("urem", "i64", &b, &d.to_string());
+                let same = ir.op("icmp eq", "i64", &group, &bg);
+                let i = ir.op("udiv", "i64", &a, &d.to_string());
+                let j = ir.op("udiv", "i64", &b, &d.to_string());
+                let vis = if cz[ax] {
+                    let lo0 = ir.op("sub", "i64", &i, &(kk - 1).to_string());
+                    let lo = ir.tmp();
+                    ir.line(format!("{lo} = call i64 @llvm.smax.i64(i64 {lo0}, i64 0)"));
+                    let x = ir.op("icmp sle", "i64", &lo, &j);
+                    let y = ir.op("icmp sle", "i64", &j, &i);
+                    ir.op("and", "i1", &x, &y)
+                } else {
+                    // lg = members of this group; start = clamp(i - kk/2, 0, lg - kk).
+                    let t0 = ir.op("sub", "i64", &(len + d - 1).to_string(), &group);
+                    let lg = ir.op("sdiv", "i64", &t0, &d.to_string());
+                    let hi = ir.op("sub", "i64", &lg, &kk.to_string());
+                    let c = ir.op("sub", "i64", &i, &(kk / 2).to_string());
+                    let c1 = ir.min(&c, &hi);
+                    let start = ir.tmp();
+                    ir.line(format!("{start} = call i64 @llvm.smax.i64(i64 {c1}, i64 0)"));
+                    let end = ir.op("add", "i64", &start, &kk.to_string());
+                    let x = ir.op("icmp sle", "i64", &start, &j);
+                    let y = ir.op("icmp slt", "i64", &j, &end);
+                    ir.op("and", "i1", &x, &y)
+                };
+                let v = ir.op("and", "i1", &same, &vis);
+                all = ir.op("and", "i1", &all, &v);
+            }
+            all
+        }
         // ids[q] == ids[k] (the runtime checks the ids cover T and S).
         MaskExpr::Document { .. } => {
             let (p, _) = slot_ir(ir, *slot);
@@ -406,7 +454,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let _ = writeln!(
         ir.text,
-        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare float @llvm.exp.f32(float)\ndeclare float @llvm.maxnum.f32(float, float)\n{EXPF}\n\
+        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare i64 @llvm.smax.i64(i64, i64)\ndeclare float @llvm.exp.f32(float)\ndeclare float @llvm.maxnum.f32(float, float)\n{EXPF}\n\
          define void @{FN_NAME}(ptr noalias readonly %q, ptr noalias readonly %k, ptr noalias readonly %v, ptr noalias %out, \
          ptr noalias readonly %runs, ptr noalias readonly %offs, i64 %T, i64 %S, i64 %oq, i64 %ok, i64 %ov, i64 %oo, \
          i64 %h, i64 %qt, i64 %nq, ptr noalias readonly %mops, ptr noalias readonly %mcols) #0 {{\nentry:",
@@ -843,6 +891,21 @@ impl CompiledAttention {
                         full += nk;
                     }
                     offs.push((runs.len() / 3) as i64);
+                }
+            }
+        }
+        // Neighborhood grids must match the sizes (NATTEN's rules, the shared check).
+        if let Some(m) = &self.spec.mask {
+            let mut stack = vec![m];
+            while let Some(x) = stack.pop() {
+                match x {
+                    MaskExpr::Neighborhood { kernel, grid, dilation, causal } => {
+                        tdl_ir::mask::check_neighborhood(kernel, grid, dilation, causal, t as i64, s as i64)
+                            .map_err(LlvmError::Internal)?
+                    }
+                    MaskExpr::And(a, b) | MaskExpr::Or(a, b) => stack.extend([&**a, &**b]),
+                    MaskExpr::Not(a) => stack.push(a),
+                    _ => {}
                 }
             }
         }

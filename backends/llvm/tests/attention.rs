@@ -30,6 +30,54 @@ fn masks() -> Vec<Option<MaskExpr>> {
     ]
 }
 
+/// Neighborhood masks need the grid to match T = S.
+fn neighborhood_masks() -> Vec<(MaskExpr, usize)> {
+    let na = |kernel: Vec<i64>, grid: Vec<i64>, dilation: Vec<i64>, causal: Vec<bool>| MaskExpr::Neighborhood {
+        kernel,
+        grid,
+        dilation,
+        causal,
+    };
+    vec![
+        (na(vec![7], vec![100], vec![1], vec![false]), 100),
+        (na(vec![5], vec![90], vec![3], vec![true]), 90),
+        (na(vec![3, 5], vec![9, 11], vec![2, 1], vec![false, false]), 99),
+        (na(vec![3, 3], vec![10, 10], vec![1, 2], vec![true, false]), 100),
+        (na(vec![3, 3, 3], vec![4, 5, 6], vec![1, 1, 2], vec![false, true, false]), 120),
+    ]
+}
+
+#[test]
+fn jit_attention_neighborhood_matches_the_interpreter() {
+    let bindings = Bindings::new();
+    let none = MaskData::none();
+    for (mask, n) in neighborhood_masks() {
+        for (tq, tk) in [(16, 16), (13, 7)] {
+            let spec = AttentionSpec { d: 8, dv: 8, tile_q: tq, tile_k: tk, scale: None, mask: Some(mask.clone()) };
+            let (q, kk, v) = (random(&[2, n, 8], 7), random(&[2, n, 8], 8), random(&[2, n, 8], 9));
+            let want = attention_tiled(
+                &q,
+                &kk,
+                &v,
+                Some((&mask, &none)),
+                None,
+                None,
+                &bindings,
+                &AttentionSchedule::new(tq, tk),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            with_attention(&spec, |k| {
+                k.run((&q.shape, &q.data), (&kk.shape, &kk.data), (&v.shape, &v.data), &none, &bindings, &mut out, 2)
+                    .unwrap()
+            })
+            .unwrap();
+            let err = out.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-5, "{mask:?} tiles {tq}×{tk}: max error {err}");
+        }
+    }
+}
+
 #[test]
 fn jit_attention_matches_the_interpreter() {
     let bindings = Bindings::new();
@@ -80,8 +128,13 @@ fn jit_attention_matches_the_interpreter() {
 
 #[test]
 fn unsupported_masks_say_so() {
-    let nat = MaskExpr::Neighborhood { kernel: vec![3], grid: vec![8], dilation: vec![1], causal: vec![false] };
-    let spec = AttentionSpec { d: 8, dv: 8, tile_q: 16, tile_k: 16, scale: None, mask: Some(nat) };
+    use tdl_ir::{ScalarBinary, ScalarExpr};
+    let lambda = MaskExpr::Lambda(ScalarExpr::binary(
+        ScalarBinary::Le,
+        ScalarExpr::Var(tdl_ir::LambdaVar::K),
+        ScalarExpr::Var(tdl_ir::LambdaVar::Q),
+    ));
+    let spec = AttentionSpec { d: 8, dv: 8, tile_q: 16, tile_k: 16, scale: None, mask: Some(lambda) };
     let e = with_attention(&spec, |_| ()).expect_err("refused");
     assert!(e.to_string().contains("not supported yet"), "{e}");
 }
