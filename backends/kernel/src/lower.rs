@@ -15,6 +15,8 @@
 //!   never stored: each kernel that applies one evaluates its predicate.
 //! * `attention` becomes an [`AttentionKernel`] with tile sizes and the
 //!   KV split chosen by the [`Target`] (or forced by [`LowerOptions`]);
+//!   tiles align with a `blocks` mask's blocks where a divisor allows, so
+//!   every visited tile is Full;
 //!   `matmul` a tiled [`MatMulKernel`]; norms, softmax and rope row kernels;
 //!   `concat`/`repeat` move kernels.
 //!
@@ -362,7 +364,10 @@ impl Lowerer<'_> {
                 let dv = vd.last().and_then(Dim::as_const).and_then(|x| usize::try_from(x).ok());
                 let (tile_q, tile_k) = match self.opts.attention_tiles {
                     Some(t) => t,
-                    None => self.target.attention_tiles(d, dv, dtype.size_bytes()),
+                    None => {
+                        let t = self.target.attention_tiles(d, dv, dtype.size_bytes());
+                        mask.as_ref().and_then(|m| block_aligned(&m.expr, t)).unwrap_or(t)
+                    }
                 };
                 let kv_split = self.opts.kv_split.unwrap_or_else(|| self.target.kv_split());
                 let out = self.temp(n, dtype, shape);
@@ -486,9 +491,48 @@ impl EwBuilder {
     }
 }
 
+/// Tiles aligned with a `blocks` mask's blocks (the whole mask, or a
+/// conjunct of it): each tile size becomes the block size, or its largest
+/// divisor not above the cost model's choice (at least 8), so that every
+/// visited tile is Full instead of Partial. `None` when there are no blocks
+/// or no such divisor.
+pub fn block_aligned(m: &MaskExpr, (tq, tk): (usize, usize)) -> Option<(usize, usize)> {
+    let [bq, bk] = match m {
+        MaskExpr::Blocks { block, .. } => *block,
+        MaskExpr::And(a, b) => return block_aligned(a, (tq, tk)).or_else(|| block_aligned(b, (tq, tk))),
+        _ => return None,
+    };
+    let fit = |b: i64, cap: usize| -> Option<usize> {
+        let b = usize::try_from(b).ok()?;
+        (8..=cap.min(b)).rev().find(|&t| b % t == 0)
+    };
+    Some((fit(bq, tq)?, fit(bk, tk)?))
+}
+
 fn node_shape(node: &tdl_ir::Node) -> Result<Vec<Dim>, String> {
     match &node.ty {
         Type::Tensor(t) => Ok(t.shape.clone()),
         Type::Mask => Err("a mask has no shape".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tdl_ir::ArrayRef;
+
+    #[test]
+    fn tiles_align_with_blocks() {
+        let blocks = |bq, bk| MaskExpr::Blocks { layout: ArrayRef::Operand(0), block: [bq, bk] };
+        assert_eq!(block_aligned(&blocks(64, 64), (128, 64)), Some((64, 64)));
+        assert_eq!(block_aligned(&blocks(256, 256), (128, 64)), Some((128, 64)));
+        assert_eq!(block_aligned(&blocks(48, 96), (128, 64)), Some((48, 48)));
+        assert_eq!(
+            block_aligned(&MaskExpr::And(Box::new(MaskExpr::Causal), Box::new(blocks(32, 32))), (128, 64)),
+            Some((32, 32))
+        );
+        // No divisor of 7 is at least 8: keep the cost model's tiles.
+        assert_eq!(block_aligned(&blocks(7, 64), (128, 64)), None);
+        assert_eq!(block_aligned(&MaskExpr::Or(Box::new(MaskExpr::Causal), Box::new(blocks(64, 64))), (128, 64)), None);
     }
 }
