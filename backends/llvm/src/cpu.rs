@@ -1,8 +1,8 @@
 //! `tdlc run --backend cpu`: the Kernel IR run with the kernels this
 //! backend compiles through LLVM, as [`tdl_kernel::interp::Hooks`].
 //!
-//! Today that is the attention kernel ([`crate::attention`]) for the masks
-//! it compiles and without score modifiers; every other kernel, and those
+//! Today that is the attention kernel ([`crate::attention`]) for every mask
+//! but index lambdas, without score modifiers; every other kernel, and those
 //! attentions, still run in the Kernel IR interpreter's loops. `--stats`
 //! says which executor ran each kernel.
 
