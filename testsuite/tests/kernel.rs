@@ -363,19 +363,20 @@ fn decode_splits_the_kv_range() {
     }
 }
 
-/// `--backend cpu`: every corpus and example graph with an attention, at
-/// sizes 17 and 65 (the cost model's tiles: neither divides them), with the
-/// attention kernels the CPU backend compiles run through LLVM on 2
-/// threads, against the reference. Counts how many attentions ran compiled.
+/// `--backend cpu`: every corpus and example graph at sizes 17 and 65 (the
+/// cost model's tiles: none divides them), with the kernels the CPU backend
+/// compiles (attention, matmul) run through LLVM on 2 threads, against the
+/// reference. Counts how many ran compiled.
 #[test]
 fn cpu_backend_matches_the_reference_on_the_corpus() {
     let hooks = tdl::llvm::cpu::CpuHooks::new(2);
-    let (mut compiled, mut interpreted, mut graphs) = (0usize, 0usize, 0usize);
+    let mut counts = std::collections::BTreeMap::<(&str, bool), usize>::new();
+    let mut graphs = 0usize;
     let mut failures = Vec::new();
     for (name, path) in program_files() {
         for g in &check_ok(&name, &read(&path)).graphs {
             let p = program(g, &LowerOptions::default());
-            if !p.kernels.iter().any(|k| matches!(k.body, KernelBody::Attention(_))) {
+            if !p.kernels.iter().any(|k| matches!(k.body, KernelBody::Attention(_) | KernelBody::MatMul(_))) {
                 continue;
             }
             graphs += 1;
@@ -394,12 +395,8 @@ fn cpu_backend_matches_the_reference_on_the_corpus() {
                         continue;
                     }
                 };
-                for k in out.kernels.iter().filter(|k| k.kind == "attention") {
-                    if k.executor == tdl::llvm::cpu::EXECUTOR {
-                        compiled += 1;
-                    } else {
-                        interpreted += 1;
-                    }
+                for k in out.kernels.iter().filter(|k| k.kind == "attention" || k.kind == "matmul") {
+                    *counts.entry((k.kind, k.executor == tdl::llvm::cpu::EXECUTOR)).or_default() += 1;
                 }
                 for (i, (r, k)) in reference.iter().zip(&out.results).enumerate() {
                     if let Err(e) = compare(r, k) {
@@ -409,10 +406,9 @@ fn cpu_backend_matches_the_reference_on_the_corpus() {
             }
         }
     }
-    println!(
-        "cpu backend: {graphs} graphs with attention; attention kernels run compiled {compiled} times, \
-         in the interpreter {interpreted} times (masks or modifiers the code generator does not support yet)"
-    );
+    println!("cpu backend: {graphs} graphs with attention or matmul; (kind, compiled) → runs: {counts:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(compiled > interpreted, "only {compiled} compiled, {interpreted} interpreted");
+    let get = |k: &str, c: bool| counts.get(&(k, c)).copied().unwrap_or(0);
+    assert!(get("attention", true) > get("attention", false), "{counts:?}");
+    assert!(get("matmul", true) > 0 && get("matmul", false) == 0, "every f32 matmul compiles: {counts:?}");
 }

@@ -119,6 +119,30 @@ pub trait Hooks {
     /// `[lead..., T, Dv]` output in `f32`, the executor's name and what it did
     /// (the counts it knows; the others 0).
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>>;
+
+    /// Runs a matmul given as strided `f32` operands, or returns `None`
+    /// (the interpreter runs it then). The result is the row-major
+    /// `[batch, M, N]` output and the executor's name.
+    fn matmul(&self, _k: &MatMulKernel, _args: &MatMulArgs<'_>) -> Option<Result<(Vec<f32>, &'static str), String>> {
+        None
+    }
+}
+
+/// A matmul's operands, resolved: element `(b, i, p)` of A is
+/// `a[a_offsets[b] + i·a_i + p·a_p]`, element `(b, p, j)` of B is
+/// `b[b_offsets[b] + p·b_p + j·b_j]`; the output is `[batch, m, n]`.
+pub struct MatMulArgs<'x> {
+    pub a: &'x [f32],
+    pub b: &'x [f32],
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_i: usize,
+    pub a_p: usize,
+    pub b_p: usize,
+    pub b_j: usize,
+    pub a_offsets: Vec<usize>,
+    pub b_offsets: Vec<usize>,
 }
 
 /// What a hook gives back: the output, its executor's name, its counts.
@@ -462,7 +486,7 @@ impl<'a> Ctx<'a> {
         Ok((Val::F(out), stats))
     }
 
-    fn matmul(&self, m: &MatMulKernel, dtype: DType, out_shape: &[usize]) -> Result<Val, InterpError> {
+    fn matmul(&mut self, m: &MatMulKernel, dtype: DType, out_shape: &[usize]) -> Result<Val, InterpError> {
         let (ra, rb) = (self.resolve(&m.a)?, self.resolve(&m.b)?);
         let (Val::F(av), Val::F(bv)) = (self.val(m.a.buf)?, self.val(m.b.buf)?) else {
             return Err(err("not supported yet: integer matmul in the Kernel IR interpreter"));
@@ -487,6 +511,28 @@ impl<'a> Ctx<'a> {
         let (b_p, b_j) = (rb.strides[nb - 2], rb.strides[nb - 1]);
         let (tm, tn, tk) = (m.tile_m.max(1), m.tile_n.max(1), m.tile_k.max(1));
         let nbatch: usize = batch.iter().product();
+        {
+            let (mut a_offsets, mut b_offsets) = (Vec::with_capacity(nbatch), Vec::with_capacity(nbatch));
+            let mut bidx = vec![0usize; batch.len()];
+            for _ in 0..nbatch {
+                a_offsets.push(ra.offset + bidx.iter().zip(&la).map(|(i, s)| i * s).sum::<usize>());
+                b_offsets.push(rb.offset + bidx.iter().zip(&lb).map(|(i, s)| i * s).sum::<usize>());
+                next_index(&mut bidx, batch);
+            }
+            let args =
+                MatMulArgs { a: &av.data, b: &bv.data, m: mm, n: nn, k: kk, a_i, a_p, b_p, b_j, a_offsets, b_offsets };
+            if let Some(r) = self.hooks.matmul(m, &args) {
+                let (mut out, name) = r.map_err(err)?;
+                if out.len() != nbatch * mm * nn {
+                    return Err(err(format!("the {name} matmul gave {} values, not {}", out.len(), nbatch * mm * nn)));
+                }
+                self.executor = name;
+                if dtype != DType::F32 {
+                    out.iter_mut().for_each(|v| *v = round_f32(dtype, *v));
+                }
+                return Ok(Val::F(F32Tensor { shape: out_shape.to_vec(), data: out }));
+            }
+        }
         // C accumulates in f32 in the output itself; B is packed one
         // (k-tile × n-tile) panel at a time, contiguous, as a GEMM micro-kernel
         // reads it; every m-tile of the batch reuses the panel.

@@ -144,6 +144,42 @@ fn bench(c: &mut Criterion) {
         })
         .unwrap();
     }
+    // An sgemm-shaped matmul (1024³, f32) with tdlc's own matmul kernel.
+    // `run_matmul` compiles on every call, so the time includes the JIT
+    // compile; the fastest of 3 calls. (Not yet a machine ceiling: the
+    // kernel accumulates one row at a time.)
+    {
+        let n = 1024;
+        let a = random(&[n, n], 11);
+        let b = random(&[n, n], 12);
+        let args = tdl_kernel::interp::MatMulArgs {
+            a: &a.data,
+            b: &b.data,
+            m: n,
+            n,
+            k: n,
+            a_i: n,
+            a_p: 1,
+            b_p: n,
+            b_j: 1,
+            a_offsets: vec![0],
+            b_offsets: vec![0],
+        };
+        let tiles = tdl_kernel::target::Target::host().matmul_tiles(4);
+        let best = (0..3)
+            .map(|_| {
+                let s = Instant::now();
+                tdl_llvm::matmul::run_matmul(tiles, &args, threads).unwrap();
+                s.elapsed()
+            })
+            .min()
+            .unwrap();
+        println!(
+            "sgemm 1024³ (tdlc's matmul kernel, tiles {tiles:?}, {threads} threads, JIT compile included): {:.2} ms, {:.1} GFLOP/s",
+            best.as_secs_f64() * 1e3,
+            2.0 * (n * n * n) as f64 / best.as_secs_f64() / 1e9
+        );
+    }
     g.finish();
 }
 

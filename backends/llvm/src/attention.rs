@@ -103,65 +103,65 @@ fn not_supported(what: &str) -> LlvmError {
 }
 
 /// A small LLVM IR text writer: fresh value and label names, lines.
-struct Ir {
-    text: String,
-    next: usize,
+pub(crate) struct Ir {
+    pub(crate) text: String,
+    pub(crate) next: usize,
 }
 
 impl Ir {
-    fn tmp(&mut self) -> String {
+    pub(crate) fn tmp(&mut self) -> String {
         self.next += 1;
         format!("%v{}", self.next)
     }
 
-    fn label(&mut self, base: &str) -> String {
+    pub(crate) fn label(&mut self, base: &str) -> String {
         self.next += 1;
         format!("{base}{}", self.next)
     }
 
-    fn line(&mut self, s: impl AsRef<str>) {
+    pub(crate) fn line(&mut self, s: impl AsRef<str>) {
         self.text.push_str("  ");
         self.text.push_str(s.as_ref());
         self.text.push('\n');
     }
 
-    fn block(&mut self, l: &str) {
+    pub(crate) fn block(&mut self, l: &str) {
         let _ = writeln!(self.text, "{l}:");
     }
 
     /// `op ty a, b` into a fresh value.
-    fn op(&mut self, op: &str, ty: &str, a: &str, b: &str) -> String {
+    pub(crate) fn op(&mut self, op: &str, ty: &str, a: &str, b: &str) -> String {
         let t = self.tmp();
         self.line(format!("{t} = {op} {ty} {a}, {b}"));
         t
     }
 
-    fn load(&mut self, ty: &str, ptr: &str) -> String {
+    pub(crate) fn load(&mut self, ty: &str, ptr: &str) -> String {
         let t = self.tmp();
         self.line(format!("{t} = load {ty}, ptr {ptr}"));
         t
     }
 
-    fn gep(&mut self, ty: &str, base: &str, index: &str) -> String {
+    pub(crate) fn gep(&mut self, ty: &str, base: &str, index: &str) -> String {
         let t = self.tmp();
         self.line(format!("{t} = getelementptr inbounds {ty}, ptr {base}, i64 {index}"));
         t
     }
 
-    fn alloca(&mut self, ty: &str, n: usize) -> String {
+    pub(crate) fn alloca(&mut self, ty: &str, n: usize) -> String {
         let t = self.tmp();
         self.line(format!("{t} = alloca {ty}, i64 {n}, align 64"));
         t
     }
 
-    fn min(&mut self, a: &str, b: &str) -> String {
+    pub(crate) fn min(&mut self, a: &str, b: &str) -> String {
         let t = self.tmp();
         self.line(format!("{t} = call i64 @llvm.smin.i64(i64 {a}, i64 {b})"));
         t
     }
 
     /// `for var in lo..hi { body }`; the counter lives in an alloca.
-    fn for_range(&mut self, counter: &str, lo: &str, hi: &str, body: impl FnOnce(&mut Ir, &str)) {
+    pub(crate) fn for_range(&mut self, counter: &str, lo: &str, hi: &str, body: impl FnOnce(&mut Ir, &str)) {
         let (head, bodyl, end) = (self.label("head"), self.label("body"), self.label("end"));
         self.line(format!("store i64 {lo}, ptr {counter}"));
         self.line(format!("br label %{head}"));
@@ -180,7 +180,7 @@ impl Ir {
     }
 
     /// `if cond { then }`.
-    fn if_then(&mut self, cond: &str, then: impl FnOnce(&mut Ir)) {
+    pub(crate) fn if_then(&mut self, cond: &str, then: impl FnOnce(&mut Ir)) {
         let (t, e) = (self.label("then"), self.label("endif"));
         self.line(format!("br i1 {cond}, label %{t}, label %{e}"));
         self.block(&t);
@@ -190,7 +190,7 @@ impl Ir {
     }
 }
 
-fn float_text(x: f32) -> String {
+pub(crate) fn float_text(x: f32) -> String {
     // LLVM reads float constants as the hex of the equivalent double.
     format!("0x{:016X}", f64::from(x).to_bits())
 }
@@ -814,12 +814,12 @@ pub fn attention_llvm_text(spec: &AttentionSpec) -> Result<String, LlvmError> {
     Ok(module.print_to_string().to_string())
 }
 
-struct SendConst<T>(*const T);
+pub(crate) struct SendConst<T>(pub(crate) *const T);
 // SAFETY: read-only arrays that outlive the worker threads.
 unsafe impl<T> Send for SendConst<T> {}
 unsafe impl<T> Sync for SendConst<T> {}
 
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: every program writes a disjoint set of output rows.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}

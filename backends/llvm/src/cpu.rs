@@ -2,14 +2,15 @@
 //! backend compiles through LLVM, as [`tdl_kernel::interp::Hooks`].
 //!
 //! Today that is the attention kernel ([`crate::attention`]) for every mask
-//! but index lambdas, without score modifiers; every other kernel, and those
+//! but index lambdas, without score modifiers, and every f32 matmul
+//! ([`crate::matmul`]); every other kernel, and those
 //! attentions, still run in the Kernel IR interpreter's loops. `--stats`
 //! says which executor ran each kernel.
 
 use tdl_ir::layout::AttentionLayout;
 use tdl_ir::DType;
-use tdl_kernel::interp::{AttentionArgs, HookRun, Hooks};
-use tdl_kernel::ir::AttentionKernel;
+use tdl_kernel::interp::{AttentionArgs, HookRun, Hooks, MatMulArgs};
+use tdl_kernel::ir::{AttentionKernel, MatMulKernel};
 use tdl_kernel::{F32Tensor, KernelStats};
 use tdl_passes::tiles::MaskData;
 
@@ -32,6 +33,15 @@ impl CpuHooks {
 pub const EXECUTOR: &str = "cpu (LLVM JIT)";
 
 impl Hooks for CpuHooks {
+    fn matmul(&self, k: &MatMulKernel, args: &MatMulArgs<'_>) -> Option<Result<(Vec<f32>, &'static str), String>> {
+        self.host.as_ref()?;
+        Some(
+            crate::matmul::run_matmul((k.tile_m, k.tile_n, k.tile_k), args, self.threads)
+                .map(|out| (out, EXECUTOR))
+                .map_err(|e| e.to_string()),
+        )
+    }
+
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
         let host = self.host.as_ref()?;
         if k.score.is_some() {

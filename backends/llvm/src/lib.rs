@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod cpu;
 mod error;
+pub mod matmul;
 mod smoke;
 mod target;
 
