@@ -109,8 +109,9 @@ impl AttentionMask {
     }
 }
 
-/// The tile sizes the target's cost model gives the attention node `id`
-/// (what `--emit kernel` uses), from its head dimensions and element type.
+/// The tile sizes the lowering gives the attention node `id` (what
+/// `--emit kernel` uses): `tdl_kernel::lower::attention_tiles` from its head
+/// dimensions, element type and mask.
 pub fn default_tiles(g: &Graph, id: NodeId, target: &Target) -> (usize, usize) {
     let ins = g.inputs(id);
     let last = |i: usize| {
@@ -121,7 +122,14 @@ pub fn default_tiles(g: &Graph, id: NodeId, target: &Target) -> (usize, usize) {
             .and_then(|x| usize::try_from(x).ok())
     };
     let elem = g.node(id).ty.as_tensor().map_or(4, |t| t.dtype.size_bytes());
-    target.attention_tiles(last(0), last(2), elem)
+    let mask = match &g.node(id).op {
+        Op::Attention { masked: true, .. } => ins.get(3).and_then(|&m| match &g.node(m).op {
+            Op::Mask(e) => Some(e),
+            _ => None,
+        }),
+        _ => None,
+    };
+    tdl_kernel::lower::attention_tiles(target, last(0), last(2), elem, mask)
 }
 
 /// The tile report of the attention node `id` of `g`; `kv_split` is the

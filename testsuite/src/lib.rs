@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use tdl::frontend::diag::render;
+use tdl::ir::{Bindings, Graph};
+use tdl::reference::{try_random_tensor, Limits, Tensor};
 use tdl::{CheckError, Checked};
 
 /// The repository root (the workspace), whatever the test's working dir.
@@ -36,4 +38,42 @@ pub fn check_err(name: &str, src: &str) -> String {
 /// The text form of every graph of a checked file.
 pub fn graph_text(c: &Checked) -> String {
     c.graphs.iter().map(|g| tdl::ir::text::print_graph(g.graph())).collect::<Vec<_>>().join("\n")
+}
+
+/// Every `.tdl` program of the corpus and the examples, sorted, as
+/// (`corpus/NAME.tdl` or `examples/NAME.tdl`, path).
+pub fn program_files() -> Vec<(String, PathBuf)> {
+    let root = repo_root();
+    let mut out = Vec::new();
+    for dir in ["testsuite/corpus", "examples"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tdl"))
+            .collect();
+        files.sort();
+        let short = dir.rsplit('/').next().unwrap_or(dir);
+        for f in files {
+            out.push((format!("{short}/{}", f.file_name().unwrap().to_string_lossy()), f));
+        }
+    }
+    assert!(out.len() > 30, "found only {} programs", out.len());
+    out
+}
+
+/// The text of a file, panicking with its path if it cannot be read.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Random inputs for `g` under `b` (seeds by parameter index), or `None`
+/// if a shape does not evaluate or is over `limits`.
+pub fn inputs_with(g: &Graph, b: &Bindings, limits: &Limits) -> Option<Vec<Tensor>> {
+    let mut out = Vec::new();
+    for (i, p) in g.params().iter().enumerate() {
+        let shape = p.ty.concrete_shape(b).ok()?;
+        let shape: Vec<usize> = shape.into_iter().map(usize::try_from).collect::<Result<_, _>>().ok()?;
+        out.push(try_random_tensor(p.ty.dtype, &shape, 0x5eed + i as u64, limits).ok()?);
+    }
+    Some(out)
 }

@@ -17,15 +17,13 @@
 //! a kernel 0 (the spelled-out softmax of a fully masked row fuses into an
 //! attention that gives zeros; see the passes tests).
 
-use std::path::{Path, PathBuf};
-
-use tdl::ir::{Bindings, DType, Graph, VerifiedGraph};
+use tdl::ir::{Bindings, DType, VerifiedGraph};
 use tdl::kernel::ir::{KernelBody, KernelProgram, KvSplit};
 use tdl::kernel::lower::{lower, LowerOptions};
 use tdl::kernel::target::{CpuInfo, Target};
 use tdl::passes::{default_pipeline, run_pipeline_with};
-use tdl::reference::{run_with_limits, try_random_tensor, Limits, Tensor};
-use tdl_testsuite::{check_ok, repo_root};
+use tdl::reference::{run_with_limits, Limits, Tensor};
+use tdl_testsuite::{check_ok, inputs_with, program_files, read};
 
 const LIMITS: Limits = Limits { max_elements: 1 << 24 };
 const SIZES: [i64; 6] = [1, 17, 63, 64, 65, 1000];
@@ -41,29 +39,6 @@ fn fixed_target() -> Target {
     })
 }
 
-fn program_files() -> Vec<(String, PathBuf)> {
-    let root = repo_root();
-    let mut out = Vec::new();
-    for dir in ["testsuite/corpus", "examples"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
-            .unwrap_or_else(|e| panic!("{dir}: {e}"))
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "tdl"))
-            .collect();
-        files.sort();
-        let short = dir.rsplit('/').next().unwrap();
-        for f in files {
-            out.push((format!("{short}/{}", f.file_name().unwrap().to_string_lossy()), f));
-        }
-    }
-    assert!(out.len() > 30, "found only {} programs", out.len());
-    out
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn fused(g: &VerifiedGraph) -> VerifiedGraph {
     let mut none = |_: &tdl::passes::PassReport, _: &VerifiedGraph| {};
     run_pipeline_with(g.clone(), &default_pipeline(), &mut none).expect("the pipeline runs").0
@@ -73,16 +48,6 @@ fn program(g: &VerifiedGraph, opts: &LowerOptions) -> KernelProgram {
     let p = lower(&fused(g), &fixed_target(), opts).unwrap_or_else(|e| panic!("`{}` does not lower: {e}", g.name));
     tdl::kernel::verify::verify(&p).unwrap_or_else(|e| panic!("`{}`: the Kernel IR fails verification: {e}", g.name));
     p
-}
-
-fn inputs_with(g: &Graph, b: &Bindings) -> Option<Vec<Tensor>> {
-    let mut out = Vec::new();
-    for (i, p) in g.params().iter().enumerate() {
-        let shape = p.ty.concrete_shape(b).ok()?;
-        let shape: Vec<usize> = shape.into_iter().map(usize::try_from).collect::<Result<_, _>>().ok()?;
-        out.push(try_random_tensor(p.ty.dtype, &shape, 0x5eed + i as u64, &LIMITS).ok()?);
-    }
-    Some(out)
 }
 
 /// The largest error relative to `max(1, |reference|)`, or why the two differ.
@@ -148,6 +113,16 @@ fn bindings_for(g: &VerifiedGraph, value: i64) -> Vec<Bindings> {
     } else {
         vec![seq, all]
     }
+}
+
+/// Random inputs and the reference's results for `g` at `value` (the first
+/// of [`bindings_for`] that runs), or `None`.
+fn reference_run(g: &VerifiedGraph, value: i64) -> Option<(Vec<Tensor>, Vec<Tensor>)> {
+    bindings_for(g, value).into_iter().find_map(|b| {
+        let inputs = inputs_with(g.graph(), &b, &LIMITS)?;
+        let reference = run_with_limits(g, &inputs, &LIMITS).ok()?;
+        Some((inputs, reference))
+    })
 }
 
 /// One configuration of the schedules under test.
@@ -258,15 +233,9 @@ fn compare_graph(name: &str, g: &VerifiedGraph, sizes: &[i64], configs_used: usi
     let programs: Vec<(&str, KernelProgram)> =
         configs().into_iter().take(configs_used).map(|c| (c.what, program(g, &c.opts))).collect();
     for &value in sizes {
-        let t0 = std::time::Instant::now();
-        let Some((inputs, reference)) = bindings_for(g, value).into_iter().find_map(|b| {
-            let inputs = inputs_with(g.graph(), &b)?;
-            let reference = run_with_limits(g, &inputs, &LIMITS).ok()?;
-            Some((inputs, reference))
-        }) else {
+        let Some((inputs, reference)) = reference_run(g, value) else {
             continue;
         };
-        let t_ref = t0.elapsed();
         for (what, p) in &programs {
             let out = match tdl::kernel::interp::run_with_limits(p, &inputs, &LIMITS) {
                 Ok(o) => o,
@@ -291,9 +260,6 @@ fn compare_graph(name: &str, g: &VerifiedGraph, sizes: &[i64], configs_used: usi
                     Err(e) => t.failures.push(format!("{name}: `{}` at {value} ({what}) result {i}: {e}", g.name)),
                 }
             }
-        }
-        if std::env::var_os("TDL_KERNEL_TIMES").is_some() {
-            println!("{name} `{}` at {value}: reference {t_ref:?}, total {:?}", g.name, t0.elapsed());
         }
         *t.per_size.entry(value).or_default() += 1;
     }
@@ -347,7 +313,7 @@ fn decode_splits_the_kv_range() {
     assert!(matches!(a.kv_split, KvSplit::Auto { .. }), "{:?}", a.kv_split);
     for s in [1i64, 63, 1000, 4099] {
         let b: Bindings = [("S".to_string(), s)].into_iter().collect();
-        let inputs = inputs_with(g.graph(), &b).unwrap();
+        let inputs = inputs_with(g.graph(), &b, &LIMITS).unwrap();
         let reference = run_with_limits(g, &inputs, &LIMITS).unwrap();
         let out = tdl::kernel::interp::run(&p, &inputs).unwrap();
         let stats = out.kernels.iter().find_map(|k| k.attention.clone()).unwrap();
@@ -381,11 +347,7 @@ fn cpu_backend_matches_the_reference_on_the_corpus() {
             }
             graphs += 1;
             for value in [17, 65] {
-                let Some((inputs, reference)) = bindings_for(g, value).into_iter().find_map(|b| {
-                    let inputs = inputs_with(g.graph(), &b)?;
-                    let reference = run_with_limits(g, &inputs, &LIMITS).ok()?;
-                    Some((inputs, reference))
-                }) else {
+                let Some((inputs, reference)) = reference_run(g, value) else {
                     continue;
                 };
                 let out = match tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, &hooks) {

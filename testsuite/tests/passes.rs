@@ -12,7 +12,6 @@
 //! 64); `TDL_SHOW_RANDOM_PROGRAMS=N` prints N sample programs first.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -21,8 +20,8 @@ use tdl::ir::text::print_graph;
 use tdl::ir::{Bindings, Graph, Op, VerifiedGraph};
 use tdl::passes::explain::{explain_graph, AttentionInfo};
 use tdl::passes::{default_pipeline, run_pipeline_with, PassReport, PASS_NAMES};
-use tdl::reference::{run_with_limits, try_random_tensor, Limits, Tensor};
-use tdl_testsuite::{check_ok, repo_root};
+use tdl::reference::{run_with_limits, Limits, Tensor};
+use tdl_testsuite::{check_ok, inputs_with, program_files, read, repo_root};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -72,29 +71,6 @@ fn repeat_count(g: &Graph) -> usize {
 
 /// Every `.tdl` file of the corpus and the examples, sorted, with the name
 /// used in messages (`corpus/x.tdl`, `examples/y.tdl`).
-fn program_files() -> Vec<(String, PathBuf)> {
-    let root = repo_root();
-    let mut out = Vec::new();
-    for dir in ["testsuite/corpus", "examples"] {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
-            .unwrap_or_else(|e| panic!("{dir}: {e}"))
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "tdl"))
-            .collect();
-        files.sort();
-        let short = dir.rsplit('/').next().unwrap();
-        for f in files {
-            out.push((format!("{short}/{}", f.file_name().unwrap().to_string_lossy()), f));
-        }
-    }
-    assert!(out.len() > 30, "found only {} programs", out.len());
-    out
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn attention_line(a: &AttentionInfo) -> String {
     format!(
         "// attention: mask {}, scale {}, groups {}, passes {}, score {}",
@@ -177,16 +153,6 @@ fn compare(what: &str, before: &Tensor, after: &Tensor, nan_may_become_zero: boo
 fn inputs_all(g: &Graph, value: i64, limits: &Limits) -> Option<Vec<Tensor>> {
     let b: Bindings = g.symbols().into_iter().map(|s| (s, value)).collect();
     inputs_with(g, &b, limits)
-}
-
-fn inputs_with(g: &Graph, b: &Bindings, limits: &Limits) -> Option<Vec<Tensor>> {
-    let mut out = Vec::new();
-    for (i, p) in g.params().iter().enumerate() {
-        let shape = p.ty.concrete_shape(b).ok()?;
-        let shape: Vec<usize> = shape.into_iter().map(usize::try_from).collect::<Result<_, _>>().ok()?;
-        out.push(try_random_tensor(p.ty.dtype, &shape, 0x5eed + i as u64, limits).ok()?);
-    }
-    Some(out)
 }
 
 const LIMITS: Limits = Limits { max_elements: 1 << 24 };

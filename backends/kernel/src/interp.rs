@@ -359,6 +359,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Buffer `b` as a reference tensor (what mask and lambda evaluators read).
+    fn tensor(&self, b: BufId) -> Result<Tensor, InterpError> {
+        Ok(self.val(b)?.to_tensor(self.dtype(b)?))
+    }
+
     fn dtype(&self, b: BufId) -> Result<DType, InterpError> {
         self.p.buffer(b).map(|x| x.dtype).ok_or_else(|| err(format!("no buffer {b}")))
     }
@@ -441,9 +446,7 @@ impl<'a> Ctx<'a> {
         let (q, k, v) = (self.f32_buf(a.q, "q")?, self.f32_buf(a.k, "k")?, self.f32_buf(a.v, "v")?);
         // Mask and lambda operands as the predicate evaluator reads them.
         let mask_tensors: Vec<Tensor> = match &a.mask {
-            Some(m) => {
-                m.operands.iter().map(|&b| Ok(self.val(b)?.to_tensor(self.dtype(b)?))).collect::<Result<_, _>>()?
-            }
+            Some(m) => m.operands.iter().map(|&b| self.tensor(b)).collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
         let mask_data = MaskData {
@@ -456,7 +459,7 @@ impl<'a> Ctx<'a> {
             .score_operands
             .iter()
             .map(|o| match o {
-                Some(b) => Ok(Some(self.val(*b)?.to_tensor(self.dtype(*b)?))),
+                Some(b) => self.tensor(*b).map(Some),
                 None => Ok(None),
             })
             .collect::<Result<_, InterpError>>()?;
@@ -578,11 +581,7 @@ impl<'a> Ctx<'a> {
         masks
             .iter()
             .map(|m| {
-                let ts = m
-                    .operands
-                    .iter()
-                    .map(|&b| Ok(self.val(b)?.to_tensor(self.dtype(b)?)))
-                    .collect::<Result<Vec<_>, InterpError>>()?;
+                let ts = m.operands.iter().map(|&b| self.tensor(b)).collect::<Result<Vec<_>, _>>()?;
                 if out.len() < 2 {
                     return Err(err("a mask applies to a result of rank at least 2"));
                 }

@@ -364,10 +364,7 @@ impl Lowerer<'_> {
                 let dv = vd.last().and_then(Dim::as_const).and_then(|x| usize::try_from(x).ok());
                 let (tile_q, tile_k) = match self.opts.attention_tiles {
                     Some(t) => t,
-                    None => {
-                        let t = self.target.attention_tiles(d, dv, dtype.size_bytes());
-                        mask.as_ref().and_then(|m| block_aligned(&m.expr, t)).unwrap_or(t)
-                    }
+                    None => attention_tiles(self.target, d, dv, dtype.size_bytes(), mask.as_ref().map(|m| &m.expr)),
                 };
                 let kv_split = self.opts.kv_split.unwrap_or_else(|| self.target.kv_split());
                 let out = self.temp(n, dtype, shape);
@@ -491,12 +488,27 @@ impl EwBuilder {
     }
 }
 
+/// The attention tiles the lowering chooses: the target's cost model for
+/// head dimensions `d`, `dv` (`None`: symbolic) and elements of `elem_bytes`,
+/// aligned with the blocks of a `blocks` mask. `tdlc explain` and the
+/// benchmarks use this too, so they report what `--emit kernel` runs.
+pub fn attention_tiles(
+    target: &Target,
+    d: Option<usize>,
+    dv: Option<usize>,
+    elem_bytes: usize,
+    mask: Option<&MaskExpr>,
+) -> (usize, usize) {
+    let t = target.attention_tiles(d, dv, elem_bytes);
+    mask.and_then(|m| block_aligned(m, t)).unwrap_or(t)
+}
+
 /// Tiles aligned with a `blocks` mask's blocks (the whole mask, or a
 /// conjunct of it): each tile size becomes the block size, or its largest
 /// divisor not above the cost model's choice (at least 8), so that every
 /// visited tile is Full instead of Partial. `None` when there are no blocks
 /// or no such divisor.
-pub fn block_aligned(m: &MaskExpr, (tq, tk): (usize, usize)) -> Option<(usize, usize)> {
+fn block_aligned(m: &MaskExpr, (tq, tk): (usize, usize)) -> Option<(usize, usize)> {
     let [bq, bk] = match m {
         MaskExpr::Blocks { block, .. } => *block,
         MaskExpr::And(a, b) => return block_aligned(a, (tq, tk)).or_else(|| block_aligned(b, (tq, tk))),

@@ -109,8 +109,8 @@ fn bench(c: &mut Criterion) {
             .ok()
             .and_then(|v| v.split_once(',').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
             .unwrap_or_else(|| {
-                let t = tdl_kernel::target::Target::host().attention_tiles(Some(d), Some(d), 4);
-                mask.as_ref().and_then(|m| tdl_kernel::lower::block_aligned(m, t)).unwrap_or(t)
+                let host = tdl_kernel::target::Target::host();
+                tdl_kernel::lower::attention_tiles(&host, Some(d), Some(d), 4, mask.as_ref())
             });
         let spec = AttentionSpec { d, dv: d, tile_q: tq, tile_k: tk, scale: None, mask: mask.clone() };
         let sched = AttentionSchedule::new(tq, tk);

@@ -41,16 +41,13 @@
 //! checks them.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use inkwell::context::Context;
-use inkwell::memory_buffer::MemoryBuffer;
-use inkwell::passes::PassBuilderOptions;
-use inkwell::OptimizationLevel;
 use tdl_ir::layout::{next_index, AttentionLayout};
 use tdl_ir::{ArrayRef, Bindings, DType, MaskExpr};
 use tdl_passes::tiles::{self, Ctx, MaskData, TileClass};
 
+use crate::jit::{self, Shared};
 use crate::{HostTarget, LlvmError};
 
 /// The compile-time parameters of one attention kernel.
@@ -743,28 +740,9 @@ pub struct CpuRunStats {
 pub fn with_attention<R>(spec: &AttentionSpec, f: impl FnOnce(&CompiledAttention) -> R) -> Result<R, LlvmError> {
     let host = HostTarget::detect()?;
     let text = attention_ir(spec, &host)?;
-    let tm = host.target_machine(OptimizationLevel::Aggressive)?;
     let ctx = Context::create();
-    let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tdl_attention");
-    let module = ctx.create_module_from_ir(buf).map_err(|e| LlvmError::Verify(e.to_string()))?;
-    module.set_triple(&tm.get_triple());
-    module.set_data_layout(&tm.get_target_data().get_data_layout());
-    module.verify().map_err(|e| LlvmError::Verify(e.to_string()))?;
-    let options = PassBuilderOptions::create();
-    options.set_loop_vectorization(true);
-    options.set_loop_slp_vectorization(true);
-    options.set_loop_unrolling(true);
-    module
-        .run_passes("default<O3>", &tm, options)
-        .map_err(|m| LlvmError::Passes { pipeline: "default<O3>".into(), message: m.to_string() })?;
-    let engine =
-        module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(|m| LlvmError::Jit(m.to_string()))?;
-    let addr = engine
-        .get_function_address(FN_NAME)
-        .map_err(|source| LlvmError::JitLookup { name: FN_NAME.to_string(), source })?;
-    if addr == 0 {
-        return Err(LlvmError::Internal(format!("the JIT gave a null address for `{FN_NAME}`")));
-    }
+    let module = jit::optimised_module(&ctx, &text, "tdl_attention", &host)?;
+    let (engine, addr) = jit::jit(&module, FN_NAME)?;
     // SAFETY: the function was generated above with exactly this signature,
     // and its code stays valid while `engine` lives, i.e. for this call.
     let raw: ProgramFn = unsafe { std::mem::transmute::<usize, ProgramFn>(addr) };
@@ -777,7 +755,6 @@ pub fn with_attention<R>(spec: &AttentionSpec, f: impl FnOnce(&CompiledAttention
 /// Compiles `tdl_expf` alone and evaluates it at `xs` (for its accuracy test).
 pub fn expf_polynomial(xs: &[f32]) -> Result<Vec<f32>, LlvmError> {
     let host = HostTarget::detect()?;
-    let tm = host.target_machine(OptimizationLevel::Aggressive)?;
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let text = format!(
         "{}\ndefine float @tdl_expf_entry(float %x) {{\n  %y = call float @tdl_expf(float %x)\n  ret float %y\n}}\n\
@@ -786,43 +763,26 @@ pub fn expf_polynomial(xs: &[f32]) -> Result<Vec<f32>, LlvmError> {
         attrs.join(" ")
     );
     let ctx = Context::create();
-    let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tdl_expf");
-    let module = ctx.create_module_from_ir(buf).map_err(|e| LlvmError::Verify(e.to_string()))?;
-    module.set_triple(&tm.get_triple());
-    let engine =
-        module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(|m| LlvmError::Jit(m.to_string()))?;
-    // SAFETY: `tdl_expf_entry` is `float(float)` as written above.
-    let f = unsafe { engine.get_function::<unsafe extern "C" fn(f32) -> f32>("tdl_expf_entry") }
-        .map_err(|source| LlvmError::JitLookup { name: "tdl_expf_entry".into(), source })?;
+    let module = jit::optimised_module(&ctx, &text, "tdl_expf", &host)?;
+    let (engine, addr) = jit::jit(&module, "tdl_expf_entry")?;
+    // SAFETY: `tdl_expf_entry` is `float(float)` as written above; its code
+    // lives as long as `engine`, which outlives the calls.
+    let f = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(f32) -> f32>(addr) };
     // SAFETY: a pure function of its argument.
-    Ok(xs.iter().map(|&x| unsafe { f.call(x) }).collect())
+    let out = xs.iter().map(|&x| unsafe { f(x) }).collect();
+    drop(engine);
+    Ok(out)
 }
 
 /// The optimised LLVM IR of `spec` for the host (`--emit llvm`).
 pub fn attention_llvm_text(spec: &AttentionSpec) -> Result<String, LlvmError> {
     let host = HostTarget::detect()?;
     let text = attention_ir(spec, &host)?;
-    let tm = host.target_machine(OptimizationLevel::Aggressive)?;
     let ctx = Context::create();
-    let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tdl_attention");
-    let module = ctx.create_module_from_ir(buf).map_err(|e| LlvmError::Verify(e.to_string()))?;
-    module.set_triple(&tm.get_triple());
-    module.set_data_layout(&tm.get_target_data().get_data_layout());
-    module
-        .run_passes("default<O3>", &tm, PassBuilderOptions::create())
-        .map_err(|m| LlvmError::Passes { pipeline: "default<O3>".into(), message: m.to_string() })?;
-    Ok(module.print_to_string().to_string())
+    let module = jit::optimised_module(&ctx, &text, "tdl_attention", &host)?;
+    let ir = module.print_to_string().to_string();
+    Ok(ir)
 }
-
-pub(crate) struct SendConst<T>(pub(crate) *const T);
-// SAFETY: read-only arrays that outlive the worker threads.
-unsafe impl<T> Send for SendConst<T> {}
-unsafe impl<T> Sync for SendConst<T> {}
-
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: every program writes a disjoint set of output rows.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 impl CompiledAttention {
     /// Runs the attention on row-major `f32` data of shapes `q: [..., T, d]`,
@@ -959,7 +919,7 @@ impl CompiledAttention {
             }
         }
         let array_ptrs: Vec<*const i32> = arrays.iter().map(|a| a.as_ptr()).collect();
-        let (mptr, cptr) = (SendConst(array_ptrs.as_ptr()), SendConst(cols.as_ptr()));
+        let (mptr, cptr) = (Shared(array_ptrs.as_ptr().cast_mut()), Shared(cols.as_ptr().cast_mut()));
         let n_out = n_lead * t * self.spec.dv;
         out.clear();
         out.resize(n_out, 0.0);
@@ -972,54 +932,37 @@ impl CompiledAttention {
             next_index(&mut idx, &layout.lead);
         }
         let programs = n_lead * nq;
-        let threads = threads.clamp(1, programs.max(1));
-        let next = AtomicUsize::new(0);
-        let outp = SendPtr(out.as_mut_ptr());
-        let (runs, offs) = (&runs, &offs);
+        let outp = Shared(out.as_mut_ptr());
+        let (runs, offs, leads) = (&runs, &offs, &leads);
         let f = self.f;
-        let stack = (2 << 20) + stack_bytes(&self.spec);
-        std::thread::scope(|sc| -> Result<(), LlvmError> {
-            for _ in 0..threads {
-                let (next, outp, leads, mptr, cptr) = (&next, &outp, &leads, &mptr, &cptr);
-                let worker = move || loop {
-                    let p = next.fetch_add(1, Ordering::Relaxed);
-                    if p >= programs {
-                        break;
-                    }
-                    let (li, qt) = (p / nq, p % nq);
-                    let (oq, ok, ov, oo, h) = leads[li];
-                    // SAFETY: the function reads q/k/v/runs/offs within the
-                    // bounds the layout and the iteration space guarantee, and
-                    // writes rows [qt·tile_q, ..) of lead `li` only, which no
-                    // other program writes.
-                    unsafe {
-                        f(
-                            q.1.as_ptr(),
-                            k.1.as_ptr(),
-                            v.1.as_ptr(),
-                            outp.0,
-                            runs.as_ptr(),
-                            offs.as_ptr(),
-                            t as i64,
-                            s as i64,
-                            oq as i64,
-                            ok as i64,
-                            ov as i64,
-                            oo as i64,
-                            h as i64,
-                            qt as i64,
-                            nq as i64,
-                            mptr.0,
-                            cptr.0,
-                        )
-                    };
-                };
-                std::thread::Builder::new()
-                    .stack_size(stack)
-                    .spawn_scoped(sc, worker)
-                    .map_err(|e| LlvmError::Internal(format!("cannot start a worker thread: {e}")))?;
-            }
-            Ok(())
+        let threads = jit::run_parallel(programs, threads, (2 << 20) + stack_bytes(&self.spec), |p| {
+            let (li, qt) = (p / nq, p % nq);
+            let (oq, ok, ov, oo, h) = leads[li];
+            // SAFETY: the function reads q/k/v/runs/offs and the mask arrays
+            // within the bounds the layout, the iteration space and the checks
+            // above guarantee, and writes rows [qt·tile_q, ..) of lead `li`
+            // only, which no other program writes.
+            unsafe {
+                f(
+                    q.1.as_ptr(),
+                    k.1.as_ptr(),
+                    v.1.as_ptr(),
+                    outp.ptr(),
+                    runs.as_ptr(),
+                    offs.as_ptr(),
+                    t as i64,
+                    s as i64,
+                    oq as i64,
+                    ok as i64,
+                    ov as i64,
+                    oo as i64,
+                    h as i64,
+                    qt as i64,
+                    nq as i64,
+                    mptr.ptr().cast_const(),
+                    cptr.ptr().cast_const(),
+                )
+            };
         })?;
         // The space is per head; every other leading axis repeats it.
         let per = (n_lead / heads.max(1)).max(1);

@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod cpu;
 mod error;
+mod jit;
 pub mod matmul;
 mod smoke;
 mod target;

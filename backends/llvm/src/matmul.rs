@@ -6,16 +6,12 @@
 //! read through their strides, so transposed and sliced views need no copy.
 //! The runtime hands `(batch, m-tile)` work items to worker threads.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use inkwell::context::Context;
-use inkwell::memory_buffer::MemoryBuffer;
-use inkwell::passes::PassBuilderOptions;
-use inkwell::OptimizationLevel;
+use std::fmt::Write as _;
 use tdl_kernel::interp::MatMulArgs;
 
-use crate::attention::{Ir, SendConst, SendPtr};
+use crate::attention::Ir;
+use crate::jit::{self, Shared};
 use crate::{HostTarget, LlvmError};
 
 const FN_NAME: &str = "tdl_matmul_rows";
@@ -139,24 +135,9 @@ pub fn run_matmul(tiles: (usize, usize, usize), args: &MatMulArgs<'_>, threads: 
     let (tm, tn, tk) = (tiles.0.max(1), tiles.1, tiles.2);
     let host = HostTarget::detect()?;
     let text = matmul_ir(tn, tk, &host)?;
-    let tm_ = host.target_machine(OptimizationLevel::Aggressive)?;
     let ctx = Context::create();
-    let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tdl_matmul");
-    let module = ctx.create_module_from_ir(buf).map_err(|e| LlvmError::Verify(e.to_string()))?;
-    module.set_triple(&tm_.get_triple());
-    module.set_data_layout(&tm_.get_target_data().get_data_layout());
-    module.verify().map_err(|e| LlvmError::Verify(e.to_string()))?;
-    module
-        .run_passes("default<O3>", &tm_, PassBuilderOptions::create())
-        .map_err(|m| LlvmError::Passes { pipeline: "default<O3>".into(), message: m.to_string() })?;
-    let engine =
-        module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(|m| LlvmError::Jit(m.to_string()))?;
-    let addr = engine
-        .get_function_address(FN_NAME)
-        .map_err(|source| LlvmError::JitLookup { name: FN_NAME.to_string(), source })?;
-    if addr == 0 {
-        return Err(LlvmError::Internal(format!("the JIT gave a null address for `{FN_NAME}`")));
-    }
+    let module = jit::optimised_module(&ctx, &text, "tdl_matmul", &host)?;
+    let (engine, addr) = jit::jit(&module, FN_NAME)?;
     // SAFETY: generated above with exactly this signature; valid while `engine` lives.
     let f: RowsFn = unsafe { std::mem::transmute::<usize, RowsFn>(addr) };
     let (m, n, k) = (args.m, args.n, args.k);
@@ -178,47 +159,29 @@ pub fn run_matmul(tiles: (usize, usize, usize), args: &MatMulArgs<'_>, threads: 
     }
     let mut out = vec![0f32; nbatch * m * n];
     let mtiles = m.div_ceil(tm);
-    let items = nbatch * mtiles;
-    let threads = threads.clamp(1, items.max(1));
-    let next = AtomicUsize::new(0);
-    let outp = SendPtr(out.as_mut_ptr());
-    let (ap, bp) = (SendConst(args.a.as_ptr()), SendConst(args.b.as_ptr()));
-    let stack = (2 << 20) + 4 * (tk * tn + tn);
-    std::thread::scope(|sc| -> Result<(), LlvmError> {
-        for _ in 0..threads {
-            let (next, outp, ap, bp) = (&next, &outp, &ap, &bp);
-            let worker = move || loop {
-                let w = next.fetch_add(1, Ordering::Relaxed);
-                if w >= items {
-                    break;
-                }
-                let (bi, mt) = (w / mtiles, w % mtiles);
-                let (i0, i1) = (mt * tm, ((mt + 1) * tm).min(m));
-                // SAFETY: the offsets and strides were checked against the
-                // operands above; this item writes rows i0..i1 of batch bi only.
-                unsafe {
-                    f(
-                        ap.0.add(args.a_offsets[bi]),
-                        bp.0.add(args.b_offsets[bi]),
-                        outp.0.add(bi * m * n),
-                        m as i64,
-                        n as i64,
-                        k as i64,
-                        args.a_i as i64,
-                        args.a_p as i64,
-                        args.b_p as i64,
-                        args.b_j as i64,
-                        i0 as i64,
-                        i1 as i64,
-                    )
-                };
-            };
-            std::thread::Builder::new()
-                .stack_size(stack)
-                .spawn_scoped(sc, worker)
-                .map_err(|e| LlvmError::Internal(format!("cannot start a worker thread: {e}")))?;
-        }
-        Ok(())
+    let outp = Shared(out.as_mut_ptr());
+    let (ap, bp) = (Shared(args.a.as_ptr().cast_mut()), Shared(args.b.as_ptr().cast_mut()));
+    jit::run_parallel(nbatch * mtiles, threads, (2 << 20) + 4 * (tk * tn + tn), |w| {
+        let (bi, mt) = (w / mtiles, w % mtiles);
+        let (i0, i1) = (mt * tm, ((mt + 1) * tm).min(m));
+        // SAFETY: the offsets and strides were checked against the operands
+        // above; this item writes rows i0..i1 of batch bi only.
+        unsafe {
+            f(
+                ap.ptr().add(args.a_offsets[bi]),
+                bp.ptr().add(args.b_offsets[bi]),
+                outp.ptr().add(bi * m * n),
+                m as i64,
+                n as i64,
+                k as i64,
+                args.a_i as i64,
+                args.a_p as i64,
+                args.b_p as i64,
+                args.b_j as i64,
+                i0 as i64,
+                i1 as i64,
+            )
+        };
     })?;
     drop(engine);
     Ok(out)

@@ -1,0 +1,98 @@
+//! What every compiled kernel shares: parsing generated LLVM IR text,
+//! optimising it for the host, JIT-compiling it and looking up its entry
+//! point, and running work items on worker threads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use inkwell::context::Context;
+use inkwell::execution_engine::ExecutionEngine;
+use inkwell::memory_buffer::MemoryBuffer;
+use inkwell::module::Module;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::OptimizationLevel;
+
+use crate::{HostTarget, LlvmError};
+
+const PIPELINE: &str = "default<O3>";
+
+/// Parses `text` into a module for the host, verifies it and runs the O3
+/// pipeline with loop and SLP vectorisation and unrolling on.
+pub(crate) fn optimised_module<'ctx>(
+    ctx: &'ctx Context,
+    text: &str,
+    name: &str,
+    host: &HostTarget,
+) -> Result<Module<'ctx>, LlvmError> {
+    let tm = host.target_machine(OptimizationLevel::Aggressive)?;
+    let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), name);
+    let module = ctx.create_module_from_ir(buf).map_err(|e| LlvmError::Verify(e.to_string()))?;
+    module.set_triple(&tm.get_triple());
+    module.set_data_layout(&tm.get_target_data().get_data_layout());
+    module.verify().map_err(|e| LlvmError::Verify(e.to_string()))?;
+    let options = PassBuilderOptions::create();
+    options.set_loop_vectorization(true);
+    options.set_loop_slp_vectorization(true);
+    options.set_loop_unrolling(true);
+    module
+        .run_passes(PIPELINE, &tm, options)
+        .map_err(|m| LlvmError::Passes { pipeline: PIPELINE.to_string(), message: m.to_string() })?;
+    Ok(module)
+}
+
+/// The JIT engine of `module` and the address of its function `name`
+/// (valid while the engine lives).
+pub(crate) fn jit<'ctx>(module: &Module<'ctx>, name: &str) -> Result<(ExecutionEngine<'ctx>, usize), LlvmError> {
+    let engine =
+        module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(|m| LlvmError::Jit(m.to_string()))?;
+    let addr =
+        engine.get_function_address(name).map_err(|source| LlvmError::JitLookup { name: name.to_string(), source })?;
+    if addr == 0 {
+        return Err(LlvmError::Internal(format!("the JIT gave a null address for `{name}`")));
+    }
+    Ok((engine, addr))
+}
+
+/// A raw pointer shared with worker threads: the callers guarantee that
+/// what it points to outlives them and that writes through it are disjoint.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<T>(pub(crate) *mut T);
+// SAFETY: see the type's docs; every user upholds it.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The pointer (a method, so closures capture the whole `Shared`).
+    pub(crate) fn ptr(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// Runs `work(i)` for every `i < items` on up to `threads` worker threads
+/// (each with `stack` bytes of stack), handing items out through an atomic
+/// counter.
+pub(crate) fn run_parallel(
+    items: usize,
+    threads: usize,
+    stack: usize,
+    work: impl Fn(usize) + Sync,
+) -> Result<usize, LlvmError> {
+    let threads = threads.clamp(1, items.max(1));
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|sc| -> Result<(), LlvmError> {
+        for _ in 0..threads {
+            let (next, work) = (&next, &work);
+            std::thread::Builder::new()
+                .stack_size(stack)
+                .spawn_scoped(sc, move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= items {
+                        break;
+                    }
+                    work(i);
+                })
+                .map_err(|e| LlvmError::Internal(format!("cannot start a worker thread: {e}")))?;
+        }
+        Ok(())
+    })?;
+    Ok(threads)
+}
