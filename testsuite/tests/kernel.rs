@@ -338,39 +338,53 @@ fn cpu_backend_matches_the_reference_on_the_corpus() {
     let hooks = tdl::llvm::cpu::CpuHooks::new(2);
     let mut counts = std::collections::BTreeMap::<(&str, bool), usize>::new();
     let mut graphs = 0usize;
+    let (mut split_runs, mut runs) = (0usize, 0usize);
     let mut failures = Vec::new();
+    let configs = configs();
     for (name, path) in program_files() {
         for g in &check_ok(&name, &read(&path)).graphs {
-            let p = program(g, &LowerOptions::default());
-            if !p.kernels.iter().any(|k| matches!(k.body, KernelBody::Attention(_) | KernelBody::MatMul(_))) {
-                continue;
-            }
-            graphs += 1;
-            for value in [17, 65] {
+            // The cost model's schedule at 1 (decode), 17 and 65; every
+            // schedule (13×7 tiles; 48×80 with a KV split of 3) at 17.
+            let plans = [(&configs[0], 1), (&configs[0], 17), (&configs[0], 65), (&configs[1], 17), (&configs[2], 17)];
+            let mut counted = false;
+            for (config, value) in plans {
+                let p = program(g, &config.opts);
+                if !p.kernels.iter().any(|k| matches!(k.body, KernelBody::Attention(_) | KernelBody::MatMul(_))) {
+                    continue;
+                }
+                graphs += usize::from(!counted);
+                counted = true;
                 let Some((inputs, reference)) = reference_run(g, value) else {
                     continue;
                 };
                 let out = match tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, &hooks) {
                     Ok(o) => o,
                     Err(e) => {
-                        failures.push(format!("{name}: `{}` at {value}: {e}", g.name));
+                        failures.push(format!("{name}: `{}` at {value} ({}): {e}", g.name, config.what));
                         continue;
                     }
                 };
+                runs += 1;
                 for k in out.kernels.iter().filter(|k| k.kind == "attention" || k.kind == "matmul") {
-                    *counts.entry((k.kind, k.executor == tdl::llvm::cpu::EXECUTOR)).or_default() += 1;
+                    let compiled = k.executor == tdl::llvm::cpu::EXECUTOR;
+                    *counts.entry((k.kind, compiled)).or_default() += 1;
+                    split_runs += usize::from(compiled && k.attention.as_ref().is_some_and(|a| a.kv_splits > 1));
                 }
                 for (i, (r, k)) in reference.iter().zip(&out.results).enumerate() {
                     if let Err(e) = compare(r, k) {
-                        failures.push(format!("{name}: `{}` at {value} result {i}: {e}", g.name));
+                        failures.push(format!("{name}: `{}` at {value} ({}) result {i}: {e}", g.name, config.what));
                     }
                 }
             }
         }
     }
-    println!("cpu backend: {graphs} graphs with attention or matmul; (kind, compiled) → runs: {counts:?}");
+    println!(
+        "cpu backend: {graphs} graphs with attention or matmul, {runs} runs; (kind, compiled) → runs: {counts:?}; \
+         {split_runs} compiled attentions ran with a KV split"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let get = |k: &str, c: bool| counts.get(&(k, c)).copied().unwrap_or(0);
     assert!(get("attention", true) > get("attention", false), "{counts:?}");
     assert!(get("matmul", true) > 0 && get("matmul", false) == 0, "every f32 matmul compiles: {counts:?}");
+    assert!(split_runs > 0, "the forced KV split reaches the compiled kernel");
 }

@@ -45,9 +45,11 @@ use std::fmt::Write as _;
 use inkwell::context::Context;
 use tdl_ir::layout::{next_index, AttentionLayout};
 use tdl_ir::{ArrayRef, Bindings, DType, MaskExpr};
+use tdl_kernel::ir::KvSplit;
+use tdl_kernel::target::resolve_kv_split;
 use tdl_passes::tiles::{self, Ctx, MaskData, TileClass};
 
-use crate::jit::{self, Shared};
+use crate::jit::{self, Jitted, Shared};
 use crate::{HostTarget, LlvmError};
 
 /// The compile-time parameters of one attention kernel.
@@ -74,7 +76,10 @@ fn stack_bytes(spec: &AttentionSpec) -> usize {
 const MAX_STACK: usize = 16 << 20;
 
 /// `(q, k, v, out, runs, offsets, T, S, oq, ok, ov, oo, head, q_tile,
-/// n_q_tiles, mask arrays, mask array column counts)`.
+/// n_q_tiles, mask arrays, mask array column counts, the mask's T, rows per
+/// query index, first and end visited kv-tile, raw split state or null)`.
+/// `T` counts the program's rows (the packed heads' rows in decode); the
+/// mask sees query `row / qdiv` of `Tm`.
 type ProgramFn = unsafe extern "C" fn(
     *const f32,
     *const f32,
@@ -93,6 +98,11 @@ type ProgramFn = unsafe extern "C" fn(
     i64,
     *const *const i32,
     *const i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    *mut f32,
 );
 
 fn not_supported(what: &str) -> LlvmError {
@@ -454,14 +464,16 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
         "declare i64 @llvm.smin.i64(i64, i64)\ndeclare i64 @llvm.smax.i64(i64, i64)\ndeclare float @llvm.exp.f32(float)\ndeclare float @llvm.maxnum.f32(float, float)\n{EXPF}\n\
          define void @{FN_NAME}(ptr noalias readonly %q, ptr noalias readonly %k, ptr noalias readonly %v, ptr noalias %out, \
          ptr noalias readonly %runs, ptr noalias readonly %offs, i64 %T, i64 %S, i64 %oq, i64 %ok, i64 %ov, i64 %oo, \
-         i64 %h, i64 %qt, i64 %nq, ptr noalias readonly %mops, ptr noalias readonly %mcols) #0 {{\nentry:",
+         i64 %h, i64 %qt, i64 %nq, ptr noalias readonly %mops, ptr noalias readonly %mcols, i64 %Tm, i64 %qdiv, \
+         i64 %vis0, i64 %vis1, ptr noalias %raw) #0 {{\nentry:",
         EXPF = expf_ir()
     );
     let fast = "fast";
     let ninf = "0xFFF0000000000000";
     let (m, l, acc, st) =
         (ir.alloca("float", tq), ir.alloca("float", tq), ir.alloca("float", tq * dv), ir.alloca("float", tq * tk));
-    let counters: Vec<String> = (0..6).map(|_| ir.alloca("i64", 1)).collect();
+    let counters: Vec<String> = (0..7).map(|_| ir.alloca("i64", 1)).collect();
+    let cvis = counters[6].clone();
     let (ci, cj, cd, cr, ckt, cmax) =
         (&counters[0], &counters[1], &counters[2], &counters[3], &counters[4], &counters[5]);
     let (lsum, mrow) = (ir.alloca("float", 1), ir.alloca("float", 1));
@@ -507,6 +519,9 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     let p1 = ir.gep("i64", "%offs", &slot1);
     let r1 = ir.load("i64", &p1);
     let mut result: Result<(), LlvmError> = Ok(());
+    // Only the visited kv-tiles [v0, v1) of the program's runs (a KV split's
+    // share; all of them when unsplit).
+    ir.line(format!("store i64 0, ptr {cvis}"));
     ir.for_range(cr, &r0, &r1, |ir, r| {
         let r3 = ir.op("mul", "i64", r, "3");
         let ps = ir.gep("i64", "%runs", &r3);
@@ -518,6 +533,16 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
         let pp = ir.gep("i64", "%runs", &r32);
         let partial_i = ir.load("i64", &pp);
         let partial = ir.op("icmp ne", "i64", &partial_i, "0");
+        let len = ir.op("sub", "i64", &ke, &ks);
+        let seen = ir.load("i64", &cvis);
+        let seen2 = ir.op("add", "i64", &seen, &len);
+        ir.line(format!("store i64 {seen2}, ptr {cvis}"));
+        let lo0 = ir.op("sub", "i64", "%vis0", &seen);
+        let lo1 = ir.tmp();
+        ir.line(format!("{lo1} = call i64 @llvm.smax.i64(i64 {lo0}, i64 0)"));
+        let hi0 = ir.op("sub", "i64", "%vis1", &seen);
+        let hi1 = ir.min(&hi0, &len);
+        let (ks, ke) = (ir.op("add", "i64", &ks, &lo1), ir.op("add", "i64", &ks, &hi1));
         ir.for_range(ckt, &ks, &ke, |ir, kt| {
             let k0 = ir.op("mul", "i64", kt, &tk.to_string());
             let krest = ir.op("sub", "i64", "%S", &k0);
@@ -576,7 +601,10 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             let needs = ir.op("or", "i1", &short, &partial);
             ir.if_then(&needs, |ir| {
                 ir.for_range(ci, "0", &bq, |ir, i| {
-                    let qi = ir.op("add", "i64", &q0, i);
+                    // The row's query index for the mask (rows of `qdiv`
+                    // packed heads share it).
+                    let row = ir.op("add", "i64", &q0, i);
+                    let qi = ir.op("udiv", "i64", &row, "%qdiv");
                     let srow0 = ir.op("mul", "i64", i, &tk.to_string());
                     ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
                         let ki = ir.op("add", "i64", &k0, j);
@@ -584,7 +612,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                         let sp = ir.gep("float", &st, &sidx);
                         let inside = ir.op("icmp slt", "i64", j, &bk);
                         let holds = match &spec.mask {
-                            Some(mk) => match mask_ir(ir, mk, &qi, &ki, "%T", "%S") {
+                            Some(mk) => match mask_ir(ir, mk, &qi, &ki, "%Tm", "%S") {
                                 Ok(h) => {
                                     let np = ir.op("xor", "i1", &partial, "true");
                                     ir.op("or", "i1", &np, &h)
@@ -686,6 +714,31 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
         });
     });
     result?;
+    // A KV split's share: the raw state, `[O (tile_q × dv), m (tile_q), l
+    // (tile_q)]`, for the merge.
+    let is_raw = ir.op("icmp ne", "ptr", "%raw", "null");
+    let (raw_l, done_l) = (ir.label("raw"), ir.label("normal"));
+    ir.line(format!("br i1 {is_raw}, label %{raw_l}, label %{done_l}"));
+    ir.block(&raw_l);
+    ir.for_range(ci, "0", &bq, |ir, i| {
+        let base = ir.op("mul", "i64", i, &dv.to_string());
+        ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
+            let idx = ir.op("add", "i64", &base, dd);
+            let pa = ir.gep("float", &acc, &idx);
+            let a = ir.load("float", &pa);
+            let po = ir.gep("float", "%raw", &idx);
+            ir.line(format!("store float {a}, ptr {po}"));
+        });
+        for (k, src) in [(0, &m), (1, &l)] {
+            let ps = ir.gep("float", src, i);
+            let x = ir.load("float", &ps);
+            let at = ir.op("add", "i64", i, &(tq * dv + k * tq).to_string());
+            let pd = ir.gep("float", "%raw", &at);
+            ir.line(format!("store float {x}, ptr {pd}"));
+        }
+    });
+    ir.line("ret void");
+    ir.block(&done_l);
     // out = O / l; l == 0 gives zeros.
     ir.for_range(ci, "0", &bq, |ir, i| {
         let pl = ir.gep("float", &l, i);
@@ -717,39 +770,43 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     Ok(ir.text)
 }
 
-/// A compiled attention kernel, alive for the duration of a
-/// [`with_attention`] call.
+/// A compiled attention kernel; its machine code lives as long as it does,
+/// so it can be cached and run many times (every sequence length).
 pub struct CompiledAttention {
     spec: AttentionSpec,
     f: ProgramFn,
+    jit: Jitted,
 }
 
 /// How a run went.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CpuRunStats {
+    /// `(leading index, q-tile)` programs (after GQA packing).
     pub programs: usize,
     /// Over every leading index (batch and head).
     pub tiles_visited: usize,
     pub tiles_full: usize,
     pub tiles_partial: usize,
     pub threads: usize,
+    /// The KV split used (1: none).
+    pub kv_splits: usize,
+    /// Query heads packed into one program's rows (decode with GQA/MQA; 1:
+    /// none).
+    pub packed_heads: usize,
 }
 
-/// Compiles `spec` for the host and calls `f` with the compiled kernel. The
-/// machine code lives as long as the call.
+/// Run-time choices of [`CompiledAttention::run_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    pub threads: usize,
+    /// How each program's visited kv-tiles are split across work items
+    /// (resolved per call with `tdl_kernel::target::resolve_kv_split`).
+    pub kv_split: KvSplit,
+}
+
+/// Compiles `spec` for the host and calls `f` with the compiled kernel.
 pub fn with_attention<R>(spec: &AttentionSpec, f: impl FnOnce(&CompiledAttention) -> R) -> Result<R, LlvmError> {
-    let host = HostTarget::detect()?;
-    let text = attention_ir(spec, &host)?;
-    let ctx = Context::create();
-    let module = jit::optimised_module(&ctx, &text, "tdl_attention", &host)?;
-    let (engine, addr) = jit::jit(&module, FN_NAME)?;
-    // SAFETY: the function was generated above with exactly this signature,
-    // and its code stays valid while `engine` lives, i.e. for this call.
-    let raw: ProgramFn = unsafe { std::mem::transmute::<usize, ProgramFn>(addr) };
-    let compiled = CompiledAttention { spec: spec.clone(), f: raw };
-    let r = f(&compiled);
-    drop(engine);
-    Ok(r)
+    Ok(f(&CompiledAttention::new(spec)?))
 }
 
 /// Compiles `tdl_expf` alone and evaluates it at `xs` (for its accuracy test).
@@ -785,10 +842,24 @@ pub fn attention_llvm_text(spec: &AttentionSpec) -> Result<String, LlvmError> {
 }
 
 impl CompiledAttention {
-    /// Runs the attention on row-major `f32` data of shapes `q: [..., T, d]`,
-    /// `k: [..., S, d]`, `v: [..., S, dv]` (leading axes as the Kernel IR's
-    /// attention layout: GQA on axis -3, broadcasting), writing `out` of
-    /// shape `[lead..., T, dv]`, on `threads` threads.
+    /// Generates, optimises and JIT-compiles `spec` for the host.
+    pub fn new(spec: &AttentionSpec) -> Result<CompiledAttention, LlvmError> {
+        let host = HostTarget::detect()?;
+        let text = attention_ir(spec, &host)?;
+        let jit = Jitted::compile(&text, "tdl_attention", FN_NAME, &host)?;
+        // SAFETY: the function was generated above with exactly this
+        // signature, and its code stays valid while `jit` lives, i.e. as
+        // long as `self`.
+        let f: ProgramFn = unsafe { std::mem::transmute::<usize, ProgramFn>(jit.addr) };
+        Ok(CompiledAttention { spec: spec.clone(), f, jit })
+    }
+
+    /// The kernel's LLVM IR after optimisation.
+    pub fn optimised_ir(&self) -> &str {
+        &self.jit.optimised_ir
+    }
+
+    /// [`CompiledAttention::run_with`] on `threads` threads without a KV split.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -799,6 +870,28 @@ impl CompiledAttention {
         bindings: &Bindings,
         out: &mut Vec<f32>,
         threads: usize,
+    ) -> Result<CpuRunStats, LlvmError> {
+        self.run_with(q, k, v, mask_data, bindings, out, &RunOptions { threads, kv_split: KvSplit::None })
+    }
+
+    /// Runs the attention on row-major `f32` data of shapes `q: [..., T, d]`,
+    /// `k: [..., S, d]`, `v: [..., S, dv]` (leading axes as the Kernel IR's
+    /// attention layout: GQA on axis -3, broadcasting), writing `out` of
+    /// shape `[lead..., T, dv]`, on `threads` threads.
+    ///
+    /// Decode with grouped heads (`T = 1`, query heads sharing a K/V head,
+    /// the same iteration space for each) packs the group's heads into the
+    /// rows of one program, so K and V are read once per group.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with(
+        &self,
+        q: (&[usize], &[f32]),
+        k: (&[usize], &[f32]),
+        v: (&[usize], &[f32]),
+        mask_data: &MaskData<'_>,
+        bindings: &Bindings,
+        out: &mut Vec<f32>,
+        opts: &RunOptions,
     ) -> Result<CpuRunStats, LlvmError> {
         let layout = AttentionLayout::new(DType::F32, q.0, k.0, v.0).map_err(LlvmError::Internal)?;
         let (t, s) = (layout.t, layout.s);
@@ -920,7 +1013,8 @@ impl CompiledAttention {
         }
         let array_ptrs: Vec<*const i32> = arrays.iter().map(|a| a.as_ptr()).collect();
         let (mptr, cptr) = (Shared(array_ptrs.as_ptr().cast_mut()), Shared(cols.as_ptr().cast_mut()));
-        let n_out = n_lead * t * self.spec.dv;
+        let dv = self.spec.dv;
+        let n_out = n_lead * t * dv;
         out.clear();
         out.resize(n_out, 0.0);
         // Per leading index: offsets into q, k, v, out and the head.
@@ -928,20 +1022,49 @@ impl CompiledAttention {
         let mut idx = vec![0usize; layout.lead.len()];
         for li in 0..n_lead {
             let (oq, ok, ov) = layout.offsets(&idx);
-            leads.push((oq, ok, ov, li * t * self.spec.dv, idx.last().copied().unwrap_or(0)));
+            leads.push((oq, ok, ov, li * t * dv, idx.last().copied().unwrap_or(0)));
             next_index(&mut idx, &layout.lead);
         }
-        let programs = n_lead * nq;
+        let visited_of = |h: usize, qt: usize| -> usize {
+            let slot = h * nq + qt;
+            runs[3 * offs[slot] as usize..3 * offs[slot + 1] as usize].chunks(3).map(|r| (r[1] - r[0]) as usize).sum()
+        };
+        let pack = decode_pack(&leads, t, self.spec.d, dv, tq, |h| {
+            let slot = h * nq;
+            &runs[3 * offs[slot] as usize..3 * offs[slot + 1] as usize]
+        });
+        // Work items: programs (a leading index, or `pack` of them, × a
+        // q-tile), each split into `splits` shares of its visited tiles.
+        let programs = (n_lead / pack) * nq;
+        let rows_total = if pack > 1 { pack } else { t };
+        let busiest = (0..heads).flat_map(|h| (0..nq).map(move |qt| (h, qt))).map(|(h, qt)| visited_of(h, qt)).max();
+        let mut splits = resolve_kv_split(opts.kv_split, programs, busiest.unwrap_or(0)).max(1);
+        let raw_len = tq * dv + 2 * tq;
+        while splits > 1 && programs.saturating_mul(splits).saturating_mul(raw_len) > MAX_SPLIT_STATE {
+            splits -= 1;
+        }
+        let mut raw = vec![0f32; if splits > 1 { programs * splits * raw_len } else { 0 }];
         let outp = Shared(out.as_mut_ptr());
+        let rawp = Shared(raw.as_mut_ptr());
         let (runs, offs, leads) = (&runs, &offs, &leads);
         let f = self.f;
-        let threads = jit::run_parallel(programs, threads, (2 << 20) + stack_bytes(&self.spec), |p| {
-            let (li, qt) = (p / nq, p % nq);
+        let items = programs * splits;
+        let threads = jit::run_parallel(items, opts.threads, (2 << 20) + stack_bytes(&self.spec), |w| {
+            let (p, si) = (w / splits, w % splits);
+            let (li, qt) = ((p / nq) * pack, p % nq);
             let (oq, ok, ov, oo, h) = leads[li];
+            let (v0, v1) = if splits > 1 {
+                let per = visited_of(h, qt).div_ceil(splits).max(1);
+                ((si * per) as i64, ((si + 1) * per) as i64)
+            } else {
+                (0, i64::MAX)
+            };
+            let raww = if splits > 1 { rawp.ptr().wrapping_add(w * raw_len) } else { std::ptr::null_mut() };
             // SAFETY: the function reads q/k/v/runs/offs and the mask arrays
             // within the bounds the layout, the iteration space and the checks
-            // above guarantee, and writes rows [qt·tile_q, ..) of lead `li`
-            // only, which no other program writes.
+            // above guarantee (packed rows are checked by `decode_pack`), and
+            // writes rows [qt·tile_q, ..) of lead `li` (and of the leads packed
+            // with it), or its own share of `raw`, which no other item writes.
             unsafe {
                 f(
                     q.1.as_ptr(),
@@ -950,7 +1073,7 @@ impl CompiledAttention {
                     outp.ptr(),
                     runs.as_ptr(),
                     offs.as_ptr(),
-                    t as i64,
+                    rows_total as i64,
                     s as i64,
                     oq as i64,
                     ok as i64,
@@ -961,9 +1084,17 @@ impl CompiledAttention {
                     nq as i64,
                     mptr.ptr().cast_const(),
                     cptr.ptr().cast_const(),
+                    t as i64,
+                    pack as i64,
+                    v0,
+                    v1,
+                    raww,
                 )
             };
         })?;
+        if splits > 1 {
+            merge_splits(&raw, out, programs, splits, (tq, dv, nq), rows_total, |p| leads[(p / nq) * pack].3);
+        }
         // The space is per head; every other leading axis repeats it.
         let per = (n_lead / heads.max(1)).max(1);
         Ok(CpuRunStats {
@@ -972,6 +1103,90 @@ impl CompiledAttention {
             tiles_full: full * per,
             tiles_partial: partial * per,
             threads,
+            kv_splits: splits,
+            packed_heads: pack,
         })
+    }
+}
+
+/// The most `f32`s of split state (`[O, m, l]` per program and split) a
+/// run keeps; larger splits are reduced to fit.
+const MAX_SPLIT_STATE: usize = 64 << 20;
+
+/// How many consecutive leading indices one decode program can take as its
+/// rows: with `T = 1`, a group of leads that read the same K/V block, whose
+/// q rows and output rows are consecutive, and whose heads have the same
+/// runs. 1 when there is no such group.
+fn decode_pack<'r>(
+    leads: &[(usize, usize, usize, usize, usize)],
+    t: usize,
+    d: usize,
+    dv: usize,
+    tile_q: usize,
+    runs_of_head: impl Fn(usize) -> &'r [i64],
+) -> usize {
+    if t != 1 || leads.len() < 2 {
+        return 1;
+    }
+    let g = leads.iter().take_while(|l| (l.1, l.2) == (leads[0].1, leads[0].2)).count();
+    if g < 2 || g > tile_q || !leads.len().is_multiple_of(g) {
+        return 1;
+    }
+    let ok = leads.chunks(g).all(|grp| {
+        let (q0, k0, v0, o0, h0) = grp[0];
+        grp.iter().enumerate().all(|(i, &(q, k, v, o, h))| {
+            (k, v) == (k0, v0) && q == q0 + i * d && o == o0 + i * dv && runs_of_head(h) == runs_of_head(h0)
+        })
+    });
+    if ok {
+        g
+    } else {
+        1
+    }
+}
+
+/// Merges the splits' raw states (online-softmax combine) and writes the
+/// output: `m = max mᵢ`, `l = Σ e^(mᵢ-m)·lᵢ`, `O = Σ e^(mᵢ-m)·Oᵢ`, out =
+/// `O / l`; no visible key (`l == 0`) gives zeros.
+fn merge_splits(
+    raw: &[f32],
+    out: &mut [f32],
+    programs: usize,
+    splits: usize,
+    (tq, dv, nq): (usize, usize, usize),
+    rows_total: usize,
+    out_offset: impl Fn(usize) -> usize,
+) {
+    let raw_len = tq * dv + 2 * tq;
+    for p in 0..programs {
+        let q0 = (p % nq) * tq;
+        let bq = tq.min(rows_total - q0);
+        let base = out_offset(p) + q0 * dv;
+        let share = |si: usize| &raw[(p * splits + si) * raw_len..(p * splits + si + 1) * raw_len];
+        for i in 0..bq {
+            let m = (0..splits).map(|si| share(si)[tq * dv + i]).fold(f32::NEG_INFINITY, f32::max);
+            let dst = &mut out[base + i * dv..base + (i + 1) * dv];
+            dst.fill(0.0);
+            let mut l = 0f32;
+            if m != f32::NEG_INFINITY {
+                for si in 0..splits {
+                    let st = share(si);
+                    let mi = st[tq * dv + i];
+                    if mi == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let w = (mi - m).exp();
+                    l += w * st[tq * dv + tq + i];
+                    for (o, x) in dst.iter_mut().zip(&st[i * dv..(i + 1) * dv]) {
+                        *o += w * x;
+                    }
+                }
+            }
+            if l == 0.0 {
+                dst.fill(0.0);
+            } else {
+                dst.iter_mut().for_each(|o| *o /= l);
+            }
+        }
     }
 }

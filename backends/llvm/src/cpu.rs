@@ -14,18 +14,57 @@ use tdl_kernel::ir::{AttentionKernel, MatMulKernel};
 use tdl_kernel::{F32Tensor, KernelStats};
 use tdl_passes::tiles::MaskData;
 
-use crate::attention::{attention_ir, with_attention, AttentionSpec};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::attention::{attention_ir, AttentionSpec, CompiledAttention, RunOptions};
+use crate::matmul::CompiledMatMul;
 use crate::HostTarget;
 
-/// The CPU backend's executors, on `threads` worker threads.
+/// The CPU backend's executors, on `threads` worker threads. Compiled
+/// kernels are cached (keyed by their specification), so running a
+/// program again — every sequence length, every benchmark repetition —
+/// compiles nothing.
 pub struct CpuHooks {
     pub threads: usize,
     host: Option<HostTarget>,
+    attention: RefCell<HashMap<String, Rc<CompiledAttention>>>,
+    matmul: RefCell<HashMap<(usize, usize, usize), Rc<CompiledMatMul>>>,
 }
 
 impl CpuHooks {
     pub fn new(threads: usize) -> CpuHooks {
-        CpuHooks { threads: threads.max(1), host: HostTarget::detect().ok() }
+        CpuHooks {
+            threads: threads.max(1),
+            host: HostTarget::detect().ok(),
+            attention: RefCell::default(),
+            matmul: RefCell::default(),
+        }
+    }
+
+    /// Kernels compiled so far (attention, matmul).
+    pub fn compiled(&self) -> (usize, usize) {
+        (self.attention.borrow().len(), self.matmul.borrow().len())
+    }
+
+    fn attention_kernel(&self, spec: &AttentionSpec) -> Result<Rc<CompiledAttention>, crate::LlvmError> {
+        let key = format!("{spec:?}");
+        if let Some(c) = self.attention.borrow().get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Rc::new(CompiledAttention::new(spec)?);
+        self.attention.borrow_mut().insert(key, c.clone());
+        Ok(c)
+    }
+
+    fn matmul_kernel(&self, tiles: (usize, usize, usize)) -> Result<Rc<CompiledMatMul>, crate::LlvmError> {
+        if let Some(c) = self.matmul.borrow().get(&tiles) {
+            return Ok(c.clone());
+        }
+        let c = Rc::new(CompiledMatMul::new(tiles)?);
+        self.matmul.borrow_mut().insert(tiles, c.clone());
+        Ok(c)
     }
 }
 
@@ -35,11 +74,8 @@ pub const EXECUTOR: &str = "cpu (LLVM JIT)";
 impl Hooks for CpuHooks {
     fn matmul(&self, k: &MatMulKernel, args: &MatMulArgs<'_>) -> Option<Result<(Vec<f32>, &'static str), String>> {
         self.host.as_ref()?;
-        Some(
-            crate::matmul::run_matmul((k.tile_m, k.tile_n, k.tile_k), args, self.threads)
-                .map(|out| (out, EXECUTOR))
-                .map_err(|e| e.to_string()),
-        )
+        let run = self.matmul_kernel((k.tile_m, k.tile_n, k.tile_k)).and_then(|c| c.run(args, self.threads));
+        Some(run.map(|out| (out, EXECUTOR)).map_err(|e| e.to_string()))
     }
 
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
@@ -60,16 +96,17 @@ impl Hooks for CpuHooks {
         attention_ir(&spec, host).ok()?;
         let none = MaskData::none();
         let data = args.mask.map_or(&none, |(_, d)| d);
-        let run = with_attention(&spec, |c| {
+        let run = self.attention_kernel(&spec).and_then(|c| {
             let mut out = Vec::new();
-            let st = c.run(
+            let opts = RunOptions { threads: self.threads, kv_split: k.kv_split };
+            let st = c.run_with(
                 (&args.q.shape, &args.q.data),
                 (&args.k.shape, &args.k.data),
                 (&args.v.shape, &args.v.data),
                 data,
                 args.bindings,
                 &mut out,
-                self.threads,
+                &opts,
             )?;
             let mut shape = layout.lead.clone();
             shape.extend([layout.t, layout.dv]);
@@ -78,14 +115,11 @@ impl Hooks for CpuHooks {
                 tiles_visited: st.tiles_visited as u64,
                 full_tiles: st.tiles_full as u64,
                 partial_tiles: st.tiles_partial as u64,
-                kv_splits: 1,
+                kv_splits: st.kv_splits,
                 ..KernelStats::default()
             };
-            Ok::<_, crate::LlvmError>((F32Tensor { shape, data: out }, EXECUTOR, stats))
+            Ok((F32Tensor { shape, data: out }, EXECUTOR, stats))
         });
-        Some(match run {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) | Err(e) => Err(e.to_string()),
-        })
+        Some(run.map_err(|e| e.to_string()))
     }
 }

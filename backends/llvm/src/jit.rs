@@ -2,6 +2,7 @@
 //! optimising it for the host, JIT-compiling it and looking up its entry
 //! point, and running work items on worker threads.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use inkwell::context::Context;
@@ -50,6 +51,51 @@ pub(crate) fn jit<'ctx>(module: &Module<'ctx>, name: &str) -> Result<(ExecutionE
         return Err(LlvmError::Internal(format!("the JIT gave a null address for `{name}`")));
     }
     Ok((engine, addr))
+}
+
+/// A JIT-compiled module that owns its LLVM context: the machine code of
+/// `addr` stays valid as long as the value lives, so compiled kernels can be
+/// cached and called many times.
+pub(crate) struct Jitted {
+    // Dropped explicitly, in this order, before `_ctx` (see `Drop`).
+    engine: ManuallyDrop<ExecutionEngine<'static>>,
+    module: ManuallyDrop<Module<'static>>,
+    _ctx: Box<Context>,
+    /// The entry point's address.
+    pub(crate) addr: usize,
+    /// The module's LLVM IR after optimisation (`--emit llvm`).
+    pub(crate) optimised_ir: String,
+}
+
+impl Jitted {
+    /// Parses, optimises and JIT-compiles `text`; `entry` is the function
+    /// whose address [`Jitted::addr`] holds.
+    pub(crate) fn compile(text: &str, name: &str, entry: &str, host: &HostTarget) -> Result<Jitted, LlvmError> {
+        let ctx = Box::new(Context::create());
+        // SAFETY: the context is boxed, so its address is stable, and it is
+        // dropped after the module and the engine that borrow it (`Drop`).
+        let c: &'static Context = unsafe { &*(ctx.as_ref() as *const Context) };
+        let module = optimised_module(c, text, name, host)?;
+        let optimised_ir = module.print_to_string().to_string();
+        let (engine, addr) = jit(&module, entry)?;
+        Ok(Jitted {
+            engine: ManuallyDrop::new(engine),
+            module: ManuallyDrop::new(module),
+            _ctx: ctx,
+            addr,
+            optimised_ir,
+        })
+    }
+}
+
+impl Drop for Jitted {
+    fn drop(&mut self) {
+        // SAFETY: each is dropped once, here, before the context.
+        unsafe {
+            ManuallyDrop::drop(&mut self.engine);
+            ManuallyDrop::drop(&mut self.module);
+        }
+    }
 }
 
 /// A raw pointer shared with worker threads: the callers guarantee that

@@ -6,7 +6,7 @@
 //! read through their strides, so transposed and sliced views need no copy.
 //! The runtime hands `(batch, m-tile)` work items to worker threads.
 
-use inkwell::context::Context;
+use crate::jit::Jitted;
 use std::fmt::Write as _;
 use tdl_kernel::interp::MatMulArgs;
 
@@ -129,60 +129,80 @@ fn ir_not(ir: &mut Ir, x: &str) -> String {
     ir.op("xor", "i1", x, "true")
 }
 
+/// A compiled matmul kernel for one `(tile_m, tile_n, tile_k)`; its
+/// machine code lives as long as it does.
+pub struct CompiledMatMul {
+    tiles: (usize, usize, usize),
+    f: RowsFn,
+    _jit: Jitted,
+}
+
 /// Compiles the matmul for `(tile_m, tile_n, tile_k)` and runs it on `args`
 /// with `threads` worker threads; returns the row-major `[batch, M, N]`.
 pub fn run_matmul(tiles: (usize, usize, usize), args: &MatMulArgs<'_>, threads: usize) -> Result<Vec<f32>, LlvmError> {
-    let (tm, tn, tk) = (tiles.0.max(1), tiles.1, tiles.2);
-    let host = HostTarget::detect()?;
-    let text = matmul_ir(tn, tk, &host)?;
-    let ctx = Context::create();
-    let module = jit::optimised_module(&ctx, &text, "tdl_matmul", &host)?;
-    let (engine, addr) = jit::jit(&module, FN_NAME)?;
-    // SAFETY: generated above with exactly this signature; valid while `engine` lives.
-    let f: RowsFn = unsafe { std::mem::transmute::<usize, RowsFn>(addr) };
-    let (m, n, k) = (args.m, args.n, args.k);
-    let nbatch = args.a_offsets.len();
-    if args.b_offsets.len() != nbatch {
-        return Err(LlvmError::Internal("matmul batch offsets differ in length".into()));
+    CompiledMatMul::new(tiles)?.run(args, threads)
+}
+
+impl CompiledMatMul {
+    /// Generates, optimises and JIT-compiles the kernel for the host.
+    pub fn new(tiles: (usize, usize, usize)) -> Result<CompiledMatMul, LlvmError> {
+        let tiles = (tiles.0.max(1), tiles.1, tiles.2);
+        let host = HostTarget::detect()?;
+        let text = matmul_ir(tiles.1, tiles.2, &host)?;
+        let jit = Jitted::compile(&text, "tdl_matmul", FN_NAME, &host)?;
+        // SAFETY: generated above with exactly this signature; valid while `jit` lives.
+        let f: RowsFn = unsafe { std::mem::transmute::<usize, RowsFn>(jit.addr) };
+        Ok(CompiledMatMul { tiles, f, _jit: jit })
     }
-    // Every element the kernel reads must be inside the operands.
-    let reach = |off: usize, s1: usize, n1: usize, s2: usize, n2: usize| {
-        off + s1 * n1.saturating_sub(1) + s2 * n2.saturating_sub(1)
-    };
-    for (&oa, &ob) in args.a_offsets.iter().zip(&args.b_offsets) {
-        if m > 0 && k > 0 && reach(oa, args.a_i, m, args.a_p, k) >= args.a.len() {
-            return Err(LlvmError::Internal("matmul A view out of bounds".into()));
+
+    /// Runs the kernel on `args` with `threads` worker threads; returns the
+    /// row-major `[batch, M, N]`.
+    pub fn run(&self, args: &MatMulArgs<'_>, threads: usize) -> Result<Vec<f32>, LlvmError> {
+        let (tm, tn, tk) = self.tiles;
+        let f = self.f;
+        let (m, n, k) = (args.m, args.n, args.k);
+        let nbatch = args.a_offsets.len();
+        if args.b_offsets.len() != nbatch {
+            return Err(LlvmError::Internal("matmul batch offsets differ in length".into()));
         }
-        if n > 0 && k > 0 && reach(ob, args.b_p, k, args.b_j, n) >= args.b.len() {
-            return Err(LlvmError::Internal("matmul B view out of bounds".into()));
-        }
-    }
-    let mut out = vec![0f32; nbatch * m * n];
-    let mtiles = m.div_ceil(tm);
-    let outp = Shared(out.as_mut_ptr());
-    let (ap, bp) = (Shared(args.a.as_ptr().cast_mut()), Shared(args.b.as_ptr().cast_mut()));
-    jit::run_parallel(nbatch * mtiles, threads, (2 << 20) + 4 * (tk * tn + tn), |w| {
-        let (bi, mt) = (w / mtiles, w % mtiles);
-        let (i0, i1) = (mt * tm, ((mt + 1) * tm).min(m));
-        // SAFETY: the offsets and strides were checked against the operands
-        // above; this item writes rows i0..i1 of batch bi only.
-        unsafe {
-            f(
-                ap.ptr().add(args.a_offsets[bi]),
-                bp.ptr().add(args.b_offsets[bi]),
-                outp.ptr().add(bi * m * n),
-                m as i64,
-                n as i64,
-                k as i64,
-                args.a_i as i64,
-                args.a_p as i64,
-                args.b_p as i64,
-                args.b_j as i64,
-                i0 as i64,
-                i1 as i64,
-            )
+        // Every element the kernel reads must be inside the operands.
+        let reach = |off: usize, s1: usize, n1: usize, s2: usize, n2: usize| {
+            off + s1 * n1.saturating_sub(1) + s2 * n2.saturating_sub(1)
         };
-    })?;
-    drop(engine);
-    Ok(out)
+        for (&oa, &ob) in args.a_offsets.iter().zip(&args.b_offsets) {
+            if m > 0 && k > 0 && reach(oa, args.a_i, m, args.a_p, k) >= args.a.len() {
+                return Err(LlvmError::Internal("matmul A view out of bounds".into()));
+            }
+            if n > 0 && k > 0 && reach(ob, args.b_p, k, args.b_j, n) >= args.b.len() {
+                return Err(LlvmError::Internal("matmul B view out of bounds".into()));
+            }
+        }
+        let mut out = vec![0f32; nbatch * m * n];
+        let mtiles = m.div_ceil(tm);
+        let outp = Shared(out.as_mut_ptr());
+        let (ap, bp) = (Shared(args.a.as_ptr().cast_mut()), Shared(args.b.as_ptr().cast_mut()));
+        jit::run_parallel(nbatch * mtiles, threads, (2 << 20) + 4 * (tk * tn + tn), |w| {
+            let (bi, mt) = (w / mtiles, w % mtiles);
+            let (i0, i1) = (mt * tm, ((mt + 1) * tm).min(m));
+            // SAFETY: the offsets and strides were checked against the operands
+            // above; this item writes rows i0..i1 of batch bi only.
+            unsafe {
+                f(
+                    ap.ptr().add(args.a_offsets[bi]),
+                    bp.ptr().add(args.b_offsets[bi]),
+                    outp.ptr().add(bi * m * n),
+                    m as i64,
+                    n as i64,
+                    k as i64,
+                    args.a_i as i64,
+                    args.a_p as i64,
+                    args.b_p as i64,
+                    args.b_j as i64,
+                    i0 as i64,
+                    i1 as i64,
+                )
+            };
+        })?;
+        Ok(out)
+    }
 }

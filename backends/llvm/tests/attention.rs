@@ -126,6 +126,69 @@ fn jit_attention_matches_the_interpreter() {
     assert_eq!(cases, 8 * 3 * 5);
 }
 
+/// Decode (T = 1) with grouped heads packs a group's heads into one
+/// program; KV splits (fixed and automatic) merge to the unsplit result.
+#[test]
+fn jit_attention_decode_packs_heads_and_splits_the_kv_range() {
+    use tdl_kernel::ir::KvSplit;
+    use tdl_llvm::attention::{CompiledAttention, RunOptions};
+    let bindings = Bindings::new();
+    let none = MaskData::none();
+    let mut packed_runs = 0;
+    let mut split_runs = 0;
+    for mask in masks() {
+        for (tq, tk) in [(16, 16), (13, 7)] {
+            let spec = AttentionSpec { d: 24, dv: 16, tile_q: tq, tile_k: tk, scale: None, mask: mask.clone() };
+            let k = CompiledAttention::new(&spec).unwrap();
+            for (hq, hk, t, s) in
+                [(8, 2, 1, 300), (4, 1, 1, 77), (6, 3, 1, 1), (2, 2, 1, 1000), (32, 1, 1, 50), (4, 2, 9, 200)]
+            {
+                let q = random(&[hq, t, 24], 11);
+                let kk = random(&[hk, s, 24], 12);
+                let v = random(&[hk, s, 16], 13);
+                let sched = AttentionSchedule::new(tq, tk);
+                let want =
+                    attention_tiled(&q, &kk, &v, mask.as_ref().map(|m| (m, &none)), None, None, &bindings, &sched)
+                        .unwrap();
+                let splits =
+                    [KvSplit::None, KvSplit::Fixed(3), KvSplit::Auto { workers: 64, max_splits: 16, min_tiles: 2 }];
+                for kv_split in splits {
+                    let mut outs = Vec::new();
+                    for threads in [1, 2] {
+                        let mut out = Vec::new();
+                        let st = k
+                            .run_with(
+                                (&q.shape, &q.data),
+                                (&kk.shape, &kk.data),
+                                (&v.shape, &v.data),
+                                &none,
+                                &bindings,
+                                &mut out,
+                                &RunOptions { threads, kv_split },
+                            )
+                            .unwrap();
+                        let group = hq / hk;
+                        let expect_pack = if t == 1 && group > 1 && group <= tq { group } else { 1 };
+                        assert_eq!(st.packed_heads, expect_pack, "{hq}/{hk}×{t}×{s} tiles {tq}×{tk}");
+                        assert_eq!(st.programs, hq / expect_pack * t.div_ceil(tq));
+                        packed_runs += usize::from(expect_pack > 1);
+                        split_runs += usize::from(st.kv_splits > 1);
+                        outs.push(out);
+                    }
+                    assert_eq!(outs[0], outs[1], "threads change the result");
+                    let err = outs[0].iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(
+                        err <= 1e-5,
+                        "mask {mask:?} tiles {tq}×{tk} sizes {hq}/{hk}×{t}×{s} {kv_split:?}: max error {err}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(packed_runs >= 8 * 2 * 3 * 3 * 2, "{packed_runs} packed runs");
+    assert!(split_runs > 100, "{split_runs} split runs");
+}
+
 #[test]
 fn unsupported_masks_say_so() {
     use tdl_ir::{ScalarBinary, ScalarExpr};
