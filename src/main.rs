@@ -15,6 +15,8 @@ use tdl::ir::VerifiedGraph;
 use tdl::reference::{npy, Limits, Tensor};
 use tdl::{CheckError, Checked};
 
+mod bench;
+
 /// Source files larger than this are refused, so no input allocates without
 /// bound.
 const MAX_SOURCE_BYTES: u64 = 16 << 20;
@@ -88,6 +90,38 @@ enum Command {
     /// Draw each fused attention's mask and tile classes as a PNG.
     #[command(long_about = tdl::masks::HELP)]
     Masks(MasksArgs),
+    /// Time a graph on random inputs: median/min/max ms, useful GFLOP/s, GB/s.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    file: PathBuf,
+    /// The graph to time (needed when the file has several).
+    #[arg(long)]
+    graph: Option<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    /// Give a dimension symbol a size: T=1024. Repeatable; the inputs are random, so every symbol needs one.
+    #[arg(long = "bind", value_name = "SYM=N")]
+    binds: Vec<String>,
+    /// Worker threads for --backend cpu (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Untimed runs first (0 to 1000).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed runs (1 to 10000); the report gives their median, min and max.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Base seed for the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object (fields in README.md, "Benchmarking").
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 #[derive(clap::Args)]
@@ -150,7 +184,7 @@ struct PassArgs {
     disable_pass: Vec<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
     /// The f64 reference interpreter (the oracle).
     Reference,
@@ -160,6 +194,16 @@ enum Backend {
     /// every core; other kernels still run in the Kernel IR interpreter
     /// (`--stats` says which ran where).
     Cpu,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Reference => "reference",
+            Backend::Kernel => "kernel",
+            Backend::Cpu => "cpu",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -326,15 +370,7 @@ fn dispatch(cli: Cli) -> Res<()> {
                 Some(g) => vec![select(&checked, Some(g), &name)?],
                 None => checked.graphs.iter().collect(),
             };
-            let mut bindings = tdl::ir::Bindings::new();
-            for b in &binds {
-                let (k, v) = parse_kv(b, "--bind", "SYM=N")?;
-                let n: i64 = v.parse().map_err(|_| user(format!("--bind {b}: `{v}` is not an integer")))?;
-                if n < 1 {
-                    return Err(user(format!("--bind {b}: a dimension must be at least 1")));
-                }
-                bindings.insert(k.to_string(), n);
-            }
+            let bindings = parse_binds(&binds)?;
             let forced = match &tile {
                 Some(t) => Some(parse_tile(Some(t))?),
                 None => None,
@@ -393,6 +429,7 @@ fn dispatch(cli: Cli) -> Res<()> {
         }
         Command::Run(args) => run(args),
         Command::Masks(args) => masks(args),
+        Command::Bench(args) => bench(args),
     }
 }
 
@@ -404,15 +441,7 @@ fn masks(args: MasksArgs) -> Res<()> {
         Some(g) => vec![select(&checked, Some(g), &name)?],
         None => checked.graphs.iter().collect(),
     };
-    let mut bindings = tdl::ir::Bindings::new();
-    for b in &args.binds {
-        let (k, v) = parse_kv(b, "--bind", "SYM=N")?;
-        let n: i64 = v.parse().map_err(|_| user(format!("--bind {b}: `{v}` is not an integer")))?;
-        if n < 1 {
-            return Err(user(format!("--bind {b}: a dimension must be at least 1")));
-        }
-        bindings.insert(k.to_string(), n);
-    }
+    let bindings = parse_binds(&args.binds)?;
     let (tile_q, tile_k) = parse_tile(args.tile.as_deref())?;
     // Draw everything first, so that an error writes no file.
     let mut pictures = Vec::new();
@@ -637,6 +666,63 @@ fn parse_kv<'s>(s: &'s str, flag: &str, example: &str) -> Res<(&'s str, &'s str)
     s.split_once('=').filter(|(k, _)| !k.is_empty()).ok_or_else(|| user(format!("{flag} {s}: expected {example}")))
 }
 
+/// `--bind SYM=N` flags (each size at least 1; a later one wins).
+fn parse_binds(binds: &[String]) -> Res<tdl::ir::Bindings> {
+    let mut bindings = tdl::ir::Bindings::new();
+    for b in binds {
+        let (k, v) = parse_kv(b, "--bind", "SYM=N")?;
+        let n: i64 = v.parse().map_err(|_| user(format!("--bind {b}: `{v}` is not an integer")))?;
+        if n < 1 {
+            return Err(user(format!("--bind {b}: a dimension must be at least 1")));
+        }
+        bindings.insert(k.to_string(), n);
+    }
+    Ok(bindings)
+}
+
+/// `--threads`: the count given (at least 1), or every core.
+fn resolve_threads(threads: Option<usize>) -> Res<usize> {
+    match threads {
+        Some(0) => Err(user("--threads 0: give at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
+/// The executors the Kernel IR interpreter hands kernels to: the CPU
+/// backend's compiled kernels, or none.
+fn backend_hooks(backend: Backend, threads: usize) -> Box<dyn tdl::kernel::interp::Hooks> {
+    match backend {
+        Backend::Cpu => Box::new(tdl::llvm::cpu::CpuHooks::new(threads)),
+        Backend::Reference | Backend::Kernel => Box::new(tdl::kernel::interp::NoHooks),
+    }
+}
+
+/// A user error at the node of graph `g` that failed, shown in the source
+/// where there is a span.
+fn run_failure(message: String, span: Option<tdl::ir::Span>, g: &VerifiedGraph, name: &str, src: &str) -> Failure {
+    match span {
+        Some(span) => {
+            let d = tdl::Diagnostic::error(message).at(span, format!("while running graph `{}`", g.name));
+            emit_stderr(&[d], name, src);
+            Failure::User(None)
+        }
+        None => user(message),
+    }
+}
+
+/// A reference interpreter error as a failure.
+fn reference_failure(e: tdl::reference::RunError, g: &VerifiedGraph, name: &str, src: &str) -> Failure {
+    // With a span, the root cause: the span already says where.
+    let message = if e.span().is_some() { e.root().to_string() } else { e.to_string() };
+    run_failure(message, e.span(), g, name, src)
+}
+
+/// A Kernel IR interpreter error as a failure.
+fn interp_failure(e: tdl::kernel::interp::InterpError, g: &VerifiedGraph, name: &str, src: &str) -> Failure {
+    run_failure(e.to_string(), e.span, g, name, src)
+}
+
 fn run(args: RunArgs) -> Res<()> {
     let (name, src) = read_source(&args.file)?;
     let checked = check(&name, &src)?;
@@ -651,11 +737,7 @@ fn run(args: RunArgs) -> Res<()> {
             return Err(user(format!("--input {k} is given twice")));
         }
     }
-    for s in &args.binds {
-        let (k, v) = parse_kv(s, "--bind", "SYM=N")?;
-        let n: i64 = v.parse().map_err(|_| user(format!("--bind {s}: `{v}` is not an integer")))?;
-        plan.binds.insert(k.to_string(), n);
-    }
+    plan.binds = parse_binds(&args.binds)?;
     if args.outputs.len() > g.results().len() {
         return Err(user(format!(
             "graph `{}` has {} result(s) but {} --output paths were given",
@@ -668,42 +750,15 @@ fn run(args: RunArgs) -> Res<()> {
     let inputs = assemble_inputs(g, &plan, &limits).map_err(user)?;
     stage("run");
     let outputs = match args.backend {
-        Backend::Reference => tdl::reference::run_with_limits(g, &inputs, &limits).map_err(|e| {
-            // Point at the source of the node that failed, where there is one.
-            if let Some(span) = e.span() {
-                let d =
-                    tdl::Diagnostic::error(e.root().to_string()).at(span, format!("while running graph `{}`", g.name));
-                emit_stderr(&[d], &name, &src);
-                Failure::User(None)
-            } else {
-                user(e.to_string())
-            }
-        })?,
+        Backend::Reference => {
+            tdl::reference::run_with_limits(g, &inputs, &limits).map_err(|e| reference_failure(e, g, &name, &src))?
+        }
         Backend::Kernel | Backend::Cpu => {
             let p = kernel_program(g, &PassArgs::default(), &args.kernel)?;
             stage("run");
-            let threads = match args.threads {
-                Some(0) => return Err(user("--threads 0: give at least 1")),
-                Some(n) => n,
-                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            };
-            let cpu;
-            let hooks: &dyn tdl::kernel::interp::Hooks = match args.backend {
-                Backend::Cpu => {
-                    cpu = tdl::llvm::cpu::CpuHooks::new(threads);
-                    &cpu
-                }
-                _ => &tdl::kernel::interp::NoHooks,
-            };
-            let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &limits, hooks).map_err(|e| {
-                if let Some(span) = e.span {
-                    let d = tdl::Diagnostic::error(e.to_string()).at(span, format!("while running graph `{}`", g.name));
-                    emit_stderr(&[d], &name, &src);
-                    Failure::User(None)
-                } else {
-                    user(e.to_string())
-                }
-            })?;
+            let hooks = backend_hooks(args.backend, resolve_threads(args.threads)?);
+            let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &limits, hooks.as_ref())
+                .map_err(|e| interp_failure(e, g, &name, &src))?;
             if args.stats {
                 for k in &out.kernels {
                     match &k.attention {
@@ -726,6 +781,98 @@ fn run(args: RunArgs) -> Res<()> {
             npy::write_npy(p, &t).map_err(|e| user(e.to_string()))?;
             println!("  written to {}", p.display());
         }
+    }
+    Ok(())
+}
+
+/// `tdlc bench`: one graph on random inputs, `--warmup` untimed runs, then
+/// `--reps` timed ones (the run call alone), one hooks object for all.
+fn bench(args: BenchArgs) -> Res<()> {
+    if !(1..=bench::MAX_REPS).contains(&args.reps) {
+        return Err(user(format!("--reps {}: give a count from 1 to {}", args.reps, bench::MAX_REPS)));
+    }
+    if args.warmup > bench::MAX_WARMUP {
+        return Err(user(format!("--warmup {}: give a count from 0 to {}", args.warmup, bench::MAX_WARMUP)));
+    }
+    let threads = resolve_threads(args.threads)?;
+    let (name, src) = read_source(&args.file)?;
+    let checked = check(&name, &src)?;
+    let g = select(&checked, args.graph.as_deref(), &name)?;
+    stage("inputs");
+    let binds = parse_binds(&args.binds)?;
+    let plan = InputPlan { binds: binds.clone(), random_rest: true, seed: args.seed, ..InputPlan::default() };
+    let limits = Limits::default();
+    let inputs = assemble_inputs(g, &plan, &limits).map_err(user)?;
+    // The Kernel IR: what `kernel` and `cpu` run, and where the work is
+    // counted for every backend (the reference runs any graph, lowered or not).
+    kernel_options(&args.kernel)?;
+    let mut notes = Vec::new();
+    if args.threads.is_some() && args.backend != Backend::Cpu {
+        notes.push(format!("--threads applies to --backend cpu; {} runs on one thread", args.backend.name()));
+    }
+    let program = match (args.backend, kernel_program(g, &PassArgs::default(), &args.kernel)) {
+        (Backend::Reference, Err(e)) => {
+            let why = match e {
+                Failure::User(why) => why.unwrap_or_else(|| "the graph does not lower to the Kernel IR".into()),
+                Failure::Internal(why) => why,
+            };
+            notes.push(format!("the work is not counted: {why}"));
+            None
+        }
+        (_, p) => Some(p?),
+    };
+    stage("count");
+    let work = match &program {
+        Some(p) => match bench::count_work(p, &inputs) {
+            Ok(w) => Some(w),
+            Err(why) => {
+                notes.push(format!("the work is not counted: {why}"));
+                None
+            }
+        },
+        None => None,
+    };
+    stage("bench");
+    let (times_ms, kernels) = match (args.backend, &program) {
+        (Backend::Reference, _) => {
+            let (times, _) =
+                bench::time_reps(args.warmup, args.reps, || tdl::reference::run_with_limits(g, &inputs, &limits))
+                    .map_err(|e| reference_failure(e, g, &name, &src))?;
+            (times, Vec::new())
+        }
+        (_, Some(p)) => {
+            let hooks = backend_hooks(args.backend, threads);
+            let (times, out) = bench::time_reps(args.warmup, args.reps, || {
+                tdl::kernel::interp::run_with_hooks(p, &inputs, &limits, hooks.as_ref())
+            })
+            .map_err(|e| interp_failure(e, g, &name, &src))?;
+            let kernels = out
+                .kernels
+                .iter()
+                .map(|k| bench::KernelLine { name: k.name.clone(), kind: k.kind, executor: k.executor })
+                .collect();
+            (times, kernels)
+        }
+        (_, None) => return Err(Failure::Internal("no Kernel IR program to run".into())),
+    };
+    stage("output");
+    let report = bench::Report {
+        file: name,
+        graph: g.name.clone(),
+        backend: args.backend.name(),
+        threads: if args.backend == Backend::Cpu { threads } else { 1 },
+        bindings: binds,
+        warmup: args.warmup,
+        reps: args.reps,
+        times_ms,
+        work,
+        kernels,
+        notes,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
+    } else {
+        print!("{}", report.to_text());
     }
     Ok(())
 }

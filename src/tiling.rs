@@ -5,7 +5,7 @@
 use tdl_ir::{Bindings, Graph, MaskExpr, NodeId, Op};
 use tdl_kernel::ir::KvSplit;
 use tdl_kernel::target::{resolve_kv_split, Target};
-use tdl_passes::tiles::{iteration_space, Ctx, MaskData, OperandData};
+use tdl_passes::tiles::{iteration_space, Ctx, IterSpace, MaskData, OperandData, TileClass};
 use tdl_reference::mask::MaskEval;
 use tdl_reference::Tensor;
 
@@ -227,4 +227,48 @@ pub fn tile_report(
         report.empty_rows = Some((empty_count, empty));
     }
     Ok(report)
+}
+
+/// The visible entries of head `h`: Full tiles by area, Partial tiles
+/// element by element; `None` when that would spend more than `budget`
+/// mask evaluations (the budget is shared across calls).
+pub fn visible_in_head(
+    space: &IterSpace,
+    eval: &MaskEval<'_>,
+    h: usize,
+    budget: &mut u64,
+) -> Result<Option<u64>, String> {
+    let (t, s, tq, tk) = (space.t, space.s, space.tile_q, space.tile_k);
+    let Some(rows) = space.per_head.get(h) else { return Err(format!("the iteration space has no head {h}")) };
+    let mut visible = 0u64;
+    for (qi, runs) in rows.iter().enumerate() {
+        let q0 = qi * tq;
+        let q1 = (q0 + tq).min(t);
+        for (range, class) in runs {
+            let k0 = range.start * tk;
+            let k1 = (range.end * tk).min(s);
+            if q0 >= q1 || k0 >= k1 {
+                continue;
+            }
+            let area = ((q1 - q0) as u64) * ((k1 - k0) as u64);
+            match class {
+                TileClass::Full => visible += area,
+                TileClass::Empty => {}
+                TileClass::Partial => {
+                    if area > *budget {
+                        return Ok(None);
+                    }
+                    *budget -= area;
+                    for q in q0..q1 {
+                        for k in k0..k1 {
+                            if eval.holds(q, k, h).map_err(|e| e.to_string())? {
+                                visible += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Some(visible))
 }

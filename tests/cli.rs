@@ -1256,3 +1256,196 @@ fn run_backend_cpu_matches_the_reference() {
     let err = br.data.iter().zip(&bc.data).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
     assert!(err <= 1e-4 * scale, "block: max error {err} (scale {scale})");
 }
+
+// ---------------------------------------------------------------------------
+// `tdlc bench`.
+// ---------------------------------------------------------------------------
+
+/// `tdlc bench ARGS --json` in `dir`: exit 0, one JSON object.
+fn bench_json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = tdlc_in(dir, std::iter::once("bench").chain(args.iter().copied()).chain(["--json"]));
+    assert_ok(&out);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.describe()))
+}
+
+fn num(v: &serde_json::Value, field: &str) -> f64 {
+    v[field].as_f64().unwrap_or_else(|| panic!("`{field}` is not a number: {v}"))
+}
+
+/// The timing fields are consistent: `reps` times, median between min and
+/// max, GFLOP/s and GB/s derived from the median.
+fn assert_sane_timing(v: &serde_json::Value, reps: u64) {
+    assert_eq!(v["reps"], reps, "{v}");
+    let times = v["times_ms"].as_array().expect("times_ms");
+    assert_eq!(times.len() as u64, reps, "{v}");
+    let (median, min, max) = (num(v, "median_ms"), num(v, "min_ms"), num(v, "max_ms"));
+    assert!(min > 0.0 && min <= median && median <= max, "{v}");
+    for t in times {
+        let t = t.as_f64().unwrap();
+        assert!(min <= t && t <= max, "{v}");
+    }
+    let want = num(v, "flops") / (median * 1e-3) / 1e9;
+    assert!((num(v, "gflops") - want).abs() <= 1e-9 * want.max(1.0), "{v}");
+    let want = num(v, "bytes") / (median * 1e-3) / 1e9;
+    assert!((num(v, "gbps") - want).abs() <= 1e-9 * want.max(1.0), "{v}");
+}
+
+/// Every backend times causal attention, and the work is counted exactly:
+/// causal with T = S = 37 lets 37·38/2 entries through per head, each worth
+/// 4·D flops; the bytes are q, k, v read and the output written.
+#[test]
+fn bench_counts_causal_attention_exactly_on_every_backend() {
+    let dir = tmp();
+    let file = s(&example("causal_attention"));
+    let (h, t, d) = (2u64, 37u64, 64u64);
+    let visible = h * t * (t + 1) / 2;
+    for (backend, executor) in [("reference", None), ("kernel", Some("interpreter")), ("cpu", Some("cpu (LLVM JIT)"))] {
+        let v = bench_json(
+            dir.path(),
+            &[&file, "--backend", backend, "--bind", "H=2", "--bind", "T=37", "--bind", "S=37"]
+                .into_iter()
+                .chain(["--reps", "2", "--warmup", "0", "--threads", "1"])
+                .collect::<Vec<_>>(),
+        );
+        assert_sane_timing(&v, 2);
+        assert_eq!(v["backend"], backend, "{v}");
+        assert_eq!(v["graph"], "causal_attention", "{v}");
+        assert_eq!(v["threads"], 1, "{v}");
+        assert_eq!(v["warmup"], 0, "{v}");
+        assert_eq!(v["bindings"], serde_json::json!({"H": 2, "S": 37, "T": 37}), "{v}");
+        assert_eq!(v["attentions"], 1, "{v}");
+        assert_eq!(v["visible"], visible, "{v}");
+        assert_eq!(v["flops"], visible * 4 * d, "{v}");
+        let fraction = num(&v, "visible_fraction");
+        assert_eq!(fraction, visible as f64 / (h * t * t) as f64, "{v}");
+        assert!(fraction > 0.5 && fraction < 0.52, "{v}");
+        assert_eq!(v["bytes"], 4 * h * t * d * 4, "{v}");
+        let kernels = v["kernels"].as_array().expect("kernels");
+        match executor {
+            None => assert!(kernels.is_empty(), "{v}"),
+            Some(e) => {
+                let attention = kernels.iter().find(|k| k["kind"] == "attention").expect("an attention kernel");
+                assert_eq!(attention["executor"], e, "{v}");
+            }
+        }
+    }
+    // Several threads are reported as given.
+    let v = bench_json(
+        dir.path(),
+        &[&file, "--bind", "H=1", "--bind", "T=5", "--bind", "S=9", "--threads", "2", "--reps", "1", "--warmup", "0"],
+    );
+    assert_eq!((v["backend"].as_str(), v["threads"].as_u64()), (Some("cpu"), Some(2)), "{v}");
+    // Causal with T < S aligns bottom-right: row q sees S - T + q + 1 keys.
+    assert_eq!(v["visible"], (0..5).map(|q| 9 - 5 + q + 1).sum::<u64>(), "{v}");
+}
+
+/// The transformer block: four matmuls (2·M·N·K each) and one causal
+/// attention over 8 heads of 64; on every backend.
+#[test]
+fn bench_counts_the_transformer_block_on_every_backend() {
+    let dir = tmp();
+    let file = s(&example("block"));
+    let t = 33u64;
+    let matmuls = 2 * t * 512 * (1536 + 512 + 2048) + 2 * t * 2048 * 512;
+    let attention = 8 * (t * (t + 1) / 2) * 4 * 64;
+    for (backend, reps) in [("kernel", "2"), ("cpu", "2"), ("reference", "1")] {
+        let v = bench_json(
+            dir.path(),
+            &[&file, "--backend", backend, "--bind", "T=33", "--reps", reps, "--warmup", "0", "--threads", "2"],
+        );
+        assert_sane_timing(&v, reps.parse().unwrap());
+        assert_eq!(v["flops"], matmuls + attention, "{v}");
+        assert_eq!(v["visible"], 8 * t * (t + 1) / 2, "{v}");
+        assert!(v["bytes"].as_u64().unwrap() > 4 * (512 * 1536 + 512 * 512 + 2 * 512 * 2048), "{v}");
+        if backend == "cpu" {
+            let jit = v["kernels"].as_array().unwrap().iter().filter(|k| k["executor"] == "cpu (LLVM JIT)").count();
+            assert_eq!(jit, 5, "the attention and the four matmuls run compiled: {v}");
+        }
+    }
+}
+
+/// Leading batch axes multiply the visible count, a window mask counts
+/// min(q + 1, w) keys per row, `D != Dv` counts 2·D + 2·Dv per entry, and
+/// a graph without attention has no visible fraction.
+#[test]
+fn bench_counts_batches_windows_value_dims_and_plain_matmuls() {
+    let dir = tmp();
+    write(
+        dir.path(),
+        "w.tdl",
+        "graph w(q: f32[B, H, T, 16], k: f32[B, H, T, 16], v: f32[B, H, T, 8]) -> f32[B, H, T, 8] {\n    \
+         return attention(q, k, v, mask = window(5))\n}\n",
+    );
+    let (b, h, t) = (3u64, 2u64, 41u64);
+    let visible = b * h * (0..t).map(|q| (q + 1).min(5)).sum::<u64>();
+    for backend in ["kernel", "cpu"] {
+        let v = bench_json(
+            dir.path(),
+            &["w.tdl", "--backend", backend, "--bind", "B=3", "--bind", "H=2", "--bind", "T=41", "--reps", "2"],
+        );
+        assert_eq!(v["visible"], visible, "{v}");
+        assert_eq!(v["flops"], visible * (2 * 16 + 2 * 8), "{v}");
+        assert_eq!(num(&v, "visible_fraction"), visible as f64 / (b * h * t * t) as f64, "{v}");
+        assert_eq!(v["warmup"], 1, "the default warm-up: {v}");
+    }
+    write(dir.path(), "affine.tdl", AFFINE);
+    let v = bench_json(dir.path(), &["affine.tdl", "--bind", "T=7", "--backend", "kernel"]);
+    assert_sane_timing(&v, 5);
+    assert_eq!(v["flops"], 2 * 7 * 4 * 3, "{v}");
+    assert_eq!(v["attentions"], 0, "{v}");
+    assert!(v["visible_fraction"].is_null() && v["visible"].is_null(), "{v}");
+}
+
+/// The human-readable report is one block with every figure.
+#[test]
+fn bench_prints_a_table() {
+    let file = s(&example("causal_attention"));
+    let out = tdlc(["bench", &file, "--bind", "H=1", "--bind", "T=16", "--bind", "S=16", "--reps", "2"]);
+    assert_ok(&out);
+    for needle in ["causal_attention", "backend", "cpu", "H=1 S=16 T=16", "median", "min", "max", "GFLOP/s"] {
+        assert!(out.stdout.contains(needle), "`{needle}`:\n{}", out.describe());
+    }
+    for needle in ["visible", "0.531", "GB/s", "2 timed, 1 warm-up", "cpu (LLVM JIT): 1 attention"] {
+        assert!(out.stdout.contains(needle), "`{needle}`:\n{}", out.describe());
+    }
+    let out = tdlc(["bench", "--help"]);
+    assert_ok(&out);
+    for flag in ["--graph", "--backend", "--bind", "--threads", "--warmup", "--reps", "--json"] {
+        assert!(out.stdout.contains(flag), "bench --help lists {flag}:\n{}", out.describe());
+    }
+}
+
+#[test]
+fn bench_errors_are_user_errors() {
+    let dir = tmp();
+    let file = s(&example("causal_attention"));
+    let binds = ["--bind", "H=1", "--bind", "T=4", "--bind", "S=4"];
+    let cases: [(&[&str], &[&str]); 9] = [
+        (&["--reps", "0"], &["--reps 0", "1 to 10000"]),
+        (&["--reps", "10001"], &["--reps 10001"]),
+        (&["--warmup", "1001"], &["--warmup 1001"]),
+        (&["--threads", "0"], &["--threads 0"]),
+        (&["--graph", "nope"], &["no graph `nope`", "causal_attention"]),
+        (&["--bind", "T=0"], &["T=0"]),
+        (&["--bind", "T=x"], &["`x`"]),
+        (&["--bind", "Z=3"], &["`Z`"]),
+        (&["--backend", "gpu"], &["gpu"]),
+    ];
+    for (extra, needles) in cases {
+        let mut args = vec!["bench", file.as_str()];
+        args.extend(binds);
+        args.extend(extra);
+        let out = tdlc_in(dir.path(), &args);
+        assert_user_error_says(&out, needles);
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+    }
+    // A missing size, a missing file, a bad source.
+    let out = tdlc_in(dir.path(), ["bench", &file, "--bind", "H=1", "--bind", "T=4"]);
+    assert_user_error_says(&out, &["--bind S=N"]);
+    let out = tdlc_in(dir.path(), ["bench", "missing.tdl"]);
+    assert_user_error_says(&out, &["missing.tdl"]);
+    write(dir.path(), "bad.tdl", "graph f(x: f32[T, 4]) -> f32[T, 4] {\n    return exp(y)\n}\n");
+    let out = tdlc_in(dir.path(), ["bench", "bad.tdl", "--bind", "T=3"]);
+    assert_user_error(&out);
+    assert_located_diagnostics(&out, "bad.tdl");
+}

@@ -23,22 +23,32 @@
 //!
 //! # The runtime
 //!
-//! [`CompiledAttention::run`] derives the block-sparse iteration space from
-//! the mask formula (`tdl_passes::tiles::iteration_space`), flattens it into
-//! run arrays (`[start, end, partial]` per run, an offset per `(head,
+//! [`CompiledAttention::run_with`] derives the block-sparse iteration space
+//! from the mask formula (`tdl_passes::tiles::iteration_space`), flattens it
+//! into run arrays (`[start, end, partial]` per run, an offset per `(head,
 //! q-tile)`), and hands the `(leading index, q-tile)` programs to `threads`
 //! worker threads through an atomic counter; each program writes its own
 //! rows of the output.
 //!
+//! - **KV split** (the Kernel IR's `kv_split`, resolved per call as the
+//!   interpreter resolves it): each program's visited kv-tiles are cut into
+//!   contiguous shares, one work item each (`%vis0..%vis1`); a share writes
+//!   its raw `O`, `m`, `l` and the runtime merges them with the
+//!   online-softmax combine (flash-decoding).
+//! - **Decode with grouped heads**: with `T = 1`, query heads that read the
+//!   same K/V head (GQA/MQA) and have the same iteration space are packed
+//!   into the rows of one program (`%qdiv` rows per query index), so K and V
+//!   are read once per group instead of once per query head.
+//!
+//! A [`CompiledAttention`] owns its machine code; `tdl_llvm::cpu::CpuHooks`
+//! caches them, so one compile serves every sequence length and every run.
+//!
 //! # Not supported yet
 //!
-//! Masks other than `causal`, `local`, `window`, `dilated`, `sink`,
-//! `strided`, `neighborhood` (1-D/2-D/3-D, dilation, causal), `document`,
-//! `blocks` and their `&`, `|`, `!` combinations (index lambdas), score modifiers, symbolic head dimensions and KV
-//! splits are refused with a "not supported yet" error. `document` ids and
-//! `blocks` layouts are passed as `i32` arrays (`%mops`, with the layout's
-//! column count in `%mcols`), checked by the runtime as the reference
-//! checks them.
+//! Index lambdas and score modifiers (the Kernel IR interpreter runs those
+//! attentions), symbolic head dimensions. `document` ids and `blocks`
+//! layouts are passed as `i32` arrays (`%mops`, with the layout's column
+//! count in `%mcols`), checked by the runtime as the reference checks them.
 
 use std::fmt::Write as _;
 

@@ -20,102 +20,109 @@ const FN_NAME: &str = "tdl_matmul_rows";
 /// (row-major `M × N`).
 type RowsFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, i64, i64, i64, i64, i64, i64, i64, i64, i64);
 
-/// The LLVM IR text of the row-block function for `tile_n × tile_k` panels.
-pub fn matmul_ir(tile_n: usize, tile_k: usize, host: &HostTarget) -> Result<String, LlvmError> {
-    if tile_n == 0 || tile_k == 0 || tile_n > 1024 || tile_k > 4096 || tile_n * tile_k > 1 << 20 {
-        return Err(LlvmError::Internal(format!("not supported yet: matmul panels of {tile_k}×{tile_n}")));
+/// Rows of the register-blocked micro-kernel.
+const MR: usize = 6;
+
+/// The LLVM IR text of the row-block function for blocks of at most
+/// `tile_m` rows and `tile_n × tile_k` panels, on the host's vectors.
+pub fn matmul_ir(tile_m: usize, tile_n: usize, tile_k: usize, host: &HostTarget) -> Result<String, LlvmError> {
+    if tile_m == 0
+        || tile_n == 0
+        || tile_k == 0
+        || tile_m > 4096
+        || tile_n > 1024
+        || tile_k > 4096
+        || tile_n * tile_k > 1 << 20
+        || tile_m * tile_k > 1 << 20
+    {
+        return Err(LlvmError::Internal(format!("not supported yet: matmul tiles of {tile_m}×{tile_n}×{tile_k}")));
     }
-    let (tn, tk) = (tile_n, tile_k);
+    let w = (host.f32_lanes() as usize).max(1);
+    // The micro-kernel's columns: two vectors.
+    let (nv, nr) = (2, 2 * w);
+    let tk = tile_k;
+    let tn = tile_n.next_multiple_of(nr);
+    let tm = tile_m.next_multiple_of(MR);
+    let vt = format!("<{w} x float>");
     let mut ir = Ir { text: String::new(), next: 0 };
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let _ = writeln!(
         ir.text,
-        "declare i64 @llvm.smin.i64(i64, i64)\n\n\
+        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n\
+         declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})\n\n\
          define void @{FN_NAME}(ptr noalias readonly %a, ptr noalias readonly %b, ptr noalias %c, i64 %M, i64 %N, \
          i64 %K, i64 %ai, i64 %ap, i64 %bp, i64 %bj, i64 %i0, i64 %i1) #0 {{\nentry:"
     );
-    let fast = "fast";
-    let panel = ir.alloca("float", tk * tn);
-    let acc = ir.alloca("float", tn);
-    let counters: Vec<String> = (0..5).map(|_| ir.alloca("i64", 1)).collect();
-    let (cj0, cp0, ci, cp, cj) = (&counters[0], &counters[1], &counters[2], &counters[3], &counters[4]);
-    let nt = ir.op("add", "i64", "%N", &(tn - 1).to_string());
-    let ntiles = ir.op("udiv", "i64", &nt, &tn.to_string());
+    let apack = ir.alloca("float", tm * tk);
+    let stage = ir.alloca("float", nr);
+    let acc: Vec<Vec<String>> = (0..MR).map(|_| (0..nv).map(|_| ir.alloca(&vt, 1)).collect()).collect();
+    let counters: Vec<String> = (0..6).map(|_| ir.alloca("i64", 1)).collect();
+    let (cj0, cp0, cp, cj, cb, cg) =
+        (&counters[0], &counters[1], &counters[2], &counters[3], &counters[4], &counters[5]);
+    let nt = ir.op("add", "i64", "%N", &(tile_n - 1).to_string());
+    let ntiles = ir.op("udiv", "i64", &nt, &tile_n.to_string());
     let kt = ir.op("add", "i64", "%K", &(tk - 1).to_string());
     let ktiles = ir.op("udiv", "i64", &kt, &tk.to_string());
-    ir.for_range(cj0, "0", &ntiles, |ir, jt| {
-        let j0 = ir.op("mul", "i64", jt, &tn.to_string());
-        let nrest = ir.op("sub", "i64", "%N", &j0);
-        let bn = ir.min(&tn.to_string(), &nrest);
-        ir.for_range(cp0, "0", &ktiles, |ir, pt| {
-            let p0 = ir.op("mul", "i64", pt, &tk.to_string());
-            let krest = ir.op("sub", "i64", "%K", &p0);
-            let bk = ir.min(&tk.to_string(), &krest);
-            let first = ir.op("icmp eq", "i64", pt, "0");
-            // Pack B[p0.., j0..] into panel[p][j], zero past N.
-            ir.for_range(cp, "0", &bk, |ir, p| {
-                let pp = ir.op("add", "i64", &p0, p);
-                let rowoff = ir.op("mul", "i64", &pp, "%bp");
-                let prow = ir.op("mul", "i64", p, &tn.to_string());
-                ir.for_range(cj, "0", &tn.to_string(), |ir, j| {
-                    let inside = ir.op("icmp slt", "i64", j, &bn);
-                    let jj0 = ir.op("add", "i64", &j0, j);
-                    let last = ir.op("sub", "i64", "%N", "1");
-                    let jj = ir.min(&jj0, &last);
-                    let coloff = ir.op("mul", "i64", &jj, "%bj");
-                    let off = ir.op("add", "i64", &rowoff, &coloff);
-                    let pb = ir.gep("float", "%b", &off);
-                    let x = ir.load("float", &pb);
-                    let y = ir.tmp();
-                    ir.line(format!("{y} = select i1 {inside}, float {x}, float 0.0"));
-                    let idx = ir.op("add", "i64", &prow, j);
-                    let pd = ir.gep("float", &panel, &idx);
-                    ir.line(format!("store float {y}, ptr {pd}"));
-                });
-            });
-            ir.for_range(ci, "%i0", "%i1", |ir, i| {
-                let crow0 = ir.op("mul", "i64", i, "%N");
-                let crow = ir.op("add", "i64", &crow0, &j0);
-                // acc = first k-tile ? 0 : C[i, j0..j0+bn]
-                ir.for_range(cj, "0", &tn.to_string(), |ir, j| {
-                    let inside = ir.op("icmp slt", "i64", j, &bn);
-                    let later = ir_not(ir, &first);
-                    let keep = ir.op("and", "i1", &inside, &later);
-                    let pa = ir.gep("float", &acc, j);
-                    ir.line(format!("store float 0.0, ptr {pa}"));
-                    ir.if_then(&keep, |ir| {
-                        let idx = ir.op("add", "i64", &crow, j);
-                        let pc = ir.gep("float", "%c", &idx);
-                        let x = ir.load("float", &pc);
-                        ir.line(format!("store float {x}, ptr {pa}"));
-                    });
-                });
-                let arow = ir.op("mul", "i64", i, "%ai");
+    let rows = ir.op("sub", "i64", "%i1", "%i0");
+    let b0 = ir.op("add", "i64", &rows, &(MR - 1).to_string());
+    let blocks = ir.op("udiv", "i64", &b0, &MR.to_string());
+    ir.for_range(cp0, "0", &ktiles, |ir, pt| {
+        let p0 = ir.op("mul", "i64", pt, &tk.to_string());
+        let krest = ir.op("sub", "i64", "%K", &p0);
+        let bk = ir.min(&tk.to_string(), &krest);
+        let first = ir.op("icmp eq", "i64", pt, "0");
+        // Pack A[i0.., p0..] as blocks of MR rows, apack[blk][p][r] (rows
+        // past i1 zero), so the micro-kernel reads it contiguously.
+        ir.for_range(cb, "0", &blocks, |ir, blk| {
+            let boff = ir.op("mul", "i64", blk, &(MR * tk).to_string());
+            for r in 0..MR {
+                let row0 = ir.op("mul", "i64", blk, &MR.to_string());
+                let row1 = ir.op("add", "i64", &row0, &r.to_string());
+                let i = ir.op("add", "i64", "%i0", &row1);
+                let inside = ir.op("icmp slt", "i64", &i, "%i1");
+                let last = ir.op("sub", "i64", "%i1", "1");
+                let ic = ir.min(&i, &last);
+                let arow = ir.op("mul", "i64", &ic, "%ai");
                 ir.for_range(cp, "0", &bk, |ir, p| {
                     let pp = ir.op("add", "i64", &p0, p);
-                    let aoff0 = ir.op("mul", "i64", &pp, "%ap");
-                    let aoff = ir.op("add", "i64", &arow, &aoff0);
-                    let pa = ir.gep("float", "%a", &aoff);
+                    let acol = ir.op("mul", "i64", &pp, "%ap");
+                    let off = ir.op("add", "i64", &arow, &acol);
+                    let pa = ir.gep("float", "%a", &off);
                     let x = ir.load("float", &pa);
-                    let prow = ir.op("mul", "i64", p, &tn.to_string());
-                    ir.for_range(cj, "0", &tn.to_string(), |ir, j| {
-                        let idx = ir.op("add", "i64", &prow, j);
-                        let pb = ir.gep("float", &panel, &idx);
-                        let y = ir.load("float", &pb);
-                        let pc = ir.gep("float", &acc, j);
-                        let c = ir.load("float", &pc);
-                        let xy = ir.op(&format!("fmul {fast}"), "float", &x, &y);
-                        let s = ir.op(&format!("fadd {fast}"), "float", &c, &xy);
-                        ir.line(format!("store float {s}, ptr {pc}"));
-                    });
+                    let y = ir.tmp();
+                    ir.line(format!("{y} = select i1 {inside}, float {x}, float 0.0"));
+                    let pm = ir.op("mul", "i64", p, &MR.to_string());
+                    let o1 = ir.op("add", "i64", &boff, &pm);
+                    let o2 = ir.op("add", "i64", &o1, &r.to_string());
+                    let pd = ir.gep("float", &apack, &o2);
+                    ir.line(format!("store float {y}, ptr {pd}"));
                 });
-                ir.for_range(cj, "0", &bn, |ir, j| {
-                    let pa = ir.gep("float", &acc, j);
-                    let x = ir.load("float", &pa);
-                    let idx = ir.op("add", "i64", &crow, j);
-                    let pc = ir.gep("float", "%c", &idx);
-                    ir.line(format!("store float {x}, ptr {pc}"));
-                });
+            }
+        });
+        ir.for_range(cj0, "0", &ntiles, |ir, jt| {
+            let j0 = ir.op("mul", "i64", jt, &tile_n.to_string());
+            let nrest = ir.op("sub", "i64", "%N", &j0);
+            let bn = ir.min(&tile_n.to_string(), &nrest);
+            let g0 = ir.op("add", "i64", &bn, &(nr - 1).to_string());
+            let groups = ir.op("udiv", "i64", &g0, &nr.to_string());
+            // This (k-tile, n-tile)'s panel of the packed B (see
+            // `pack_b`): micro-panels of nr columns, [j / nr][p][j % nr].
+            let slot0 = ir.op("mul", "i64", pt, &ntiles);
+            let slot = ir.op("add", "i64", &slot0, jt);
+            let poff = ir.op("mul", "i64", &slot, &(tk * tn).to_string());
+            let panel = ir.gep("float", "%b", &poff);
+            let mk =
+                MicroKernel { w, nv, nr, tk, vt: &vt, panel: &panel, apack: &apack, stage: &stage, acc: &acc, cj, cp };
+            let at = Block { j0: &j0, bn: &bn, bk: &bk, first: &first };
+            // Per column group (its B micro-panel stays in L1): whole
+            // blocks of MR rows, then the last, partial one.
+            let whole = ir.op("udiv", "i64", &rows, &MR.to_string());
+            let done = ir.op("mul", "i64", &whole, &MR.to_string());
+            let left = ir.op("sub", "i64", &rows, &done);
+            let any = ir.op("icmp sgt", "i64", &left, "0");
+            ir.for_range(cg, "0", &groups, |ir, g| {
+                ir.for_range(cb, "0", &whole, |ir, blk| mk.emit(ir, g, blk, None, &at));
+                ir.if_then(&any, |ir| mk.emit(ir, g, &whole, Some(&left), &at));
             });
         });
     });
@@ -125,8 +132,175 @@ pub fn matmul_ir(tile_n: usize, tile_k: usize, host: &HostTarget) -> Result<Stri
     Ok(ir.text)
 }
 
-fn ir_not(ir: &mut Ir, x: &str) -> String {
-    ir.op("xor", "i1", x, "true")
+/// Where one panel sits: columns `j0..j0+bn`, depth `bk`, and whether it
+/// is the first k-tile.
+struct Block<'s> {
+    j0: &'s str,
+    bn: &'s str,
+    bk: &'s str,
+    first: &'s str,
+}
+
+/// The register-blocked micro-kernel: `MR × nr` of C in `MR · nv` vector
+/// accumulators; per step of the depth, `nv` panel vectors and `MR`
+/// broadcast elements of the packed A block, `MR · nv` fused multiply-adds.
+struct MicroKernel<'s> {
+    w: usize,
+    nv: usize,
+    nr: usize,
+    tk: usize,
+    vt: &'s str,
+    panel: &'s str,
+    apack: &'s str,
+    stage: &'s str,
+    acc: &'s [Vec<String>],
+    cj: &'s str,
+    cp: &'s str,
+}
+
+impl MicroKernel<'_> {
+    /// The micro-kernel on row block `blk` (rows `i0 + blk·MR ..`) for every
+    /// column group; `valid` rows of C are read and written (all `MR` when
+    /// `None`).
+    fn emit(&self, ir: &mut Ir, g: &str, blk: &str, valid: Option<&str>, at: &Block<'_>) {
+        let (w, nv, nr, vt) = (self.w, self.nv, self.nr, self.vt);
+        let row0 = ir.op("mul", "i64", blk, &MR.to_string());
+        let i = ir.op("add", "i64", "%i0", &row0);
+        let aoff = ir.op("mul", "i64", blk, &(MR * self.tk).to_string());
+        let ablock = ir.gep("float", self.apack, &aoff);
+        // Row r of C takes part when r < valid.
+        let row_ok: Vec<Option<String>> =
+            (0..MR).map(|r| valid.map(|v| ir.op("icmp slt", "i64", &r.to_string(), v))).collect();
+        let guarded = |ir: &mut Ir, r: usize, body: &mut dyn FnMut(&mut Ir)| match &row_ok[r] {
+            Some(c) => ir.if_then(c, |ir| body(ir)),
+            None => body(ir),
+        };
+        {
+            let jj = ir.op("mul", "i64", g, &nr.to_string());
+            let left = ir.op("sub", "i64", at.bn, &jj);
+            let full = ir.op("icmp sge", "i64", &left, &nr.to_string());
+            let width = ir.min(&left, &nr.to_string());
+            let col = ir.op("add", "i64", at.j0, &jj);
+            let crows: Vec<String> = (0..MR)
+                .map(|r| {
+                    let ir_ = ir.op("add", "i64", &i, &r.to_string());
+                    let off = ir.op("mul", "i64", &ir_, "%N");
+                    let off2 = ir.op("add", "i64", &off, &col);
+                    // Only dereferenced for valid rows.
+                    let t = ir.tmp();
+                    ir.line(format!("{t} = getelementptr float, ptr %c, i64 {off2}"));
+                    t
+                })
+                .collect();
+            // The accumulators: 0 on the first k-tile, else C (staged at the
+            // edge of N).
+            for row in self.acc {
+                for a in row {
+                    ir.line(format!("store {vt} zeroinitializer, ptr {a}"));
+                }
+            }
+            let later = ir.op("xor", "i1", at.first, "true");
+            let later_full = ir.op("and", "i1", &later, &full);
+            let later_edge = ir.op("xor", "i1", &later, &later_full);
+            ir.if_then(&later_full, |ir| {
+                for (r, (crow, accs)) in crows.iter().zip(self.acc).enumerate() {
+                    guarded(ir, r, &mut |ir| {
+                        for (v, a) in accs.iter().enumerate() {
+                            let p = ir.gep("float", crow, &(v * w).to_string());
+                            let x = ir.tmp();
+                            ir.line(format!("{x} = load {vt}, ptr {p}, align 4"));
+                            ir.line(format!("store {vt} {x}, ptr {a}"));
+                        }
+                    });
+                }
+            });
+            ir.if_then(&later_edge, |ir| {
+                for (r, (crow, accs)) in crows.iter().zip(self.acc).enumerate() {
+                    guarded(ir, r, &mut |ir| {
+                        ir.line(format!(
+                            "call void @llvm.memset.p0.i64(ptr align 4 {}, i8 0, i64 {}, i1 false)",
+                            self.stage,
+                            4 * nr
+                        ));
+                        ir.for_range(self.cj, "0", &width, |ir, j| {
+                            let pc = ir.gep("float", crow, j);
+                            let x = ir.load("float", &pc);
+                            let ps = ir.gep("float", self.stage, j);
+                            ir.line(format!("store float {x}, ptr {ps}"));
+                        });
+                        for (v, a) in accs.iter().enumerate() {
+                            let p = ir.gep("float", self.stage, &(v * w).to_string());
+                            let x = ir.tmp();
+                            ir.line(format!("{x} = load {vt}, ptr {p}, align 4"));
+                            ir.line(format!("store {vt} {x}, ptr {a}"));
+                        }
+                    });
+                }
+            });
+            // The depth loop.
+            let gpanel0 = ir.op("mul", "i64", g, &(self.tk * nr).to_string());
+            let gpanel = ir.gep("float", self.panel, &gpanel0);
+            ir.for_range(self.cp, "0", at.bk, |ir, p| {
+                let pidx = ir.op("mul", "i64", p, &nr.to_string());
+                let bvs: Vec<String> = (0..nv)
+                    .map(|v| {
+                        let idx = ir.op("add", "i64", &pidx, &(v * w).to_string());
+                        let pb = ir.gep("float", &gpanel, &idx);
+                        let x = ir.tmp();
+                        ir.line(format!("{x} = load {vt}, ptr {pb}, align 4"));
+                        x
+                    })
+                    .collect();
+                let pa0 = ir.op("mul", "i64", p, &MR.to_string());
+                for (r, accs) in self.acc.iter().enumerate() {
+                    let o = ir.op("add", "i64", &pa0, &r.to_string());
+                    let pa = ir.gep("float", &ablock, &o);
+                    let x = ir.load("float", &pa);
+                    let ins = ir.tmp();
+                    ir.line(format!("{ins} = insertelement {vt} poison, float {x}, i64 0"));
+                    let splat = ir.tmp();
+                    ir.line(format!("{splat} = shufflevector {vt} {ins}, {vt} poison, <{w} x i32> zeroinitializer"));
+                    for (a, b) in accs.iter().zip(&bvs) {
+                        let old = ir.tmp();
+                        ir.line(format!("{old} = load {vt}, ptr {a}"));
+                        let y = ir.tmp();
+                        ir.line(format!("{y} = call {vt} @llvm.fma.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
+                        ir.line(format!("store {vt} {y}, ptr {a}"));
+                    }
+                }
+            });
+            // Back to C (staged at the edge of N).
+            ir.if_then(&full, |ir| {
+                for (r, (crow, accs)) in crows.iter().zip(self.acc).enumerate() {
+                    guarded(ir, r, &mut |ir| {
+                        for (v, a) in accs.iter().enumerate() {
+                            let x = ir.load(vt, a);
+                            let p = ir.gep("float", crow, &(v * w).to_string());
+                            ir.line(format!("store {vt} {x}, ptr {p}, align 4"));
+                        }
+                    });
+                }
+            });
+            let edge = ir.op("xor", "i1", &full, "true");
+            ir.if_then(&edge, |ir| {
+                for (r, (crow, accs)) in crows.iter().zip(self.acc).enumerate() {
+                    guarded(ir, r, &mut |ir| {
+                        for (v, a) in accs.iter().enumerate() {
+                            let x = ir.load(vt, a);
+                            let p = ir.gep("float", self.stage, &(v * w).to_string());
+                            ir.line(format!("store {vt} {x}, ptr {p}, align 4"));
+                        }
+                        ir.for_range(self.cj, "0", &width, |ir, j| {
+                            let ps = ir.gep("float", self.stage, j);
+                            let x = ir.load("float", &ps);
+                            let pc = ir.gep("float", crow, j);
+                            ir.line(format!("store float {x}, ptr {pc}"));
+                        });
+                    });
+                }
+            });
+        }
+    }
 }
 
 /// A compiled matmul kernel for one `(tile_m, tile_n, tile_k)`; its
@@ -134,7 +308,44 @@ fn ir_not(ir: &mut Ir, x: &str) -> String {
 pub struct CompiledMatMul {
     tiles: (usize, usize, usize),
     f: RowsFn,
+    /// Columns of one micro-panel (two vectors).
+    nr: usize,
     _jit: Jitted,
+}
+
+/// The shape of the packed B: k-tiles of `tk`, n-tiles of `tn` columns
+/// (each padded to a multiple of `nr`), micro-panels of `nr` columns.
+struct PanelGeometry {
+    k: usize,
+    n: usize,
+    tk: usize,
+    tn: usize,
+    nr: usize,
+}
+
+/// B (`args.b` at `off`, strides `b_p`, `b_j`) packed for the kernel: per
+/// (k-tile, n-tile) a panel of `tk × tn'` (`tn'` = `tn` rounded up to `nr`)
+/// laid out as micro-panels `[j / nr][p][j % nr]`, zero past N (and past K
+/// in the last k-tile's unused rows).
+fn pack_b(args: &MatMulArgs<'_>, off: usize, g: &PanelGeometry) -> Vec<f32> {
+    let tnp = g.tn.next_multiple_of(g.nr);
+    let (ktiles, ntiles) = (g.k.div_ceil(g.tk), g.n.div_ceil(g.tn));
+    let mut out = vec![0f32; ktiles * ntiles * g.tk * tnp];
+    for pt in 0..ktiles {
+        for jt in 0..ntiles {
+            let base = (pt * ntiles + jt) * g.tk * tnp;
+            let (p0, j0) = (pt * g.tk, jt * g.tn);
+            let (bk, bn) = (g.tk.min(g.k - p0), g.tn.min(g.n - j0));
+            for j in 0..bn {
+                let dst = base + (j / g.nr) * g.tk * g.nr + j % g.nr;
+                let src = off + (j0 + j) * args.b_j + p0 * args.b_p;
+                for p in 0..bk {
+                    out[dst + p * g.nr] = args.b[src + p * args.b_p];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Compiles the matmul for `(tile_m, tile_n, tile_k)` and runs it on `args`
@@ -148,11 +359,17 @@ impl CompiledMatMul {
     pub fn new(tiles: (usize, usize, usize)) -> Result<CompiledMatMul, LlvmError> {
         let tiles = (tiles.0.max(1), tiles.1, tiles.2);
         let host = HostTarget::detect()?;
-        let text = matmul_ir(tiles.1, tiles.2, &host)?;
+        let text = matmul_ir(tiles.0, tiles.1, tiles.2, &host)?;
         let jit = Jitted::compile(&text, "tdl_matmul", FN_NAME, &host)?;
         // SAFETY: generated above with exactly this signature; valid while `jit` lives.
         let f: RowsFn = unsafe { std::mem::transmute::<usize, RowsFn>(jit.addr) };
-        Ok(CompiledMatMul { tiles, f, _jit: jit })
+        let nr = 2 * (host.f32_lanes() as usize).max(1);
+        Ok(CompiledMatMul { tiles, f, nr, _jit: jit })
+    }
+
+    /// The kernel's LLVM IR after optimisation.
+    pub fn optimised_ir(&self) -> &str {
+        &self._jit.optimised_ir
     }
 
     /// Runs the kernel on `args` with `threads` worker threads; returns the
@@ -177,19 +394,28 @@ impl CompiledMatMul {
                 return Err(LlvmError::Internal("matmul B view out of bounds".into()));
             }
         }
+        // B packed once per distinct operand (batches often share weights).
+        let mut distinct: Vec<usize> = args.b_offsets.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let geometry = PanelGeometry { k, n, tk, tn, nr: self.nr };
+        let packed: Vec<Vec<f32>> = distinct.iter().map(|&off| pack_b(args, off, &geometry)).collect();
+        let which: Vec<usize> = args.b_offsets.iter().map(|o| distinct.binary_search(o).unwrap_or_default()).collect();
         let mut out = vec![0f32; nbatch * m * n];
         let mtiles = m.div_ceil(tm);
         let outp = Shared(out.as_mut_ptr());
-        let (ap, bp) = (Shared(args.a.as_ptr().cast_mut()), Shared(args.b.as_ptr().cast_mut()));
-        jit::run_parallel(nbatch * mtiles, threads, (2 << 20) + 4 * (tk * tn + tn), |w| {
+        let ap = Shared(args.a.as_ptr().cast_mut());
+        let (packed, which) = (&packed, &which);
+        jit::run_parallel(nbatch * mtiles, threads, (2 << 20) + 4 * ((tm + MR) * tk + 64), |w| {
             let (bi, mt) = (w / mtiles, w % mtiles);
             let (i0, i1) = (mt * tm, ((mt + 1) * tm).min(m));
-            // SAFETY: the offsets and strides were checked against the operands
-            // above; this item writes rows i0..i1 of batch bi only.
+            // SAFETY: A's offsets and strides were checked against the operand
+            // above, and B's packed panels cover every (k-tile, n-tile); this
+            // item writes rows i0..i1 of batch bi only.
             unsafe {
                 f(
                     ap.ptr().add(args.a_offsets[bi]),
-                    bp.ptr().add(args.b_offsets[bi]),
+                    packed[which[bi]].as_ptr(),
                     outp.ptr().add(bi * m * n),
                     m as i64,
                     n as i64,
