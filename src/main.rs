@@ -154,6 +154,10 @@ enum Emit {
     Fused,
     /// The Kernel IR: buffers and tiled loop-nest kernels.
     Kernel,
+    /// The CPU backend's compiled kernels as LLVM IR, after O3 for the host.
+    Llvm,
+    /// The CPU backend's compiled kernels as host assembly.
+    Asm,
 }
 
 /// Kernel IR options shared by `compile --emit kernel` and `run --backend kernel`.
@@ -346,6 +350,22 @@ fn dispatch(cli: Cli) -> Res<()> {
                     Emit::Graph => tdl::ir::text::print_graph(g.graph()),
                     Emit::Fused => tdl::ir::text::print_graph(&optimize(g, &passes)?.0),
                     Emit::Kernel => tdl::kernel::text::print_program(&kernel_program(g, &passes, &kernel)?),
+                    Emit::Llvm | Emit::Asm => {
+                        if kernel.target != "host" {
+                            return Err(user(format!(
+                                "--emit llvm|asm is the CPU backend's output; --target {} is a GPU (use --target host)",
+                                kernel.target
+                            )));
+                        }
+                        let p = kernel_program(g, &passes, &kernel)?;
+                        stage("llvm");
+                        let kind = if matches!(emit, Emit::Asm) {
+                            tdl::llvm::emit::EmitKind::Asm
+                        } else {
+                            tdl::llvm::emit::EmitKind::Llvm
+                        };
+                        tdl::llvm::emit::program_text(&p, kind).map_err(|e| Failure::Internal(e.to_string()))?
+                    }
                     Emit::Egraph => {
                         let (_, reports) = optimize(g, &passes)?;
                         let e = reports.iter().rev().find_map(|r| r.egraph.clone());

@@ -788,7 +788,7 @@ fn compile_emits_the_graph_text() {
         assert!(out.stdout.starts_with(&format!("graph {name}(")), "{}", out.describe());
         assert!(out.stdout.contains("return"), "{}", out.describe());
     }
-    let out = tdlc_in(dir.path(), ["compile", "two.tdl", "--emit", "llvm"]);
+    let out = tdlc_in(dir.path(), ["compile", "two.tdl", "--emit", "ptx"]);
     assert_no_panic(&out);
     assert_ne!(out.code, Some(0), "an unknown stage is refused:\n{}", out.describe());
 }
@@ -1448,4 +1448,34 @@ fn bench_errors_are_user_errors() {
     let out = tdlc_in(dir.path(), ["bench", "bad.tdl", "--bind", "T=3"]);
     assert_user_error(&out);
     assert_located_diagnostics(&out, "bad.tdl");
+}
+
+/// `compile --emit llvm|asm`: the CPU backend's kernels after O3 (vector
+/// code, one section per kernel; the ones it does not compile yet say so),
+/// and a clean error for a GPU target.
+#[test]
+fn compile_emits_the_cpu_kernels_as_llvm_ir_and_assembly() {
+    let dir = tmp();
+    let block = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/block.tdl");
+    let out = tdlc_in(dir.path(), ["compile", block, "--emit", "llvm"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    for want in [
+        "==== kernel `a` (attention) ====",
+        "define void @tdl_attention_program(",
+        "==== kernel `qkv` (matmul) ====",
+        "define void @tdl_matmul_rows(",
+        "@llvm.fma.v",
+        "x float>",
+    ] {
+        assert!(out.stdout.contains(want), "missing {want:?} in --emit llvm");
+    }
+    let out = tdlc_in(dir.path(), ["compile", block, "--emit", "asm"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("tdl_attention_program:") && out.stdout.contains("tdl_matmul_rows:"));
+    if cfg!(target_arch = "x86_64") {
+        assert!(out.stdout.contains("vfmadd"), "fused multiply-adds in the assembly");
+    }
+    let out = tdlc_in(dir.path(), ["compile", block, "--emit", "llvm", "--target", "sm_90"]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    assert!(out.stderr.contains("--target host"), "{}", out.stderr);
 }

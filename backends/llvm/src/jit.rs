@@ -40,6 +40,21 @@ pub(crate) fn optimised_module<'ctx>(
     Ok(module)
 }
 
+/// `text` optimised for the host, printed as LLVM IR or (`asm`) as the
+/// host's assembly.
+pub(crate) fn emit_text(text: &str, name: &str, host: &HostTarget, asm: bool) -> Result<String, LlvmError> {
+    let ctx = Context::create();
+    let module = optimised_module(&ctx, text, name, host)?;
+    if !asm {
+        return Ok(module.print_to_string().to_string());
+    }
+    let tm = host.target_machine(OptimizationLevel::Aggressive)?;
+    let buf = tm
+        .write_to_memory_buffer(&module, inkwell::targets::FileType::Assembly)
+        .map_err(|e| LlvmError::Internal(format!("cannot write assembly: {e}")))?;
+    Ok(String::from_utf8_lossy(buf.as_slice()).into_owned())
+}
+
 /// The JIT engine of `module` and the address of its function `name`
 /// (valid while the engine lives).
 pub(crate) fn jit<'ctx>(module: &Module<'ctx>, name: &str) -> Result<(ExecutionEngine<'ctx>, usize), LlvmError> {

@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod cpu;
+pub mod emit;
 mod error;
 mod jit;
 pub mod matmul;

@@ -1,0 +1,92 @@
+//! `tdlc compile --emit llvm|asm`: the CPU backend's kernels of one Kernel
+//! IR program, as LLVM IR after the O3 pipeline or as host assembly.
+//!
+//! One section per kernel, in program order. Kernels the CPU backend does
+//! not compile yet (they run in the Kernel IR interpreter under
+//! `--backend cpu`) get a one-line comment saying so and why.
+
+use std::fmt::Write as _;
+
+use tdl_ir::DType;
+use tdl_kernel::ir::{AttentionKernel, BufId, KernelBody, KernelProgram, MatMulKernel};
+
+use crate::attention::{attention_ir, AttentionSpec};
+use crate::jit;
+use crate::matmul::matmul_ir;
+use crate::{HostTarget, LlvmError};
+
+/// What `--emit` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmitKind {
+    /// LLVM IR after `default<O3>` for the host.
+    Llvm,
+    /// The host's assembly.
+    Asm,
+}
+
+/// The text of every kernel of `p` the CPU backend compiles, for the host.
+pub fn program_text(p: &KernelProgram, kind: EmitKind) -> Result<String, LlvmError> {
+    let host = HostTarget::detect()?;
+    let mut out = String::new();
+    let comment = if kind == EmitKind::Llvm { ";" } else { "#" };
+    let _ = writeln!(
+        out,
+        "{comment} tdlc CPU kernels of graph `{}` for {} ({}, {}-bit vectors)",
+        p.name, host.triple, host.cpu, host.vector_width_bits
+    );
+    for k in &p.kernels {
+        let generated = match &k.body {
+            KernelBody::Attention(a) => attention_text(p, a, &host),
+            KernelBody::MatMul(m) => matmul_text(p, m, &host),
+            other => Err(format!("{} kernels run in the Kernel IR interpreter (not compiled yet)", other.kind())),
+        };
+        let _ = writeln!(out, "\n{comment} ==== kernel `{}` ({}) ====", k.name, k.body.kind());
+        match generated {
+            Ok((what, text)) => {
+                let _ = writeln!(out, "{comment} {what}");
+                out.push_str(&jit::emit_text(&text, &k.name, &host, kind == EmitKind::Asm)?);
+            }
+            Err(why) => {
+                let _ = writeln!(out, "{comment} {why}");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A buffer's last dimension when it is a constant.
+fn last_dim(p: &KernelProgram, b: BufId) -> Option<usize> {
+    let d = p.buffer(b)?.shape.last()?.as_const()?;
+    usize::try_from(d).ok()
+}
+
+fn f32_buffers(p: &KernelProgram, bufs: &[BufId]) -> bool {
+    bufs.iter().all(|&b| p.buffer(b).is_some_and(|x| x.dtype == DType::F32))
+}
+
+fn attention_text(p: &KernelProgram, a: &AttentionKernel, host: &HostTarget) -> Result<(String, String), String> {
+    if a.score.is_some() {
+        return Err("not supported yet: score modifiers in the CPU attention kernel (runs in the interpreter)".into());
+    }
+    let (Some(d), Some(dv)) = (last_dim(p, a.q), last_dim(p, a.v)) else {
+        return Err("not supported yet: symbolic head dimensions in the CPU attention kernel".into());
+    };
+    let spec = AttentionSpec {
+        d,
+        dv,
+        tile_q: a.tile_q,
+        tile_k: a.tile_k,
+        scale: a.scale,
+        mask: a.mask.as_ref().map(|m| m.expr.clone()),
+    };
+    let text = attention_ir(&spec, host).map_err(|e| format!("{e} (runs in the interpreter)"))?;
+    Ok((format!("FlashAttention-2 program: head dims {d}/{dv}, tiles {}×{}", a.tile_q, a.tile_k), text))
+}
+
+fn matmul_text(p: &KernelProgram, m: &MatMulKernel, host: &HostTarget) -> Result<(String, String), String> {
+    if !f32_buffers(p, &[m.a.buf, m.b.buf, m.out]) {
+        return Err("not supported yet: non-f32 matmuls in the CPU backend (runs in the interpreter)".into());
+    }
+    let text = matmul_ir(m.tile_m, m.tile_n, m.tile_k, host).map_err(|e| e.to_string())?;
+    Ok((format!("row-block matmul: tiles {}×{}×{}", m.tile_m, m.tile_n, m.tile_k), text))
+}
