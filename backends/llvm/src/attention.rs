@@ -59,6 +59,7 @@ use tdl_kernel::ir::KvSplit;
 use tdl_kernel::target::resolve_kv_split;
 use tdl_passes::tiles::{self, Ctx, MaskData, TileClass};
 
+use crate::gemm::{self, BlockGemm, MR};
 use crate::jit::{self, Jitted, Shared};
 use crate::{HostTarget, LlvmError};
 
@@ -80,7 +81,10 @@ const FN_NAME: &str = "tdl_attention_program";
 
 /// The tile state one program keeps on its stack: m, l, O and S.
 fn stack_bytes(spec: &AttentionSpec) -> usize {
-    4 * (2 * spec.tile_q + spec.tile_q * spec.dv + spec.tile_q * spec.tile_k)
+    // Rows padded to the register block, columns to a vector (at most 16
+    // lanes): O, S, the Q tile, the packed Kᵀ, m and l.
+    let (tq, tk, dv, d) = (spec.tile_q + MR, spec.tile_k + 16, spec.dv + 16, spec.d);
+    4 * (2 * tq + tq * dv + tq * tk + tq * d + d * tk)
 }
 
 const MAX_STACK: usize = 16 << 20;
@@ -471,26 +475,40 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let _ = writeln!(
         ir.text,
-        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare i64 @llvm.smax.i64(i64, i64)\ndeclare float @llvm.exp.f32(float)\ndeclare float @llvm.maxnum.f32(float, float)\n{EXPF}\n\
+        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare i64 @llvm.smax.i64(i64, i64)\ndeclare float @llvm.exp.f32(float)\ndeclare float @llvm.maxnum.f32(float, float)\n\
+         declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n{GEMM}{EXPF}\n\
          define void @{FN_NAME}(ptr noalias readonly %q, ptr noalias readonly %k, ptr noalias readonly %v, ptr noalias %out, \
          ptr noalias readonly %runs, ptr noalias readonly %offs, i64 %T, i64 %S, i64 %oq, i64 %ok, i64 %ov, i64 %oo, \
          i64 %h, i64 %qt, i64 %nq, ptr noalias readonly %mops, ptr noalias readonly %mcols, i64 %Tm, i64 %qdiv, \
          i64 %vis0, i64 %vis1, ptr noalias %raw) #0 {{\nentry:",
-        EXPF = expf_ir()
+        EXPF = expf_ir(),
+        GEMM = gemm::declarations((host.f32_lanes() as usize).max(1)),
     );
     let fast = "fast";
     let ninf = "0xFFF0000000000000";
+    // Tiles padded: rows to the register block, columns to a vector.
+    let w = (host.f32_lanes() as usize).max(1);
+    let (tqp, tkp, dvp) = (tq.next_multiple_of(MR), tk.next_multiple_of(w), dv.next_multiple_of(w));
     let (m, l, acc, st) =
-        (ir.alloca("float", tq), ir.alloca("float", tq), ir.alloca("float", tq * dv), ir.alloca("float", tq * tk));
+        (ir.alloca("float", tq), ir.alloca("float", tq), ir.alloca("float", tqp * dvp), ir.alloca("float", tqp * tkp));
+    let vt = format!("<{w} x float>");
+    let gemm_acc: Vec<String> = (0..2 * MR).map(|_| ir.alloca(&vt, 1)).collect();
+    let (cgb, cgp) = (ir.alloca("i64", 1), ir.alloca("i64", 1));
     let counters: Vec<String> = (0..7).map(|_| ir.alloca("i64", 1)).collect();
     let cvis = counters[6].clone();
     let (ci, cj, cd, cr, ckt, cmax) =
         (&counters[0], &counters[1], &counters[2], &counters[3], &counters[4], &counters[5]);
     let (lsum, mrow) = (ir.alloca("float", 1), ir.alloca("float", 1));
-    let (qs, kt_pack) = (ir.alloca("float", tq * d), ir.alloca("float", d * tk));
+    let (qs, kt_pack) = (ir.alloca("float", tqp * d), ir.alloca("float", d * tkp));
     let q0 = ir.op("mul", "i64", "%qt", &tq.to_string());
     let rest = ir.op("sub", "i64", "%T", &q0);
     let bq = ir.min(&tq.to_string(), &rest);
+    // Row blocks of the register-blocked products (rows past bq compute
+    // values nobody reads, from zeroed Q rows).
+    let bq5 = ir.op("add", "i64", &bq, &(MR - 1).to_string());
+    let blocks = ir.op("udiv", "i64", &bq5, &MR.to_string());
+    ir.line(format!("call void @llvm.memset.p0.i64(ptr align 64 {qs}, i8 0, i64 {}, i1 false)", 4 * tqp * d));
+    ir.line(format!("call void @llvm.memset.p0.i64(ptr align 64 {acc}, i8 0, i64 {}, i1 false)", 4 * tqp * dvp));
     // The Q tile, resident and pre-scaled: Qs = Q · scale.
     ir.for_range(ci, "0", &bq, |ir, i| {
         let qi = ir.op("add", "i64", &q0, i);
@@ -513,12 +531,6 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
         ir.line(format!("store float {ninf}, ptr {pm}"));
         let pl = ir.gep("float", &l, i);
         ir.line(format!("store float 0.0, ptr {pl}"));
-        let base = ir.op("mul", "i64", i, &dv.to_string());
-        ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
-            let idx = ir.op("add", "i64", &base, dd);
-            let p = ir.gep("float", &acc, &idx);
-            ir.line(format!("store float 0.0, ptr {p}"));
-        });
     });
     // The program's runs.
     let hq = ir.op("mul", "i64", "%h", "%nq");
@@ -558,7 +570,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             let krest = ir.op("sub", "i64", "%S", &k0);
             let bk = ir.min(&tk.to_string(), &krest);
             // Kᵀ packed: Kt[d][j] = K[k0 + j][d], zero past the end of S.
-            ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
+            ir.for_range(cj, "0", &tkp.to_string(), |ir, j| {
                 let inside = ir.op("icmp slt", "i64", j, &bk);
                 let kj0 = ir.op("add", "i64", &k0, j);
                 let last = ir.op("sub", "i64", "%S", "1");
@@ -571,40 +583,30 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                     let x = ir.load("float", &pk);
                     let y = ir.tmp();
                     ir.line(format!("{y} = select i1 {inside}, float {x}, float 0.0"));
-                    let r = ir.op("mul", "i64", dd, &tk.to_string());
+                    let r = ir.op("mul", "i64", dd, &tkp.to_string());
                     let idx = ir.op("add", "i64", &r, j);
                     let p = ir.gep("float", &kt_pack, &idx);
                     ir.line(format!("store float {y}, ptr {p}"));
                 });
             });
-            // S = Qs·Kᵀ: per row, broadcast Qs[i][d] against the packed row
-            // Kt[d][0..tile_k] (vector FMAs over j).
-            ir.for_range(ci, "0", &bq, |ir, i| {
-                let srow0 = ir.op("mul", "i64", i, &tk.to_string());
-                let qrow0 = ir.op("mul", "i64", i, &d.to_string());
-                ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
-                    let idx = ir.op("add", "i64", &srow0, j);
-                    let p = ir.gep("float", &st, &idx);
-                    ir.line(format!("store float 0.0, ptr {p}"));
-                });
-                ir.for_range(cd, "0", &d.to_string(), |ir, dd| {
-                    let qidx = ir.op("add", "i64", &qrow0, dd);
-                    let pq = ir.gep("float", &qs, &qidx);
-                    let x = ir.load("float", &pq);
-                    let kr = ir.op("mul", "i64", dd, &tk.to_string());
-                    ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
-                        let kidx = ir.op("add", "i64", &kr, j);
-                        let pk = ir.gep("float", &kt_pack, &kidx);
-                        let y = ir.load("float", &pk);
-                        let sidx = ir.op("add", "i64", &srow0, j);
-                        let ps = ir.gep("float", &st, &sidx);
-                        let a = ir.load("float", &ps);
-                        let prod = ir.op(&format!("fmul {fast}"), "float", &x, &y);
-                        let sum = ir.op(&format!("fadd {fast}"), "float", &a, &prod);
-                        ir.line(format!("store float {sum}, ptr {ps}"));
-                    });
-                });
-            });
+            // S = Qs·Kᵀ, register-blocked (MR rows × two vectors).
+            BlockGemm {
+                w,
+                blocks: &blocks,
+                n: tkp,
+                n_valid: tkp,
+                k: &d.to_string(),
+                a: &qs,
+                a_row: d,
+                b: &kt_pack,
+                b_row: tkp,
+                c: &st,
+                c_row: tkp,
+                accumulate: false,
+                counters: [&cgb, &cgp],
+                acc: &gemm_acc,
+            }
+            .emit(ir);
             // -inf past the end of S and, in partial tiles, where the mask
             // does not hold (full tiles skip this pass).
             let short = ir.op("icmp slt", "i64", &bk, &tk.to_string());
@@ -615,7 +617,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                     // packed heads share it).
                     let row = ir.op("add", "i64", &q0, i);
                     let qi = ir.op("udiv", "i64", &row, "%qdiv");
-                    let srow0 = ir.op("mul", "i64", i, &tk.to_string());
+                    let srow0 = ir.op("mul", "i64", i, &tkp.to_string());
                     ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
                         let ki = ir.op("add", "i64", &k0, j);
                         let sidx = ir.op("add", "i64", &srow0, j);
@@ -642,9 +644,10 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                     });
                 });
             });
-            // Online softmax and O += P·V, row by row.
+            // Online softmax row by row: P = exp(S - m) in place, O and l
+            // rescaled when the max grows; a row with no visible key gets P = 0.
             ir.for_range(ci, "0", &bq, |ir, i| {
-                let srow0 = ir.op("mul", "i64", i, &tk.to_string());
+                let srow0 = ir.op("mul", "i64", i, &tkp.to_string());
                 let pm = ir.gep("float", &m, i);
                 let m_old = ir.load("float", &pm);
                 ir.line(format!("store float {m_old}, ptr {mrow}"));
@@ -659,10 +662,18 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                 });
                 let m_new = ir.load("float", &mrow);
                 let any = ir.op("fcmp one", "float", &m_new, ninf);
+                let none = ir.op("xor", "i1", &any, "true");
+                ir.if_then(&none, |ir| {
+                    ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
+                        let sidx = ir.op("add", "i64", &srow0, j);
+                        let sp = ir.gep("float", &st, &sidx);
+                        ir.line(format!("store float 0.0, ptr {sp}"));
+                    });
+                });
                 ir.if_then(&any, |ir| {
                     let grew = ir.op("fcmp une", "float", &m_new, &m_old);
                     let pl = ir.gep("float", &l, i);
-                    let orow0 = ir.op("mul", "i64", i, &dv.to_string());
+                    let orow0 = ir.op("mul", "i64", i, &dvp.to_string());
                     ir.if_then(&grew, |ir| {
                         let was_ninf = ir.op("fcmp oeq", "float", &m_old, ninf);
                         let diff = ir.op("fsub", "float", &m_old, &m_new);
@@ -697,30 +708,31 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                         let ls2 = ir.op(&format!("fadd {fast}"), "float", &ls, &p);
                         ir.line(format!("store float {ls2}, ptr {lsum}"));
                     });
-                    // O += P·V: broadcast P[i][j] against the row V[k0 + j].
-                    ir.for_range(cj, "0", &bk, |ir, j| {
-                        let sidx = ir.op("add", "i64", &srow0, j);
-                        let sp = ir.gep("float", &st, &sidx);
-                        let p = ir.load("float", &sp);
-                        let kj = ir.op("add", "i64", &k0, j);
-                        let voff0 = ir.op("mul", "i64", &kj, &dv.to_string());
-                        let voff = ir.op("add", "i64", &voff0, "%ov");
-                        let vrow = ir.gep("float", "%v", &voff);
-                        ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
-                            let idx = ir.op("add", "i64", &orow0, dd);
-                            let po = ir.gep("float", &acc, &idx);
-                            let pv = ir.gep("float", &vrow, dd);
-                            let o = ir.load("float", &po);
-                            let y = ir.load("float", &pv);
-                            let py = ir.op(&format!("fmul {fast}"), "float", &p, &y);
-                            let o2 = ir.op(&format!("fadd {fast}"), "float", &o, &py);
-                            ir.line(format!("store float {o2}, ptr {po}"));
-                        });
-                    });
                     let ls = ir.load("float", &lsum);
                     ir.line(format!("store float {ls}, ptr {pl}"));
                 });
             });
+            // O += P·V, register-blocked, V read in place (rows k0.., bk of them).
+            let voff0 = ir.op("mul", "i64", &k0, &dv.to_string());
+            let voff = ir.op("add", "i64", &voff0, "%ov");
+            let vtile = ir.gep("float", "%v", &voff);
+            BlockGemm {
+                w,
+                blocks: &blocks,
+                n: dvp,
+                n_valid: dv,
+                k: &bk,
+                a: &st,
+                a_row: tkp,
+                b: &vtile,
+                b_row: dv,
+                c: &acc,
+                c_row: dvp,
+                accumulate: true,
+                counters: [&cgb, &cgp],
+                acc: &gemm_acc,
+            }
+            .emit(ir);
         });
     });
     result?;
@@ -732,9 +744,11 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     ir.block(&raw_l);
     ir.for_range(ci, "0", &bq, |ir, i| {
         let base = ir.op("mul", "i64", i, &dv.to_string());
+        let abase = ir.op("mul", "i64", i, &dvp.to_string());
         ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
             let idx = ir.op("add", "i64", &base, dd);
-            let pa = ir.gep("float", &acc, &idx);
+            let aidx = ir.op("add", "i64", &abase, dd);
+            let pa = ir.gep("float", &acc, &aidx);
             let a = ir.load("float", &pa);
             let po = ir.gep("float", "%raw", &idx);
             ir.line(format!("store float {a}, ptr {po}"));
@@ -761,7 +775,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
         let ooff0 = ir.op("mul", "i64", &qi, &dv.to_string());
         let ooff = ir.op("add", "i64", &ooff0, "%oo");
         let orow = ir.gep("float", "%out", &ooff);
-        let arow0 = ir.op("mul", "i64", i, &dv.to_string());
+        let arow0 = ir.op("mul", "i64", i, &dvp.to_string());
         ir.for_range(cd, "0", &dv.to_string(), |ir, dd| {
             let idx = ir.op("add", "i64", &arow0, dd);
             let pa = ir.gep("float", &acc, &idx);

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod cpu;
 pub mod emit;
 mod error;
+mod gemm;
 mod jit;
 pub mod matmul;
 mod smoke;

@@ -1,0 +1,140 @@
+//! A register-blocked block product, emitted inline into a kernel's LLVM IR:
+//! `C[rows × n] (+)= A[rows × k] · B[k × n]` with `C` in `MR × NR`
+//! register accumulators, one broadcast element of A per row and `NR / w`
+//! vectors of B per step of the depth, fused multiply-adds. The attention
+//! kernel uses it for `S = Q·Kᵀ` and `O += P·V`.
+//!
+//! Rows are processed in whole blocks of [`MR`] (the caller pads A and C to
+//! a multiple of `MR` rows; the extra rows compute values nobody reads).
+//! Columns are processed in groups of two vectors; C's rows are padded to a
+//! multiple of the vector width. B is read with plain vector loads where
+//! `n_valid` columns exist and masked loads (zero past the end) where not,
+//! so B may be a row of global memory that ends at `n_valid`.
+
+use crate::attention::Ir;
+
+/// Rows per register block.
+pub(crate) const MR: usize = 6;
+
+/// One emitted block product.
+pub(crate) struct BlockGemm<'s> {
+    /// `f32` lanes of a vector.
+    pub w: usize,
+    /// Blocks of [`MR`] rows (an i64 value).
+    pub blocks: &'s str,
+    /// Columns of C (a multiple of `w` after padding).
+    pub n: usize,
+    /// Columns of B that exist.
+    pub n_valid: usize,
+    /// Depth (an i64 value).
+    pub k: &'s str,
+    /// `A[i][p] = a[i·a_row + p]`.
+    pub a: &'s str,
+    pub a_row: usize,
+    /// `B[p][j] = b[p·b_row + j]`.
+    pub b: &'s str,
+    pub b_row: usize,
+    /// `C[i][j] = c[i·c_row + j]`, vector-aligned rows.
+    pub c: &'s str,
+    pub c_row: usize,
+    /// `C += A·B` (else `C = A·B`).
+    pub accumulate: bool,
+    /// Two i64 loop counters (allocas).
+    pub counters: [&'s str; 2],
+    /// At least `MR · 2` allocas of the vector type.
+    pub acc: &'s [String],
+}
+
+impl BlockGemm<'_> {
+    pub(crate) fn emit(&self, ir: &mut Ir) {
+        let w = self.w;
+        let vt = format!("<{w} x float>");
+        let n_vec = self.n.div_ceil(w);
+        let [cb, cp] = self.counters;
+        ir.for_range(cb, "0", self.blocks, |ir, blk| {
+            let row0 = ir.op("mul", "i64", blk, &MR.to_string());
+            let a_off = ir.op("mul", "i64", &row0, &self.a_row.to_string());
+            let c_off = ir.op("mul", "i64", &row0, &self.c_row.to_string());
+            let ablock = ir.gep("float", self.a, &a_off);
+            let cblock = ir.gep("float", self.c, &c_off);
+            let mut v0 = 0;
+            while v0 < n_vec {
+                let nv = (n_vec - v0).min(2);
+                let accs = |r: usize, v: usize| &self.acc[r * 2 + v];
+                // Accumulators: C or zero.
+                for r in 0..MR {
+                    for v in 0..nv {
+                        let x = if self.accumulate {
+                            let p = ir.gep("float", &cblock, &(r * self.c_row + (v0 + v) * w).to_string());
+                            let x = ir.tmp();
+                            ir.line(format!("{x} = load {vt}, ptr {p}, align 4"));
+                            x
+                        } else {
+                            "zeroinitializer".to_string()
+                        };
+                        ir.line(format!("store {vt} {x}, ptr {}", accs(r, v)));
+                    }
+                }
+                ir.for_range(cp, "0", self.k, |ir, p| {
+                    let brow0 = ir.op("mul", "i64", p, &self.b_row.to_string());
+                    let brow = ir.gep("float", self.b, &brow0);
+                    let bvs: Vec<String> = (0..nv)
+                        .map(|v| {
+                            let col = (v0 + v) * w;
+                            let pb = ir.gep("float", &brow, &col.to_string());
+                            if col >= self.n_valid {
+                                return "zeroinitializer".to_string();
+                            }
+                            let x = ir.tmp();
+                            if col + w <= self.n_valid {
+                                ir.line(format!("{x} = load {vt}, ptr {pb}, align 4"));
+                            } else {
+                                let lanes: Vec<String> = (0..w)
+                                    .map(|l| format!("i1 {}", if col + l < self.n_valid { "true" } else { "false" }))
+                                    .collect();
+                                ir.line(format!(
+                                    "{x} = call {vt} @llvm.masked.load.v{w}f32.p0(ptr {pb}, i32 4, <{w} x i1> <{}>, {vt} zeroinitializer)",
+                                    lanes.join(", ")
+                                ));
+                            }
+                            x
+                        })
+                        .collect();
+                    for r in 0..MR {
+                        let idx0 = ir.op("add", "i64", p, &(r * self.a_row).to_string());
+                        let pa = ir.gep("float", &ablock, &idx0);
+                        let x = ir.load("float", &pa);
+                        let ins = ir.tmp();
+                        ir.line(format!("{ins} = insertelement {vt} poison, float {x}, i64 0"));
+                        let splat = ir.tmp();
+                        ir.line(format!("{splat} = shufflevector {vt} {ins}, {vt} poison, <{w} x i32> zeroinitializer"));
+                        for (v, b) in bvs.iter().enumerate() {
+                            let old = ir.tmp();
+                            ir.line(format!("{old} = load {vt}, ptr {}", accs(r, v)));
+                            let y = ir.tmp();
+                            ir.line(format!("{y} = call {vt} @llvm.fma.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
+                            ir.line(format!("store {vt} {y}, ptr {}", accs(r, v)));
+                        }
+                    }
+                });
+                for r in 0..MR {
+                    for v in 0..nv {
+                        let x = ir.load(&vt, accs(r, v));
+                        let p = ir.gep("float", &cblock, &(r * self.c_row + (v0 + v) * w).to_string());
+                        ir.line(format!("store {vt} {x}, ptr {p}, align 4"));
+                    }
+                }
+                v0 += nv;
+            }
+        });
+    }
+}
+
+/// The declarations [`BlockGemm`] calls, for vectors of `w` lanes.
+pub(crate) fn declarations(w: usize) -> String {
+    let vt = format!("<{w} x float>");
+    format!(
+        "declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})\n\
+         declare {vt} @llvm.masked.load.v{w}f32.p0(ptr, i32, <{w} x i1>, {vt})\n"
+    )
+}
