@@ -1464,7 +1464,7 @@ fn compile_emits_the_cpu_kernels_as_llvm_ir_and_assembly() {
         "define void @tdl_attention_program(",
         "==== kernel `qkv` (matmul) ====",
         "define void @tdl_matmul_rows(",
-        "@llvm.fma.v",
+        "@llvm.fmuladd.v",
         "x float>",
     ] {
         assert!(out.stdout.contains(want), "missing {want:?} in --emit llvm");

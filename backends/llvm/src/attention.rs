@@ -868,9 +868,14 @@ pub fn attention_llvm_text(spec: &AttentionSpec) -> Result<String, LlvmError> {
 impl CompiledAttention {
     /// Generates, optimises and JIT-compiles `spec` for the host.
     pub fn new(spec: &AttentionSpec) -> Result<CompiledAttention, LlvmError> {
-        let host = HostTarget::detect()?;
-        let text = attention_ir(spec, &host)?;
-        let jit = Jitted::compile(&text, "tdl_attention", FN_NAME, &host)?;
+        CompiledAttention::new_for(spec, &HostTarget::detect()?)
+    }
+
+    /// [`CompiledAttention::new`] for `host` (the host CPU, possibly with
+    /// `--target-cpu` / `--target-features` applied; it must run here).
+    pub fn new_for(spec: &AttentionSpec, host: &HostTarget) -> Result<CompiledAttention, LlvmError> {
+        let text = attention_ir(spec, host)?;
+        let jit = Jitted::compile(&text, "tdl_attention", FN_NAME, host)?;
         // SAFETY: the function was generated above with exactly this
         // signature, and its code stays valid while `jit` lives, i.e. as
         // long as `self`.

@@ -26,7 +26,13 @@ pub enum EmitKind {
 
 /// The text of every kernel of `p` the CPU backend compiles, for the host.
 pub fn program_text(p: &KernelProgram, kind: EmitKind) -> Result<String, LlvmError> {
-    let host = HostTarget::detect()?;
+    program_text_for(p, kind, &HostTarget::detect()?)
+}
+
+/// [`program_text`] for `host` (any x86-64 CPU and features LLVM knows:
+/// nothing runs).
+pub fn program_text_for(p: &KernelProgram, kind: EmitKind, host: &HostTarget) -> Result<String, LlvmError> {
+    let host = host.clone();
     let mut out = String::new();
     let comment = if kind == EmitKind::Llvm { ";" } else { "#" };
     let _ = writeln!(

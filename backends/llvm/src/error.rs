@@ -40,6 +40,9 @@ pub enum LlvmError {
     /// A buffer is too long to index with an `i64`.
     #[error("buffer of {0} elements is too long")]
     TooLong(usize),
+    /// A `--target-cpu` / `--target-features` value is malformed.
+    #[error("{0}")]
+    InvalidTarget(String),
     /// A requested intrinsic or declaration is missing (an internal error).
     #[error("internal LLVM backend error: {0}")]
     Internal(String),

@@ -112,7 +112,7 @@ impl BlockGemm<'_> {
                             let old = ir.tmp();
                             ir.line(format!("{old} = load {vt}, ptr {}", accs(r, v)));
                             let y = ir.tmp();
-                            ir.line(format!("{y} = call {vt} @llvm.fma.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
+                            ir.line(format!("{y} = call {vt} @llvm.fmuladd.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
                             ir.line(format!("store {vt} {y}, ptr {}", accs(r, v)));
                         }
                     }
@@ -134,7 +134,7 @@ impl BlockGemm<'_> {
 pub(crate) fn declarations(w: usize) -> String {
     let vt = format!("<{w} x float>");
     format!(
-        "declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})\n\
+        "declare {vt} @llvm.fmuladd.v{w}f32({vt}, {vt}, {vt})\n\
          declare {vt} @llvm.masked.load.v{w}f32.p0(ptr, i32, <{w} x i1>, {vt})\n"
     )
 }

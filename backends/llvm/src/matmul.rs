@@ -49,7 +49,7 @@ pub fn matmul_ir(tile_m: usize, tile_n: usize, tile_k: usize, host: &HostTarget)
     let _ = writeln!(
         ir.text,
         "declare i64 @llvm.smin.i64(i64, i64)\ndeclare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n\
-         declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})\n\n\
+         declare {vt} @llvm.fmuladd.v{w}f32({vt}, {vt}, {vt})\n\n\
          define void @{FN_NAME}(ptr noalias readonly %a, ptr noalias readonly %b, ptr noalias %c, i64 %M, i64 %N, \
          i64 %K, i64 %ai, i64 %ap, i64 %bp, i64 %bj, i64 %i0, i64 %i1) #0 {{\nentry:"
     );
@@ -264,7 +264,7 @@ impl MicroKernel<'_> {
                         let old = ir.tmp();
                         ir.line(format!("{old} = load {vt}, ptr {a}"));
                         let y = ir.tmp();
-                        ir.line(format!("{y} = call {vt} @llvm.fma.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
+                        ir.line(format!("{y} = call {vt} @llvm.fmuladd.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
                         ir.line(format!("store {vt} {y}, ptr {a}"));
                     }
                 }
@@ -357,10 +357,14 @@ pub fn run_matmul(tiles: (usize, usize, usize), args: &MatMulArgs<'_>, threads: 
 impl CompiledMatMul {
     /// Generates, optimises and JIT-compiles the kernel for the host.
     pub fn new(tiles: (usize, usize, usize)) -> Result<CompiledMatMul, LlvmError> {
+        CompiledMatMul::new_for(tiles, &HostTarget::detect()?)
+    }
+
+    /// [`CompiledMatMul::new`] for `host` (which must run here).
+    pub fn new_for(tiles: (usize, usize, usize), host: &HostTarget) -> Result<CompiledMatMul, LlvmError> {
         let tiles = (tiles.0.max(1), tiles.1, tiles.2);
-        let host = HostTarget::detect()?;
-        let text = matmul_ir(tiles.0, tiles.1, tiles.2, &host)?;
-        let jit = Jitted::compile(&text, "tdl_matmul", FN_NAME, &host)?;
+        let text = matmul_ir(tiles.0, tiles.1, tiles.2, host)?;
+        let jit = Jitted::compile(&text, "tdl_matmul", FN_NAME, host)?;
         // SAFETY: generated above with exactly this signature; valid while `jit` lives.
         let f: RowsFn = unsafe { std::mem::transmute::<usize, RowsFn>(jit.addr) };
         let nr = 2 * (host.f32_lanes() as usize).max(1);

@@ -56,6 +56,63 @@ impl HostTarget {
         vector_width_for_features(features)
     }
 
+    /// The host with `--target-cpu` / `--target-features` applied, as rustc
+    /// applies `-C target-cpu` / `-C target-feature`:
+    ///
+    /// * `cpu`: an LLVM CPU name (`znver3`, `skylake-avx512`, `x86-64`,
+    ///   `x86-64-v3`, …) or `native` (the host's). Another CPU starts from
+    ///   that CPU's own features (none of the host's); LLVM warns on stderr
+    ///   about a name it does not know and falls back to a generic CPU.
+    /// * `features`: comma-separated `+feature` / `-feature`, applied on top
+    ///   (the last mention of a feature wins).
+    ///
+    /// The vector width follows the resulting features (512 with `avx512f`,
+    /// 256 with `avx2`, else 128); for a named CPU without explicit vector
+    /// features it is read from the CPU's name (AVX-512 and AVX2 families).
+    pub fn with_overrides(&self, cpu: Option<&str>, features: Option<&str>) -> Result<HostTarget, LlvmError> {
+        let mut t = self.clone();
+        if let Some(c) = cpu {
+            let ok = !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+            if !ok {
+                return Err(LlvmError::InvalidTarget(format!(
+                    "--target-cpu `{c}`: expected an LLVM CPU name such as znver3, skylake-avx512, x86-64-v3 or native"
+                )));
+            }
+            if c != "native" {
+                t.cpu = c.to_string();
+                t.features = String::new();
+            }
+        }
+        if let Some(f) = features {
+            for item in f.split(',').filter(|x| !x.trim().is_empty()) {
+                let item = item.trim();
+                let name = item.strip_prefix('+').or_else(|| item.strip_prefix('-')).unwrap_or("");
+                if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+                    return Err(LlvmError::InvalidTarget(format!(
+                        "--target-features `{item}`: expected +feature or -feature (e.g. +avx2,-avx512f)"
+                    )));
+                }
+                if !t.features.is_empty() {
+                    t.features.push(',');
+                }
+                t.features.push_str(item);
+            }
+        }
+        t.vector_width_bits = if t.cpu == self.cpu && cpu.is_none_or(|c| c == "native") {
+            vector_width_for_features(&t.features)
+        } else {
+            // The named CPU's family, then each explicit feature in order.
+            t.features.split(',').map(str::trim).fold(vector_width_for_cpu(&t.cpu), |w, f| match f {
+                "+avx512f" => 512,
+                "-avx512f" => w.min(256),
+                "+avx2" => w.max(256),
+                "-avx2" | "-avx" => 128,
+                _ => w,
+            })
+        };
+        Ok(t)
+    }
+
     /// Whether the feature string enables `feature` (given without the `+`).
     pub fn has_feature(&self, feature: &str) -> bool {
         has_feature(&self.features, feature)
@@ -89,8 +146,17 @@ impl HostTarget {
     }
 }
 
+/// Whether `feature` is on: its last mention in the list is `+feature`.
 fn has_feature(features: &str, feature: &str) -> bool {
-    features.split(',').any(|f| f.strip_prefix('+') == Some(feature))
+    features
+        .split(',')
+        .filter_map(|f| {
+            let f = f.trim();
+            f.strip_prefix('+').map(|n| (n, true)).or_else(|| f.strip_prefix('-').map(|n| (n, false)))
+        })
+        .filter(|(n, _)| *n == feature)
+        .last()
+        .is_some_and(|(_, on)| on)
 }
 
 fn vector_width_for_features(features: &str) -> u32 {
@@ -100,5 +166,89 @@ fn vector_width_for_features(features: &str) -> u32 {
         256
     } else {
         128
+    }
+}
+
+/// The vector width of a named x86 CPU's family: AVX-512 parts 512, AVX2
+/// parts 256, the rest 128 (when unsure, the narrower).
+fn vector_width_for_cpu(cpu: &str) -> u32 {
+    const AVX512: [&str; 12] = [
+        "x86-64-v4",
+        "skylake-avx512",
+        "cascadelake",
+        "cooperlake",
+        "cannonlake",
+        "icelake-client",
+        "icelake-server",
+        "tigerlake",
+        "rocketlake",
+        "sapphirerapids",
+        "znver4",
+        "znver5",
+    ];
+    const AVX2: [&str; 11] = [
+        "x86-64-v3",
+        "haswell",
+        "broadwell",
+        "skylake",
+        "alderlake",
+        "raptorlake",
+        "meteorlake",
+        "znver1",
+        "znver2",
+        "znver3",
+        "arrowlake",
+    ];
+    if AVX512.contains(&cpu) || cpu.starts_with("graniterapids") || cpu.starts_with("emeraldrapids") {
+        512
+    } else if AVX2.contains(&cpu) {
+        256
+    } else {
+        128
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostTarget {
+        HostTarget {
+            triple: "x86_64-unknown-linux-gnu".into(),
+            cpu: "znver3".into(),
+            features: "+avx2,+fma,+sse4.2,-avx512f".into(),
+            vector_width_bits: 256,
+        }
+    }
+
+    #[test]
+    fn overrides_follow_rustc() {
+        let h = host();
+        assert_eq!(h.with_overrides(None, None).unwrap(), h);
+        assert_eq!(h.with_overrides(Some("native"), None).unwrap(), h);
+        let sse = h.with_overrides(None, Some("-avx2,-avx,-fma")).unwrap();
+        assert_eq!(sse.cpu, "znver3");
+        assert_eq!(sse.features, "+avx2,+fma,+sse4.2,-avx512f,-avx2,-avx,-fma");
+        assert_eq!(sse.vector_width_bits, 128);
+        assert!(!sse.has_feature("avx2") && sse.has_feature("sse4.2"));
+        let v4 = h.with_overrides(Some("x86-64-v4"), None).unwrap();
+        assert_eq!((v4.features.as_str(), v4.vector_width_bits), ("", 512));
+        let skx = h.with_overrides(Some("skylake-avx512"), Some("-avx512f")).unwrap();
+        assert_eq!(skx.vector_width_bits, 256);
+        let generic = h.with_overrides(Some("x86-64"), None).unwrap();
+        assert_eq!(generic.vector_width_bits, 128);
+        let wide = h.with_overrides(Some("x86-64"), Some("+avx512f")).unwrap();
+        assert_eq!(wide.vector_width_bits, 512);
+    }
+
+    #[test]
+    fn malformed_overrides_are_errors() {
+        let h = host();
+        for (cpu, f) in
+            [(Some(""), None), (Some("zn ver3"), None), (None, Some("avx2")), (None, Some("+")), (None, Some("+a;b"))]
+        {
+            let e = h.with_overrides(cpu, f).expect_err("refused");
+            assert!(e.to_string().contains("--target-"), "{e}");
+        }
     }
 }
