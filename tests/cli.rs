@@ -1238,7 +1238,7 @@ fn run_backend_cpu_matches_the_reference() {
     let o = tdlc_in(dir.path(), ["run", &file, "--backend", "cpu", "--threads", "0", "--random"]);
     assert_eq!(o.code, Some(1), "{}", o.describe());
     assert_no_panic(&o);
-    // The whole block: attention compiled, the rest interpreted, same numbers.
+    // The whole block: every kernel compiled, the same numbers.
     let block = s(&example("block"));
     for (backend, out) in [("reference", "br.npy"), ("cpu", "bc.npy")] {
         let o = tdlc_in(
@@ -1248,6 +1248,8 @@ fn run_backend_cpu_matches_the_reference() {
         assert_ok(&o);
         if backend == "cpu" {
             assert!(o.stdout.contains("(attention) on cpu (LLVM JIT)"), "{}", o.describe());
+            assert!(o.stdout.contains("(rmsnorm) on cpu (LLVM JIT)"), "{}", o.describe());
+            assert!(!o.stdout.contains("on interpreter"), "{}", o.describe());
         }
     }
     let (br, bc) =

@@ -7,8 +7,8 @@
 //! and copy/concat/repeat of floating-point data ([`crate::elementwise`]);
 //! softmax, layernorm, rmsnorm, rope and floating-point reductions
 //! ([`crate::rows`]). What they decline — attentions with lambda masks or
-//! score modifiers, elementwise masks that read data (`document`, `blocks`)
-//! or are lambdas, integer outputs and integer moves and reductions — runs
+//! score modifiers, elementwise chains with lambda masks, integer outputs
+//! and integer moves and reductions — runs
 //! in the Kernel IR interpreter's loops. `--stats` says which executor ran
 //! each kernel. Compiled elementwise, movement, row and reduce kernels are
 //! kept in a [`KernelCache`], so running a program again does not compile

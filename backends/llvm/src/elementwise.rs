@@ -26,24 +26,26 @@
 //! builds them) are the polynomials of [`crate::math`] (within 5e-7
 //! relative of `f64`; the interpreter's `libm` is within an ulp or so).
 //! Masks compile to integer arithmetic ([`crate::attention`]'s mask code:
-//! `q`, `k` the output's last two indices, `T`, `S` its last two sizes).
+//! `q`, `k` the output's last two indices, `T`, `S` its last two sizes),
+//! one inlined predicate per mask; `document` ids and `blocks` layouts are
+//! passed as `i32` arrays, checked to cover `T × S` first.
 //!
 //! Work items are blocks of rows (or, for few long rows, column ranges of a
 //! row) of about 16 K elements, run on the worker threads; a kernel of one
 //! work item runs on the calling thread.
 //!
 //! Declined (the interpreter runs them): outputs that are not
-//! floating-point, masks reading data (`document`, `blocks`) or lambdas,
-//! integer `exp`-like functions (an interpreter error), and i32 sources of
-//! moves.
+//! floating-point, lambda masks, integer `exp`-like functions (an
+//! interpreter error), and `i32`/`bool` sources of moves.
 
 use std::fmt::Write as _;
 
-use tdl_ir::{BinaryOp, DType, MaskExpr, UnaryOp};
+use tdl_ir::{ArrayRef, BinaryOp, DType, MaskExpr, UnaryOp};
 use tdl_kernel::interp::{ElementwiseArgs, Elems, MoveArgs, StridedView};
 use tdl_kernel::ir::{ElementwiseKernel, EwInst, EwOp, MoveKernel, MoveOp};
+use tdl_passes::tiles::MaskData;
 
-use crate::attention::{float_text, mask_ir, Ir};
+use crate::attention::{float_text, mask_ir, mask_slots, Ir, MaskSlot};
 use crate::cache::KernelCache;
 use crate::jit::{self, Shared};
 use crate::{HostTarget, LlvmError};
@@ -53,8 +55,21 @@ const FN_NAME: &str = "tdl_ew";
 /// Elements per work item.
 pub(crate) const GRAIN: usize = 1 << 14;
 
-/// `(ins, in_strides, out, out_strides, shape, row0, row1, j0, j1)`.
-type LoopFn = unsafe extern "C" fn(*const *const u8, *const i64, *mut f32, *const i64, *const i64, i64, i64, i64, i64);
+/// `(ins, in_strides, out, out_strides, shape, row0, row1, j0, j1, mask
+/// arrays, mask array column counts)`.
+type LoopFn = unsafe extern "C" fn(
+    *const *const u8,
+    *const i64,
+    *mut f32,
+    *const i64,
+    *const i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    *const *const i32,
+    *const i64,
+);
 
 /// An operand's stride along the last axis, as the code is specialised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +122,19 @@ struct LoopSpec<'k> {
     inputs: Vec<(bool, Step)>,
     body: &'k [EwInst],
     masks: Vec<&'k MaskExpr>,
+}
+
+/// Where each mask's arrays start among the kernel's (in [`mask_slots`] order).
+fn slot_bases(masks: &[&MaskExpr]) -> Vec<usize> {
+    let mut at = 0;
+    masks
+        .iter()
+        .map(|m| {
+            let b = at;
+            at += mask_slots(m).len();
+            b
+        })
+        .collect()
 }
 
 /// An operand of the loop nest: element `idx` is `data[offset + Σ idx·strides]`.
@@ -185,7 +213,9 @@ fn wrap_i32(v: f64) -> i32 {
     (m as u64 as u32) as i32
 }
 
-/// Whether the code generator compiles `m` (index arithmetic only) at `t × s`.
+/// Whether the code generator compiles `m` at `t × s` (everything but
+/// lambdas; the arrays `document` and `blocks` read are checked by
+/// [`mask_arrays`]).
 fn mask_supported(m: &MaskExpr, t: usize, s: usize) -> bool {
     let small = |x: i64| x.unsigned_abs() < 1 << 40;
     match m {
@@ -201,8 +231,43 @@ fn mask_supported(m: &MaskExpr, t: usize, s: usize) -> bool {
         }
         MaskExpr::And(a, b) | MaskExpr::Or(a, b) => mask_supported(a, t, s) && mask_supported(b, t, s),
         MaskExpr::Not(a) => mask_supported(a, t, s),
-        MaskExpr::Blocks { .. } | MaskExpr::Document { .. } | MaskExpr::Lambda(_) => false,
+        MaskExpr::Blocks { block: [bq, bk], .. } => *bq > 0 && *bk > 0,
+        MaskExpr::Document { .. } => true,
+        MaskExpr::Lambda(_) => false,
     }
+}
+
+/// The run-time arrays of mask `m` (document ids, block layouts) as `i32`
+/// with their column counts, in [`mask_slots`] order, checked as the
+/// reference checks them: `None` when they do not cover `t × s`.
+fn mask_arrays(m: &MaskExpr, data: &MaskData<'_>, t: usize, s: usize) -> Option<Vec<(Vec<i32>, i64)>> {
+    mask_slots(m)
+        .iter()
+        .map(|slot| match slot {
+            MaskSlot::Document(i) => {
+                let x = data.operands.get(*i)?;
+                let ok = x.shape.len() == 1 && x.dtype == DType::I32 && x.data.len() >= t.max(s);
+                ok.then(|| (x.data.iter().map(|&v| v as i32).collect(), 0))
+            }
+            MaskSlot::Blocks { layout, bq, bk } => {
+                let (shape, values): (&[usize], &[f64]) = match layout {
+                    ArrayRef::Const(c) => (&c.shape, &c.data),
+                    ArrayRef::Operand(i) => {
+                        let x = data.operands.get(*i)?;
+                        (&x.shape, x.data)
+                    }
+                };
+                let (bq, bk) = (usize::try_from(*bq).ok()?, usize::try_from(*bk).ok()?);
+                let ok = shape.len() == 2
+                    && bq > 0
+                    && bk > 0
+                    && shape[0].checked_mul(shape[1]) == Some(values.len())
+                    && shape[0] >= t.div_ceil(bq)
+                    && shape[1] >= s.div_ceil(bk);
+                ok.then(|| (values.iter().map(|&v| i32::from(v != 0.0)).collect(), shape[1] as i64))
+            }
+        })
+        .collect()
 }
 
 fn attrs(host: &HostTarget) -> String {
@@ -210,20 +275,24 @@ fn attrs(host: &HostTarget) -> String {
 }
 
 /// The module header every kernel of this backend's non-attention kinds
-/// shares: intrinsics and the math functions.
+/// shares: the intrinsics they call.
 pub(crate) fn prelude() -> String {
-    format!(
-        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare i64 @llvm.smax.i64(i64, i64)\n\
-         declare i32 @llvm.smax.i32(i32, i32)\ndeclare i32 @llvm.abs.i32(i32, i1)\n\
-         declare float @llvm.sqrt.f32(float)\ndeclare float @llvm.maximum.f32(float, float)\n{}",
-        crate::math::math_ir()
-    )
+    "declare i64 @llvm.smin.i64(i64, i64)\ndeclare i64 @llvm.smax.i64(i64, i64)\n\
+     declare i32 @llvm.smax.i32(i32, i32)\ndeclare i32 @llvm.abs.i32(i32, i1)\n\
+     declare float @llvm.sqrt.f32(float)\ndeclare float @llvm.fabs.f32(float)\n\
+     declare float @llvm.maximum.f32(float, float)\n\n"
+        .to_string()
 }
 
-/// The attribute groups: `#0` for entry points, `#1` for inlined helpers.
-pub(crate) fn attribute_groups(host: &HostTarget) -> String {
+/// Ends a module: the math functions if it calls them (only then: they
+/// cost compile time), and the attribute groups, `#0` for entry points,
+/// `#1` for inlined helpers.
+pub(crate) fn finish_module(text: &mut String, host: &HostTarget) {
+    if text.contains("@tdl_m_") {
+        text.push_str(&crate::math::math_ir());
+    }
     let a = attrs(host);
-    format!("attributes #0 = {{ nounwind {a} }}\nattributes #1 = {{ alwaysinline nounwind {a} }}\n")
+    let _ = write!(text, "attributes #0 = {{ nounwind {a} }}\nattributes #1 = {{ alwaysinline nounwind {a} }}\n");
 }
 
 /// One element of the chain: the value of every instruction at output
@@ -323,11 +392,16 @@ fn chain_ir(ir: &mut Ir, spec: &LoopSpec<'_>) -> Option<String> {
                 t
             }
             EwOp::Mask(m) => {
-                if ty != Ty::B {
+                if ty != Ty::B || *m >= spec.masks.len() {
                     return None;
                 }
-                let m = spec.masks.get(*m)?;
-                mask_ir(ir, m, "%q", "%j", "%T", "%S").ok()?
+                // Mask m's own arrays: its slots start at its base.
+                let base = slot_bases(&spec.masks)[*m];
+                let ops = ir.gep("ptr", "%mops", &base.to_string());
+                let cols = ir.gep("i64", "%mcols", &base.to_string());
+                let t = ir.tmp();
+                ir.line(format!("{t} = call i1 @tdl_mask{m}(i64 %q, i64 %j, i64 %T, i64 %S, ptr {ops}, ptr {cols})"));
+                t
             }
         };
         vals.push((v, ty));
@@ -442,7 +516,18 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
     params.extend((0..n_in).map(|i| format!("ptr noalias readonly %p{i}")));
     params.extend((0..n_in).map(|i| format!("i64 %s{i}")));
     params.extend(["i64 %j0", "i64 %j1", "i64 %q", "i64 %T", "i64 %S"].map(String::from));
+    params.extend(["ptr noalias readonly %mops", "ptr noalias readonly %mcols"].map(String::from));
     let mut text = prelude();
+    // One predicate function per mask, reading its own arrays.
+    for (i, m) in spec.masks.iter().enumerate() {
+        let mut mi = Ir { text: String::new(), next: 0 };
+        let v = mask_ir(&mut mi, m, "%q", "%k", "%T", "%S").ok()?;
+        let _ = writeln!(
+            text,
+            "define internal i1 @tdl_mask{i}(i64 %q, i64 %k, i64 %T, i64 %S, ptr %mops, ptr %mcols) #1 {{\nentry:\n{}  ret i1 {v}\n}}\n",
+            mi.text
+        );
+    }
     let _ = writeln!(text, "define internal void @tdl_ew_row({}) #1 {{\nentry:", params.join(", "));
     text.push_str(&row.text);
     text.push_str("}\n\n");
@@ -501,6 +586,7 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
         let t = if r >= 2 { dims[r - 2].clone() } else { "1".into() };
         args.extend(["i64 %j0".to_string(), "i64 %j1".to_string(), format!("i64 {q}"), format!("i64 {t}")]);
         args.push(format!("i64 {}", dims[r - 1]));
+        args.extend(["ptr %mops".to_string(), "ptr %mcols".to_string()]);
         ir.line(format!("call void @tdl_ew_row({})", args.join(", ")));
         // idx += 1, carrying.
         if lead > 0 {
@@ -525,11 +611,12 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
     let _ = writeln!(
         text,
         "define void @{FN_NAME}(ptr noalias readonly %ins, ptr noalias readonly %ist, ptr noalias %out, \
-         ptr noalias readonly %ost, ptr noalias readonly %shape, i64 %row0, i64 %row1, i64 %j0, i64 %j1) #0 {{\nentry:"
+         ptr noalias readonly %ost, ptr noalias readonly %shape, i64 %row0, i64 %row1, i64 %j0, i64 %j1, \
+         ptr noalias readonly %mops, ptr noalias readonly %mcols) #0 {{\nentry:"
     );
     text.push_str(&ir.text);
     text.push_str("}\n\n");
-    text.push_str(&attribute_groups(host));
+    finish_module(&mut text, host);
     Some(text)
 }
 
@@ -563,10 +650,12 @@ pub(crate) fn par_for(items: usize, threads: usize, work: impl Fn(usize) + Sync)
 /// Compiles (or finds) and runs the nests, all writing into `out` (of
 /// `n_out` elements), on `threads` threads. `None` when the code generator
 /// does not support the chain.
+#[allow(clippy::too_many_arguments)]
 fn run_nests(
     nests: &[Nest<'_>],
     body: &[EwInst],
     masks: &[&MaskExpr],
+    arrays: &[(Vec<i32>, i64)],
     n_out: usize,
     host: &HostTarget,
     cache: &KernelCache,
@@ -587,12 +676,13 @@ fn run_nests(
         };
         texts.push(loop_ir(&spec, host)?);
     }
-    Some(run_checked(nests, &texts, n_out, host, cache, threads))
+    Some(run_checked(nests, &texts, arrays, n_out, host, cache, threads))
 }
 
 fn run_checked(
     nests: &[Nest<'_>],
     texts: &[String],
+    arrays: &[(Vec<i32>, i64)],
     n_out: usize,
     host: &HostTarget,
     cache: &KernelCache,
@@ -600,6 +690,8 @@ fn run_checked(
 ) -> Result<Vec<f32>, LlvmError> {
     let oob = |what: &str| LlvmError::Internal(format!("{what} reaches outside its buffer"));
     let mut out = vec![0f32; n_out];
+    let array_ptrs: Vec<Shared<i32>> = arrays.iter().map(|(a, _)| Shared(a.as_ptr().cast_mut())).collect();
+    let mcols: Vec<i64> = arrays.iter().map(|(_, c)| *c).collect();
     for (nest, text) in nests.iter().zip(texts) {
         let r = nest.shape.len();
         if nest.shape.contains(&0) {
@@ -644,7 +736,9 @@ fn run_checked(
                 (i * rpi, ((i + 1) * rpi).min(rows), 0, w)
             };
             let raw: Vec<*const u8> = ptrs.iter().map(|p| p.ptr().cast_const()).collect();
-            // SAFETY: the reads stay inside the operands and the writes
+            let mops: Vec<*const i32> = array_ptrs.iter().map(|p| p.ptr().cast_const()).collect();
+            // SAFETY: the reads stay inside the operands and the mask
+            // arrays (checked by `mask_arrays` to cover T × S) and the writes
             // inside `out` (the reaches checked above); work items write
             // disjoint elements (distinct rows or columns of the nest,
             // whose output strides map distinct indices apart).
@@ -659,6 +753,8 @@ fn run_checked(
                     r1 as i64,
                     j0 as i64,
                     j1 as i64,
+                    mops.as_ptr(),
+                    mcols.as_ptr(),
                 )
             };
         })?;
@@ -700,7 +796,11 @@ pub fn run_elementwise(
     }
     let n_out: usize = args.shape.iter().product();
     let masks: Vec<&MaskExpr> = k.masks.iter().map(|m| &m.expr).collect();
-    run_nests(&[nest], &k.body, &masks, n_out, host, cache, threads)
+    let mut arrays = Vec::new();
+    for (m, data) in masks.iter().zip(&args.masks) {
+        arrays.extend(mask_arrays(m, data, t, s)?);
+    }
+    run_nests(&[nest], &k.body, &masks, &arrays, n_out, host, cache, threads)
 }
 
 /// The iteration nests of a data-movement kernel writing `out` (row-major),
@@ -786,7 +886,7 @@ pub fn run_move(
     let mut nests = move_nests(k, args.shape, &args.srcs)?;
     nests.iter_mut().for_each(Nest::simplify);
     let n_out: usize = args.shape.iter().product();
-    run_nests(&nests, &copy_body(), &[], n_out, host, cache, threads)
+    run_nests(&nests, &copy_body(), &[], &[], n_out, host, cache, threads)
 }
 
 /// The optimised LLVM IR of an elementwise kernel's loop nest for the host

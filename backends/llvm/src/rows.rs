@@ -30,7 +30,7 @@ use tdl_kernel::ir::{ReduceKernel, RowKernel, RowOp};
 
 use crate::attention::{float_text, Ir};
 use crate::cache::KernelCache;
-use crate::elementwise::{attribute_groups, par_for, prelude, GRAIN};
+use crate::elementwise::{finish_module, par_for, prelude, GRAIN};
 use crate::jit::Shared;
 use crate::{HostTarget, LlvmError};
 
@@ -55,7 +55,7 @@ fn header() -> String {
 fn finish(mut ir: Ir, host: &HostTarget) -> String {
     ir.line("ret void");
     ir.text.push_str("}\n\n");
-    ir.text.push_str(&attribute_groups(host));
+    finish_module(&mut ir.text, host);
     ir.text
 }
 
