@@ -194,9 +194,10 @@ enum Backend {
     Reference,
     /// The Kernel IR interpreter: the fused, tiled schedule in f32.
     Kernel,
-    /// The CPU backend: attention kernels compiled through LLVM and run on
-    /// every core; other kernels still run in the Kernel IR interpreter
-    /// (`--stats` says which ran where).
+    /// The CPU backend: the kernels compiled through LLVM and run on every
+    /// core; what it does not compile yet (lambda masks, score modifiers,
+    /// integer outputs) runs in the Kernel IR interpreter (`--stats` says
+    /// which ran where).
     Cpu,
 }
 

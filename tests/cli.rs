@@ -1238,7 +1238,7 @@ fn run_backend_cpu_matches_the_reference() {
     let o = tdlc_in(dir.path(), ["run", &file, "--backend", "cpu", "--threads", "0", "--random"]);
     assert_eq!(o.code, Some(1), "{}", o.describe());
     assert_no_panic(&o);
-    // The whole block: attention compiled, the rest interpreted, same numbers.
+    // The whole block: every kernel compiled, the same numbers.
     let block = s(&example("block"));
     for (backend, out) in [("reference", "br.npy"), ("cpu", "bc.npy")] {
         let o = tdlc_in(
@@ -1248,6 +1248,8 @@ fn run_backend_cpu_matches_the_reference() {
         assert_ok(&o);
         if backend == "cpu" {
             assert!(o.stdout.contains("(attention) on cpu (LLVM JIT)"), "{}", o.describe());
+            assert!(o.stdout.contains("(rmsnorm) on cpu (LLVM JIT)"), "{}", o.describe());
+            assert!(!o.stdout.contains("on interpreter"), "{}", o.describe());
         }
     }
     let (br, bc) =
@@ -1358,8 +1360,10 @@ fn bench_counts_the_transformer_block_on_every_backend() {
         assert_eq!(v["visible"], 8 * t * (t + 1) / 2, "{v}");
         assert!(v["bytes"].as_u64().unwrap() > 4 * (512 * 1536 + 512 * 512 + 2 * 512 * 2048), "{v}");
         if backend == "cpu" {
-            let jit = v["kernels"].as_array().unwrap().iter().filter(|k| k["executor"] == "cpu (LLVM JIT)").count();
-            assert_eq!(jit, 5, "the attention and the four matmuls run compiled: {v}");
+            let kernels = v["kernels"].as_array().unwrap();
+            let jit = kernels.iter().filter(|k| k["executor"] == "cpu (LLVM JIT)").count();
+            assert_eq!(jit, kernels.len(), "every kernel of the block runs compiled: {v}");
+            assert_eq!(jit, 16, "{v}");
         }
     }
 }

@@ -329,10 +329,34 @@ fn decode_splits_the_kv_range() {
     }
 }
 
+/// Whether the CPU backend compiles kernel `k` of `p` (where it does not,
+/// the interpreter runs it): every kernel writing a floating-point buffer
+/// but attentions with score modifiers or lambda masks and elementwise
+/// chains with lambda masks. Attentions are judged in aggregate.
+fn cpu_compiles(p: &KernelProgram, k: &KernelBody) -> Option<bool> {
+    fn no_lambda(m: &tdl::ir::MaskExpr) -> bool {
+        use tdl::ir::MaskExpr as M;
+        match m {
+            M::Lambda(_) => false,
+            M::And(a, b) | M::Or(a, b) => no_lambda(a) && no_lambda(b),
+            M::Not(a) => no_lambda(a),
+            _ => true,
+        }
+    }
+    let float = p.buffer(k.out()).is_some_and(|b| b.dtype.is_float());
+    match k {
+        KernelBody::Attention(_) => None,
+        KernelBody::Elementwise(e) => Some(float && e.masks.iter().all(|m| no_lambda(&m.expr))),
+        KernelBody::MatMul(_) | KernelBody::Reduce(_) | KernelBody::Row(_) | KernelBody::Move(_) => Some(float),
+    }
+}
+
 /// `--backend cpu`: every corpus and example graph at sizes 17 and 65 (the
 /// cost model's tiles: none divides them), with the kernels the CPU backend
-/// compiles (attention, matmul) run through LLVM on 2 threads, against the
-/// reference. Counts how many ran compiled.
+/// compiles through LLVM (attention, matmul, elementwise, reduce, softmax,
+/// layernorm, rmsnorm, rope, copy, concat, repeat) run on 2 threads,
+/// against the reference (the tolerances above). Every kernel must run on
+/// the executor [`cpu_compiles`] expects; attentions mostly compiled.
 #[test]
 fn cpu_backend_matches_the_reference_on_the_corpus() {
     let hooks = tdl::llvm::cpu::CpuHooks::new(2);
@@ -349,7 +373,7 @@ fn cpu_backend_matches_the_reference_on_the_corpus() {
             let mut counted = false;
             for (config, value) in plans {
                 let p = program(g, &config.opts);
-                if !p.kernels.iter().any(|k| matches!(k.body, KernelBody::Attention(_) | KernelBody::MatMul(_))) {
+                if p.kernels.is_empty() {
                     continue;
                 }
                 graphs += usize::from(!counted);
@@ -365,10 +389,18 @@ fn cpu_backend_matches_the_reference_on_the_corpus() {
                     }
                 };
                 runs += 1;
-                for k in out.kernels.iter().filter(|k| k.kind == "attention" || k.kind == "matmul") {
-                    let compiled = k.executor == tdl::llvm::cpu::EXECUTOR;
-                    *counts.entry((k.kind, compiled)).or_default() += 1;
-                    split_runs += usize::from(compiled && k.attention.as_ref().is_some_and(|a| a.kv_splits > 1));
+                for (k, run) in p.kernels.iter().zip(&out.kernels) {
+                    let compiled = run.executor == tdl::llvm::cpu::EXECUTOR;
+                    *counts.entry((run.kind, compiled)).or_default() += 1;
+                    split_runs += usize::from(compiled && run.attention.as_ref().is_some_and(|a| a.kv_splits > 1));
+                    if let Some(want) = cpu_compiles(&p, &k.body) {
+                        if want != compiled {
+                            failures.push(format!(
+                                "{name}: `{}` at {value} ({}): kernel `{}` ({}) ran on {}",
+                                g.name, config.what, run.name, run.kind, run.executor
+                            ));
+                        }
+                    }
                 }
                 for (i, (r, k)) in reference.iter().zip(&out.results).enumerate() {
                     if let Err(e) = compare(r, k) {
@@ -379,19 +411,24 @@ fn cpu_backend_matches_the_reference_on_the_corpus() {
         }
     }
     println!(
-        "cpu backend: {graphs} graphs with attention or matmul, {runs} runs; (kind, compiled) → runs: {counts:?}; \
+        "cpu backend: {graphs} graphs, {runs} runs; (kind, compiled) → runs: {counts:?}; \
          {split_runs} compiled attentions ran with a KV split"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let get = |k: &str, c: bool| counts.get(&(k, c)).copied().unwrap_or(0);
     assert!(get("attention", true) > get("attention", false), "{counts:?}");
-    assert!(get("matmul", true) > 0 && get("matmul", false) == 0, "every f32 matmul compiles: {counts:?}");
+    assert!(get("matmul", false) == 0, "every f32 matmul compiles: {counts:?}");
     assert!(split_runs > 0, "the forced KV split reaches the compiled kernel");
+    for kind in
+        ["matmul", "elementwise", "reduce", "softmax", "layernorm", "rmsnorm", "rope", "copy", "concat", "repeat"]
+    {
+        assert!(get(kind, true) > 0, "no `{kind}` kernel ran compiled: {counts:?}");
+    }
 }
 
 /// Issue 5's acceptance: the contract's transformer block (examples/block.tdl)
-/// at T = 2048 through the CPU backend matches the reference; the attention
-/// and every matmul run compiled.
+/// at T = 2048 through the CPU backend matches the reference; every kernel
+/// runs compiled.
 #[test]
 fn cpu_backend_runs_the_transformer_block_at_2048() {
     let path = repo_root().join("examples/block.tdl");
@@ -407,7 +444,7 @@ fn cpu_backend_runs_the_transformer_block_at_2048() {
     let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &limits, &hooks).expect("the CPU backend runs it");
     let worst = compare(&reference[0], &out.results[0]).unwrap_or_else(|e| panic!("block at T = 2048: {e}"));
     println!("block at T = 2048: worst error {worst:.2e} (relative to max |reference|)");
-    for k in out.kernels.iter().filter(|k| k.kind == "attention" || k.kind == "matmul") {
+    for k in &out.kernels {
         assert_eq!(k.executor, tdl::llvm::cpu::EXECUTOR, "kernel `{}` ({})", k.name, k.kind);
     }
 }

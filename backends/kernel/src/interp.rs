@@ -84,6 +84,13 @@ impl Val {
         }
     }
 
+    fn elems(&self) -> Elems<'_> {
+        match self {
+            Val::F(t) => Elems::F32(&t.data),
+            Val::I(_, d) => Elems::I32(d),
+        }
+    }
+
     fn to_tensor(&self, dtype: DType) -> Tensor {
         let data = (0..self.len()).map(|i| self.get_f64(i)).collect();
         Tensor { dtype, shape: self.shape().to_vec(), data }
@@ -126,6 +133,100 @@ pub trait Hooks {
     fn matmul(&self, _k: &MatMulKernel, _args: &MatMulArgs<'_>) -> Option<Result<(Vec<f32>, &'static str), String>> {
         None
     }
+
+    /// Runs an elementwise chain writing a floating-point buffer, or returns
+    /// `None` (the interpreter runs it then). Called after the interpreter
+    /// has type-checked the body and checked the masks, so a hook may decline
+    /// anything it does not recognise and the interpreter reports the error.
+    /// The result is the row-major output in `f32`, before rounding to the
+    /// buffer's type (the interpreter rounds it, as it rounds its own).
+    fn elementwise(&self, _k: &ElementwiseKernel, _args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
+        None
+    }
+
+    /// Runs a reduction of a floating-point input, or returns `None`. The
+    /// result is the row-major output in `f32`, before rounding.
+    fn reduce(&self, _k: &ReduceKernel, _args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        None
+    }
+
+    /// Runs a row kernel (softmax, layernorm, rmsnorm, rope), or returns
+    /// `None`. The result is the row-major output in `f32`, before rounding.
+    fn row(&self, _k: &RowKernel, _args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        None
+    }
+
+    /// Runs a data-movement kernel over floating-point sources, or returns
+    /// `None`. The result is the row-major output.
+    fn movement(&self, _k: &MoveKernel, _args: &MoveArgs<'_>) -> Option<Result<F32Run, String>> {
+        None
+    }
+}
+
+/// What the `f32` hooks give back: the row-major output and the executor's name.
+pub type F32Run = (Vec<f32>, &'static str);
+
+/// The elements of a buffer, as the interpreter holds them.
+#[derive(Clone, Copy, Debug)]
+pub enum Elems<'x> {
+    /// `f32`, `f16` and `bf16` buffers (`f32` values).
+    F32(&'x [f32]),
+    /// `i32` and `bool` (0/1) buffers.
+    I32(&'x [i32]),
+}
+
+impl Elems<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Elems::F32(d) => d.len(),
+            Elems::I32(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A buffer read through a view, resolved under the bindings: element
+/// `idx` (of `shape`) is `data[offset + Σ idx[a]·strides[a]]` (a view of a
+/// buffer stays inside it; a hook checks before it reads through raw
+/// pointers all the same).
+#[derive(Clone, Debug)]
+pub struct StridedView<'x> {
+    pub data: Elems<'x>,
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    pub strides: Vec<usize>,
+}
+
+/// An elementwise kernel's operands, as [`Hooks::elementwise`] gets them.
+pub struct ElementwiseArgs<'x> {
+    /// The output's shape.
+    pub shape: &'x [usize],
+    /// Input `i` (read by `EwOp::Load(i)`) broadcast to `shape`: its shape
+    /// is the output's and its stride is 0 along every broadcast axis.
+    pub inputs: Vec<StridedView<'x>>,
+    /// The operands of each of the kernel's masks, in order.
+    pub masks: Vec<MaskData<'x>>,
+    pub bindings: &'x Bindings,
+}
+
+/// A row or reduce kernel's operands, as [`Hooks::row`] and
+/// [`Hooks::reduce`] get them: the contiguous input `x` of `shape`, and
+/// for norms their `[d]` parameters (gain, then bias) where `d` is the
+/// last axis.
+pub struct RowArgs<'x> {
+    pub x: &'x [f32],
+    pub shape: &'x [usize],
+    pub params: Vec<&'x [f32]>,
+}
+
+/// A data-movement kernel's sources (each through its view, not
+/// broadcast) and the output's shape, as [`Hooks::movement`] gets them.
+pub struct MoveArgs<'x> {
+    pub shape: &'x [usize],
+    pub srcs: Vec<StridedView<'x>>,
 }
 
 /// A matmul's operands, resolved: element `(b, i, p)` of A is
@@ -431,8 +532,29 @@ impl<'a> Ctx<'a> {
             KernelBody::Elementwise(e) => (self.elementwise(e, dtype, shape)?, None),
             KernelBody::Reduce(r) => (self.reduce(r, dtype, shape)?, None),
             KernelBody::Row(r) => (self.row(r, dtype, shape)?, None),
-            KernelBody::Move(m) => (self.movement(m, shape)?, None),
+            KernelBody::Move(m) => (self.movement(m, dtype, shape)?, None),
         })
+    }
+
+    /// A hook's `f32` result as the output value (rounded to `dtype`), or
+    /// `None` when the hook declined.
+    fn hook_f32(
+        &mut self,
+        r: Option<Result<F32Run, String>>,
+        dtype: DType,
+        out: &[usize],
+    ) -> Result<Option<Val>, InterpError> {
+        let Some(r) = r else { return Ok(None) };
+        let (mut data, name) = r.map_err(err)?;
+        let n: usize = out.iter().product();
+        if data.len() != n {
+            return Err(err(format!("the {name} executor gave {} values, not {n}", data.len())));
+        }
+        self.executor = name;
+        if dtype != DType::F32 {
+            data.iter_mut().for_each(|v| *v = round_f32(dtype, *v));
+        }
+        Ok(Some(Val::F(F32Tensor { shape: out.to_vec(), data })))
     }
 
     fn f32_buf(&self, b: BufId, what: &str) -> Result<&'a F32Tensor, InterpError> {
@@ -593,7 +715,7 @@ impl<'a> Ctx<'a> {
     /// The fused chain, evaluated one output row (last axis) at a time: each
     /// instruction computes a whole row of lanes from its operands' lanes,
     /// as a vectorising backend would; nothing but the result is stored.
-    fn elementwise(&self, e: &ElementwiseKernel, dtype: DType, out: &[usize]) -> Result<Val, InterpError> {
+    fn elementwise(&mut self, e: &ElementwiseKernel, dtype: DType, out: &[usize]) -> Result<Val, InterpError> {
         let inputs: Vec<(&Val, Resolved, Vec<usize>)> = e
             .inputs
             .iter()
@@ -638,6 +760,34 @@ impl<'a> Ctx<'a> {
         match e.body.last() {
             Some(l) if l.dtype.is_float() == dtype.is_float() => {}
             _ => return Err(err("the elementwise result's type differs from its buffer's")),
+        }
+        if dtype.is_float() {
+            let args = ElementwiseArgs {
+                shape: out,
+                inputs: inputs
+                    .iter()
+                    .map(|(v, res, st)| StridedView {
+                        data: v.elems(),
+                        offset: res.offset,
+                        shape: out.to_vec(),
+                        strides: st.clone(),
+                    })
+                    .collect(),
+                masks: mask_parts
+                    .iter()
+                    .map(|(ts_, _)| MaskData {
+                        operands: ts_
+                            .iter()
+                            .map(|t| OperandData { dtype: t.dtype, shape: t.shape.clone(), data: &t.data })
+                            .collect(),
+                    })
+                    .collect(),
+                bindings: self.bindings,
+            };
+            let r = self.hooks.elementwise(e, &args);
+            if let Some(v) = self.hook_f32(r, dtype, out)? {
+                return Ok(v);
+            }
         }
         let width = out.last().copied().unwrap_or(1);
         let n: usize = out.iter().product();
@@ -717,7 +867,7 @@ impl<'a> Ctx<'a> {
         Ok((self.val(a.buf)?, r.shape))
     }
 
-    fn reduce(&self, k: &ReduceKernel, dtype: DType, out: &[usize]) -> Result<Val, InterpError> {
+    fn reduce(&mut self, k: &ReduceKernel, dtype: DType, out: &[usize]) -> Result<Val, InterpError> {
         let (x, shape) = self.contiguous(&k.x)?;
         let Some(&n) = shape.get(k.axis) else {
             return Err(err(format!("axis {} is out of range for shape {:?}", k.axis, shape)));
@@ -729,6 +879,12 @@ impl<'a> Ctx<'a> {
         }
         if k.op == ReduceOp::Max && n == 0 {
             return Err(err(format!("`max` over the empty axis {} of {:?} has no maximum", k.axis, shape)));
+        }
+        if let Val::F(t) = x {
+            let r = self.hooks.reduce(k, &RowArgs { x: &t.data, shape: &shape, params: Vec::new() });
+            if let Some(v) = self.hook_f32(r, dtype, out)? {
+                return Ok(v);
+            }
         }
         match x {
             Val::F(t) => {
@@ -767,7 +923,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn row(&self, k: &RowKernel, dtype: DType, out: &[usize]) -> Result<Val, InterpError> {
+    fn row(&mut self, k: &RowKernel, dtype: DType, out: &[usize]) -> Result<Val, InterpError> {
         let (x, shape) = self.contiguous(&k.x)?;
         let Val::F(xt) = x else {
             return Err(err(format!("`{}` needs a floating-point input", KernelBody::Row(k.clone()).kind())));
@@ -785,6 +941,10 @@ impl<'a> Ctx<'a> {
                 (_, s) => Err(err(format!("a norm parameter must be [{d}] (the input's last axis), found {s:?}"))),
             })
             .collect::<Result<_, _>>()?;
+        let r_hook = self.hooks.row(k, &RowArgs { x: &xt.data, shape: &shape, params: params.clone() });
+        if let Some(v) = self.hook_f32(r_hook, dtype, out)? {
+            return Ok(v);
+        }
         let mut data = xt.data.clone();
         match &k.op {
             RowOp::Softmax { axis } => {
@@ -868,7 +1028,7 @@ impl<'a> Ctx<'a> {
         Ok(Val::F(F32Tensor { shape: out.to_vec(), data }))
     }
 
-    fn movement(&self, k: &MoveKernel, out: &[usize]) -> Result<Val, InterpError> {
+    fn movement(&mut self, k: &MoveKernel, dtype: DType, out: &[usize]) -> Result<Val, InterpError> {
         let srcs: Vec<(&Val, Resolved)> =
             k.srcs.iter().map(|a| Ok((self.val(a.buf)?, self.resolve(a)?))).collect::<Result<_, InterpError>>()?;
         let Some((first, _)) = srcs.first() else {
@@ -876,6 +1036,24 @@ impl<'a> Ctx<'a> {
         };
         let n: usize = out.iter().product();
         self.limits.check("the moved data", out).map_err(|e| err(e.to_string()))?;
+        if dtype.is_float() && srcs.iter().all(|(v, _)| matches!(v, Val::F(_))) {
+            let args = MoveArgs {
+                shape: out,
+                srcs: srcs
+                    .iter()
+                    .map(|(v, r)| StridedView {
+                        data: v.elems(),
+                        offset: r.offset,
+                        shape: r.shape.clone(),
+                        strides: r.strides.clone(),
+                    })
+                    .collect(),
+            };
+            let r = self.hooks.movement(k, &args);
+            if let Some(v) = self.hook_f32(r, dtype, out)? {
+                return Ok(v);
+            }
+        }
         // For every output index, the (source, flat offset) it reads.
         let mut picks: Vec<(usize, usize)> = Vec::with_capacity(n);
         let mut idx = vec![0usize; out.len()];

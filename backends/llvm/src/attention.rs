@@ -325,7 +325,7 @@ fn slot_ir(ir: &mut Ir, slot: usize) -> (String, String) {
     (p, c)
 }
 
-fn mask_ir(ir: &mut Ir, m: &MaskExpr, q: &str, k: &str, t: &str, s: &str) -> Result<String, LlvmError> {
+pub(crate) fn mask_ir(ir: &mut Ir, m: &MaskExpr, q: &str, k: &str, t: &str, s: &str) -> Result<String, LlvmError> {
     let mut slot = 0;
     mask_ir_at(ir, m, q, k, t, s, &mut slot)
 }

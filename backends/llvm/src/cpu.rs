@@ -2,15 +2,22 @@
 //! backend compiles through LLVM, as [`tdl_kernel::interp::Hooks`].
 //!
 //! Today that is the attention kernel ([`crate::attention`]) for every mask
-//! but index lambdas, without score modifiers, and every f32 matmul
-//! ([`crate::matmul`]); every other kernel, and those
-//! attentions, still run in the Kernel IR interpreter's loops. `--stats`
-//! says which executor ran each kernel.
+//! but index lambdas, without score modifiers; every f32 matmul
+//! ([`crate::matmul`]); elementwise chains writing floating-point buffers
+//! and copy/concat/repeat of floating-point data ([`crate::elementwise`]);
+//! softmax, layernorm, rmsnorm, rope and floating-point reductions
+//! ([`crate::rows`]). What they decline — attentions with lambda masks or
+//! score modifiers, elementwise chains with lambda masks, integer outputs
+//! and integer moves and reductions — runs
+//! in the Kernel IR interpreter's loops. `--stats` says which executor ran
+//! each kernel. Compiled elementwise, movement, row and reduce kernels are
+//! kept in a [`KernelCache`], so running a program again does not compile
+//! them again.
 
 use tdl_ir::layout::AttentionLayout;
 use tdl_ir::DType;
-use tdl_kernel::interp::{AttentionArgs, HookRun, Hooks, MatMulArgs};
-use tdl_kernel::ir::{AttentionKernel, MatMulKernel};
+use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
+use tdl_kernel::ir::{AttentionKernel, ElementwiseKernel, MatMulKernel, MoveKernel, ReduceKernel, RowKernel};
 use tdl_kernel::{F32Tensor, KernelStats};
 use tdl_passes::tiles::MaskData;
 
@@ -20,7 +27,7 @@ use std::rc::Rc;
 
 use crate::attention::{attention_ir, AttentionSpec, CompiledAttention, RunOptions};
 use crate::matmul::CompiledMatMul;
-use crate::HostTarget;
+use crate::{HostTarget, KernelCache, LlvmError};
 
 /// The CPU backend's executors, on `threads` worker threads. Compiled
 /// kernels are cached (keyed by their specification), so running a
@@ -31,6 +38,7 @@ pub struct CpuHooks {
     host: Option<HostTarget>,
     attention: RefCell<HashMap<String, Rc<CompiledAttention>>>,
     matmul: RefCell<HashMap<(usize, usize, usize), Rc<CompiledMatMul>>>,
+    kernels: KernelCache,
 }
 
 impl CpuHooks {
@@ -40,6 +48,7 @@ impl CpuHooks {
             host: HostTarget::detect().ok(),
             attention: RefCell::default(),
             matmul: RefCell::default(),
+            kernels: KernelCache::new(),
         }
     }
 
@@ -66,12 +75,42 @@ impl CpuHooks {
         self.matmul.borrow_mut().insert(tiles, c.clone());
         Ok(c)
     }
+
+    /// The compiled elementwise, movement, row and reduce kernels.
+    pub fn kernel_cache(&self) -> &KernelCache {
+        &self.kernels
+    }
+}
+
+/// A hook's answer from a runner's: `None` declines.
+fn answer(r: Option<Result<Vec<f32>, LlvmError>>) -> Option<Result<F32Run, String>> {
+    r.map(|r| r.map(|out| (out, EXECUTOR)).map_err(|e| e.to_string()))
 }
 
 /// The name the CPU backend's compiled kernels run under.
 pub const EXECUTOR: &str = "cpu (LLVM JIT)";
 
 impl Hooks for CpuHooks {
+    fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
+        let host = self.host.as_ref()?;
+        answer(crate::elementwise::run_elementwise(k, args, host, &self.kernels, self.threads))
+    }
+
+    fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        let host = self.host.as_ref()?;
+        answer(crate::rows::run_reduce(k, args, host, &self.kernels, self.threads))
+    }
+
+    fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        let host = self.host.as_ref()?;
+        answer(crate::rows::run_row(k, args, host, &self.kernels, self.threads))
+    }
+
+    fn movement(&self, k: &MoveKernel, args: &MoveArgs<'_>) -> Option<Result<F32Run, String>> {
+        let host = self.host.as_ref()?;
+        answer(crate::elementwise::run_move(k, args, host, &self.kernels, self.threads))
+    }
+
     fn matmul(&self, k: &MatMulKernel, args: &MatMulArgs<'_>) -> Option<Result<(Vec<f32>, &'static str), String>> {
         self.host.as_ref()?;
         let run = self.matmul_kernel((k.tile_m, k.tile_n, k.tile_k)).and_then(|c| c.run(args, self.threads));

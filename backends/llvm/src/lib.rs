@@ -11,15 +11,20 @@
 //! (melior) uses, so both backends can live in one process.
 
 pub mod attention;
+mod cache;
 pub mod cpu;
+pub mod elementwise;
 pub mod emit;
 mod error;
 mod gemm;
 mod jit;
+mod math;
 pub mod matmul;
+pub mod rows;
 mod smoke;
 mod target;
 
+pub use cache::KernelCache;
 pub use error::LlvmError;
 pub use smoke::{smoke_axpy_jit, smoke_ir_text, AXPY_FN_NAME};
 pub use target::{init_native_target, HostTarget};
