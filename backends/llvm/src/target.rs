@@ -154,8 +154,7 @@ fn has_feature(features: &str, feature: &str) -> bool {
             let f = f.trim();
             f.strip_prefix('+').map(|n| (n, true)).or_else(|| f.strip_prefix('-').map(|n| (n, false)))
         })
-        .filter(|(n, _)| *n == feature)
-        .last()
+        .rfind(|(n, _)| *n == feature)
         .is_some_and(|(_, on)| on)
 }
 
