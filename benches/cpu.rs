@@ -17,7 +17,8 @@
 //! (full tiles by area, partial tiles element by element). Environment:
 //! `TDL_BENCH=substring` runs only the configurations whose name contains
 //! it; `TDL_QUICK=1` skips criterion's sampling (medians only);
-//! `TDL_THREADS=N` (default: every core).
+//! `TDL_THREADS=N` (default: every core); `TDL_TILE=q,k` forces the
+//! attention tiles (default: the Kernel IR cost model's for this machine).
 
 use std::time::{Duration, Instant};
 
@@ -168,7 +169,11 @@ fn bench(c: &mut Criterion) {
 
     for cfg in configs().into_iter().filter(|c| selected(c.name)) {
         let AttnConfig { name, hq, hk, t, s, d, mask, ops, decode } = cfg;
-        let (tq, tk) = tdl::kernel::lower::attention_tiles(&host, Some(d), Some(d), 4, mask.as_ref());
+        // The tiles the Kernel IR's cost model gives this machine (TDL_TILE=q,k overrides).
+        let (tq, tk) = std::env::var("TDL_TILE")
+            .ok()
+            .and_then(|v| v.split_once(',').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
+            .unwrap_or_else(|| tdl::kernel::lower::attention_tiles(&host, Some(d), Some(d), 4, mask.as_ref()));
         let spec = AttentionSpec { d, dv: d, tile_q: tq, tile_k: tk, scale: None, mask: mask.clone() };
         let kern = CompiledAttention::new(&spec).expect("compiles");
         let q = F32Tensor { shape: vec![hq, t, d], data: random(&[hq, t, d], 1, 1.0) };

@@ -123,13 +123,46 @@ fn not_supported(what: &str) -> LlvmError {
     LlvmError::Internal(format!("not supported yet: {what} in the CPU attention kernel"))
 }
 
-/// A small LLVM IR text writer: fresh value and label names, lines.
+/// A small LLVM IR text writer: fresh value and label names, lines, and
+/// the loop metadata to append after the function ([`Ir::metadata`]).
+#[derive(Default)]
 pub(crate) struct Ir {
     pub(crate) text: String,
     pub(crate) next: usize,
+    meta: Vec<String>,
 }
 
 impl Ir {
+    pub(crate) fn new() -> Ir {
+        Ir::default()
+    }
+
+    /// A writer that starts with `text`.
+    pub(crate) fn with_text(text: String) -> Ir {
+        Ir { text, ..Ir::default() }
+    }
+
+    /// The metadata nodes the loops refer to (to go after the function).
+    pub(crate) fn metadata(&self) -> String {
+        self.meta.iter().map(|m| format!("{m}\n")).collect()
+    }
+
+    /// [`Ir::for_range`] with the loop unrolled at most `count` times
+    /// (`llvm.loop.unroll.count`): keeps a constant-trip inner loop from
+    /// being unrolled whole, which overflows the instruction caches.
+    pub(crate) fn for_range_unrolled(
+        &mut self,
+        counter: &str,
+        lo: &str,
+        hi: &str,
+        count: u32,
+        body: impl FnOnce(&mut Ir, &str),
+    ) {
+        let id = 2 * self.meta.len();
+        self.meta.push(format!("!{id} = distinct !{{!{id}, !{}}}", id + 1));
+        self.meta.push(format!("!{} = !{{!\"llvm.loop.unroll.count\", i32 {count}}}", id + 1));
+        self.for_range_with(counter, lo, hi, &format!(", !llvm.loop !{id}"), body);
+    }
     pub(crate) fn tmp(&mut self) -> String {
         self.next += 1;
         format!("%v{}", self.next)
@@ -183,6 +216,10 @@ impl Ir {
 
     /// `for var in lo..hi { body }`; the counter lives in an alloca.
     pub(crate) fn for_range(&mut self, counter: &str, lo: &str, hi: &str, body: impl FnOnce(&mut Ir, &str)) {
+        self.for_range_with(counter, lo, hi, "", body);
+    }
+
+    fn for_range_with(&mut self, counter: &str, lo: &str, hi: &str, latch: &str, body: impl FnOnce(&mut Ir, &str)) {
         let (head, bodyl, end) = (self.label("head"), self.label("body"), self.label("end"));
         self.line(format!("store i64 {lo}, ptr {counter}"));
         self.line(format!("br label %{head}"));
@@ -196,7 +233,7 @@ impl Ir {
         let i2 = self.load("i64", counter);
         let n = self.op("add nsw", "i64", &i2, "1");
         self.line(format!("store i64 {n}, ptr {counter}"));
-        self.line(format!("br label %{head}"));
+        self.line(format!("br label %{head}{latch}"));
         self.block(&end);
     }
 
@@ -471,7 +508,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
         )));
     }
     let scale = spec.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
-    let mut ir = Ir { text: String::new(), next: 0 };
+    let mut ir = Ir::new();
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let _ = writeln!(
         ir.text,
@@ -499,7 +536,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     let (ci, cj, cd, cr, ckt, cmax) =
         (&counters[0], &counters[1], &counters[2], &counters[3], &counters[4], &counters[5]);
     let (lsum, mrow) = (ir.alloca("float", 1), ir.alloca("float", 1));
-    let (qs, kt_pack) = (ir.alloca("float", tqp * d), ir.alloca("float", d * tkp));
+    let qs = ir.alloca("float", tqp * d);
     let q0 = ir.op("mul", "i64", "%qt", &tq.to_string());
     let rest = ir.op("sub", "i64", "%T", &q0);
     let bq = ir.min(&tq.to_string(), &rest);
@@ -569,26 +606,11 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             let k0 = ir.op("mul", "i64", kt, &tk.to_string());
             let krest = ir.op("sub", "i64", "%S", &k0);
             let bk = ir.min(&tk.to_string(), &krest);
-            // Kᵀ packed: Kt[d][j] = K[k0 + j][d], zero past the end of S.
-            ir.for_range(cj, "0", &tkp.to_string(), |ir, j| {
-                let inside = ir.op("icmp slt", "i64", j, &bk);
-                let kj0 = ir.op("add", "i64", &k0, j);
-                let last = ir.op("sub", "i64", "%S", "1");
-                let kj = ir.min(&kj0, &last);
-                let koff0 = ir.op("mul", "i64", &kj, &d.to_string());
-                let koff = ir.op("add", "i64", &koff0, "%ok");
-                let krow = ir.gep("float", "%k", &koff);
-                ir.for_range(cd, "0", &d.to_string(), |ir, dd| {
-                    let pk = ir.gep("float", &krow, dd);
-                    let x = ir.load("float", &pk);
-                    let y = ir.tmp();
-                    ir.line(format!("{y} = select i1 {inside}, float {x}, float 0.0"));
-                    let r = ir.op("mul", "i64", dd, &tkp.to_string());
-                    let idx = ir.op("add", "i64", &r, j);
-                    let p = ir.gep("float", &kt_pack, &idx);
-                    ir.line(format!("store float {y}, ptr {p}"));
-                });
-            });
+            // Kᵀ of this tile, packed by the runtime (`pack_kt`): Kt[d][j],
+            // zero past the end of S.
+            let ktoff0 = ir.op("mul", "i64", kt, &(d * tkp).to_string());
+            let ktoff = ir.op("add", "i64", &ktoff0, "%ok");
+            let kt_pack = ir.gep("float", "%k", &ktoff);
             // S = Qs·Kᵀ, register-blocked (MR rows × two vectors).
             BlockGemm {
                 w,
@@ -791,6 +813,8 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     ir.text.push_str("}\n\n");
     let _ = writeln!(ir.text, "attributes #0 = {{ nounwind {} }}", attrs.join(" "));
     let _ = writeln!(ir.text, "attributes #1 = {{ alwaysinline nounwind {} }}", attrs.join(" "));
+    let meta = ir.metadata();
+    ir.text.push_str(&meta);
     Ok(ir.text)
 }
 
@@ -799,6 +823,8 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
 pub struct CompiledAttention {
     spec: AttentionSpec,
     f: ProgramFn,
+    /// Columns of a packed Kᵀ tile (`tile_k` rounded up to a vector).
+    tkp: usize,
     jit: Jitted,
 }
 
@@ -880,7 +906,8 @@ impl CompiledAttention {
         // signature, and its code stays valid while `jit` lives, i.e. as
         // long as `self`.
         let f: ProgramFn = unsafe { std::mem::transmute::<usize, ProgramFn>(jit.addr) };
-        Ok(CompiledAttention { spec: spec.clone(), f, jit })
+        let tkp = spec.tile_k.next_multiple_of((host.f32_lanes() as usize).max(1));
+        Ok(CompiledAttention { spec: spec.clone(), f, tkp, jit })
     }
 
     /// The kernel's LLVM IR after optimisation.
@@ -1075,6 +1102,14 @@ impl CompiledAttention {
         let mut raw = vec![0f32; if splits > 1 { programs * splits * raw_len } else { 0 }];
         let outp = Shared(out.as_mut_ptr());
         let rawp = Shared(raw.as_mut_ptr());
+        // Kᵀ packed once per K block (query heads and q-tiles share it).
+        let mut kblocks: Vec<usize> = leads.iter().map(|l| l.1).collect();
+        kblocks.sort_unstable();
+        kblocks.dedup();
+        let kpacked = pack_kt(k.1, &kblocks, (s, self.spec.d, tk, self.tkp), opts.threads)?;
+        let kt_len = nk * self.spec.d * self.tkp;
+        let kp = Shared(kpacked.as_ptr().cast_mut());
+        let kblocks = &kblocks;
         let (runs, offs, leads) = (&runs, &offs, &leads);
         let f = self.f;
         let items = programs * splits;
@@ -1082,6 +1117,7 @@ impl CompiledAttention {
             let (p, si) = (w / splits, w % splits);
             let (li, qt) = ((p / nq) * pack, p % nq);
             let (oq, ok, ov, oo, h) = leads[li];
+            let kt = kp.ptr().wrapping_add(kblocks.binary_search(&ok).unwrap_or_default() * kt_len);
             let (v0, v1) = if splits > 1 {
                 let per = visited_of(h, qt).div_ceil(splits).max(1);
                 ((si * per) as i64, ((si + 1) * per) as i64)
@@ -1097,7 +1133,7 @@ impl CompiledAttention {
             unsafe {
                 f(
                     q.1.as_ptr(),
-                    k.1.as_ptr(),
+                    kt.cast_const(),
                     v.1.as_ptr(),
                     outp.ptr(),
                     runs.as_ptr(),
@@ -1105,7 +1141,7 @@ impl CompiledAttention {
                     rows_total as i64,
                     s as i64,
                     oq as i64,
-                    ok as i64,
+                    0,
                     ov as i64,
                     oo as i64,
                     h as i64,
@@ -1136,6 +1172,39 @@ impl CompiledAttention {
             packed_heads: pack,
         })
     }
+}
+
+/// Kᵀ of every K block at `starts` (each `[S, d]` row-major in `k`) packed
+/// per kv-tile for the kernel: block `b`'s tile `t` is `d × tkp` floats at
+/// `(b·n_tiles + t)·d·tkp`, row `dd` holding `K[t·tk + j][dd]` for
+/// `j < tk` inside S and zeros elsewhere.
+fn pack_kt(
+    k: &[f32],
+    starts: &[usize],
+    (s, d, tk, tkp): (usize, usize, usize, usize),
+    threads: usize,
+) -> Result<Vec<f32>, LlvmError> {
+    if starts.iter().any(|&o| o.checked_add(s * d).is_none_or(|end| end > k.len())) {
+        return Err(LlvmError::Internal(format!("k: a block of {s}×{d} does not fit in {} elements", k.len())));
+    }
+    let nk = s.div_ceil(tk);
+    let tile = d * tkp;
+    let mut out = vec![0f32; starts.len() * nk * tile];
+    let outp = Shared(out.as_mut_ptr());
+    jit::run_parallel(starts.len() * nk, threads, 1 << 20, |item| {
+        let (b, t) = (item / nk, item % nk);
+        let (k0, bk) = (t * tk, tk.min(s - t * tk));
+        // SAFETY: item (b, t) writes its own tile of `out` only; the reads are
+        // inside `k` (checked above).
+        let dst = unsafe { std::slice::from_raw_parts_mut(outp.ptr().add(item * tile), tile) };
+        let src = &k[starts[b] + k0 * d..starts[b] + (k0 + bk) * d];
+        for (j, row) in src.chunks_exact(d).enumerate() {
+            for (dd, &x) in row.iter().enumerate() {
+                dst[dd * tkp + j] = x;
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 /// The most `f32`s of split state (`[O, m, l]` per program and split) a

@@ -499,7 +499,7 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
         return None;
     }
     // The row function: one row, columns j0..j1.
-    let mut row = Ir { text: String::new(), next: 0 };
+    let mut row = Ir::new();
     let cj = row.alloca("i64", 1);
     let mut value = None;
     row.for_range(&cj, "%j0", "%j1", |ir, j| {
@@ -520,7 +520,7 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
     let mut text = prelude();
     // One predicate function per mask, reading its own arrays.
     for (i, m) in spec.masks.iter().enumerate() {
-        let mut mi = Ir { text: String::new(), next: 0 };
+        let mut mi = Ir::new();
         let v = mask_ir(&mut mi, m, "%q", "%k", "%T", "%S").ok()?;
         let _ = writeln!(
             text,
@@ -533,7 +533,7 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
     text.push_str("}\n\n");
 
     // The entry: rows row0..row1 of the leading axes (an odometer index).
-    let mut ir = Ir { text: String::new(), next: 0 };
+    let mut ir = Ir::new();
     let lead = r - 1;
     let dims: Vec<String> = (0..r)
         .map(|a| {

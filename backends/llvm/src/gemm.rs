@@ -75,7 +75,7 @@ impl BlockGemm<'_> {
                         ir.line(format!("store {vt} {x}, ptr {}", accs(r, v)));
                     }
                 }
-                ir.for_range(cp, "0", self.k, |ir, p| {
+                ir.for_range_unrolled(cp, "0", self.k, 4, |ir, p| {
                     let brow0 = ir.op("mul", "i64", p, &self.b_row.to_string());
                     let brow = ir.gep("float", self.b, &brow0);
                     let bvs: Vec<String> = (0..nv)

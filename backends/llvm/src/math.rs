@@ -65,7 +65,7 @@ fn call1(ir: &mut Ir, fname: &str, x: &str) -> String {
 }
 
 fn define(text: &mut String, name: &str, body: impl FnOnce(&mut Ir) -> String) {
-    let mut ir = Ir { text: String::new(), next: 0 };
+    let mut ir = Ir::new();
     let r = body(&mut ir);
     let _ = writeln!(text, "define internal float @{name}(float %x) #1 {{\nentry:");
     text.push_str(&ir.text);

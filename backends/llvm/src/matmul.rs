@@ -44,7 +44,7 @@ pub fn matmul_ir(tile_m: usize, tile_n: usize, tile_k: usize, host: &HostTarget)
     let tn = tile_n.next_multiple_of(nr);
     let tm = tile_m.next_multiple_of(MR);
     let vt = format!("<{w} x float>");
-    let mut ir = Ir { text: String::new(), next: 0 };
+    let mut ir = Ir::new();
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let _ = writeln!(
         ir.text,

@@ -98,7 +98,7 @@ fn accumulate(ir: &mut Ir, acc: &str, x: &str) {
 /// accumulator per row), else one per output column, vectorised across
 /// the columns `j0..j1`.
 fn reduce_ir(op: ReduceOp, last: bool, host: &HostTarget) -> String {
-    let mut ir = Ir { text: header(), next: 0 };
+    let mut ir = Ir::with_text(header());
     let (co, ci, cj, acc) = (ir.alloca("i64", 1), ir.alloca("i64", 1), ir.alloca("i64", 1), ir.alloca("float", 1));
     let nf = ir.tmp();
     ir.line(format!("{nf} = uitofp i64 %n to float"));
@@ -169,7 +169,7 @@ fn reduce_ir(op: ReduceOp, last: bool, host: &HostTarget) -> String {
 
 /// Softmax over rows of `n` elements `inner` apart (`last`: 1 apart).
 fn softmax_ir(last: bool, host: &HostTarget) -> String {
-    let mut ir = Ir { text: header(), next: 0 };
+    let mut ir = Ir::with_text(header());
     let (cr, ci, acc) = (ir.alloca("i64", 1), ir.alloca("i64", 1), ir.alloca("float", 1));
     let st = if last { "1" } else { "%inner" };
     ir.for_range(&cr, "%r0", "%r1", |ir, r| {
@@ -249,7 +249,7 @@ fn softmax_ir(last: bool, host: &HostTarget) -> String {
 
 /// Layernorm (`bias`) or rmsnorm over rows of `n`, gain `%p0`, bias `%p1`.
 fn norm_ir(layer: bool, eps: f32, host: &HostTarget) -> String {
-    let mut ir = Ir { text: header(), next: 0 };
+    let mut ir = Ir::with_text(header());
     let (cr, ci, acc) = (ir.alloca("i64", 1), ir.alloca("i64", 1), ir.alloca("float", 1));
     let nf = ir.tmp();
     ir.line(format!("{nf} = uitofp i64 %n to float"));
@@ -313,7 +313,7 @@ fn norm_ir(layer: bool, eps: f32, host: &HostTarget) -> String {
 /// Rope over rows of `n = 2·half`; the row's position is `r mod inner`;
 /// `%p0`, `%p1` are the `[positions, half]` cos and sin tables.
 fn rope_ir(host: &HostTarget) -> String {
-    let mut ir = Ir { text: header(), next: 0 };
+    let mut ir = Ir::with_text(header());
     let (cr, ci) = (ir.alloca("i64", 1), ir.alloca("i64", 1));
     let half = ir.op("udiv", "i64", "%n", "2");
     ir.for_range(&cr, "%r0", "%r1", |ir, r| {
