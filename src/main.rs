@@ -172,6 +172,12 @@ struct KernelArgs {
     /// Split the KV range of every attention: N, or auto (the cost model; default).
     #[arg(long, value_name = "N|auto")]
     kv_split: Option<String>,
+    /// CPU backend: the LLVM CPU to generate code for, like rustc's -C target-cpu (default: native, the host's).
+    #[arg(long, value_name = "CPU")]
+    target_cpu: Option<String>,
+    /// CPU backend: +feature/-feature list on top of the CPU's, like rustc's -C target-feature (e.g. -avx2,-fma).
+    #[arg(long, value_name = "+F,-F")]
+    target_features: Option<String>,
 }
 
 /// Pipeline options shared by `compile` and `explain`.
@@ -365,7 +371,8 @@ fn dispatch(cli: Cli) -> Res<()> {
                         } else {
                             tdl::llvm::emit::EmitKind::Llvm
                         };
-                        tdl::llvm::emit::program_text(&p, kind).map_err(|e| Failure::Internal(e.to_string()))?
+                        tdl::llvm::emit::program_text_for(&p, kind, &cpu_target(&kernel)?)
+                            .map_err(|e| Failure::Internal(e.to_string()))?
                     }
                     Emit::Egraph => {
                         let (_, reports) = optimize(g, &passes)?;
@@ -712,11 +719,18 @@ fn resolve_threads(threads: Option<usize>) -> Res<usize> {
 
 /// The executors the Kernel IR interpreter hands kernels to: the CPU
 /// backend's compiled kernels, or none.
-fn backend_hooks(backend: Backend, threads: usize) -> Box<dyn tdl::kernel::interp::Hooks> {
-    match backend {
-        Backend::Cpu => Box::new(tdl::llvm::cpu::CpuHooks::new(threads)),
+fn backend_hooks(backend: Backend, threads: usize, args: &KernelArgs) -> Res<Box<dyn tdl::kernel::interp::Hooks>> {
+    Ok(match backend {
+        Backend::Cpu => Box::new(tdl::llvm::cpu::CpuHooks::with_host(threads, cpu_target(args)?)),
         Backend::Reference | Backend::Kernel => Box::new(tdl::kernel::interp::NoHooks),
-    }
+    })
+}
+
+/// The CPU the CPU backend compiles for: the host with `--target-cpu` /
+/// `--target-features` applied.
+fn cpu_target(args: &KernelArgs) -> Res<tdl::llvm::HostTarget> {
+    let host = tdl::llvm::HostTarget::detect().map_err(|e| Failure::Internal(e.to_string()))?;
+    host.with_overrides(args.target_cpu.as_deref(), args.target_features.as_deref()).map_err(|e| user(e.to_string()))
 }
 
 /// A user error at the node of graph `g` that failed, shown in the source
@@ -777,7 +791,7 @@ fn run(args: RunArgs) -> Res<()> {
         Backend::Kernel | Backend::Cpu => {
             let p = kernel_program(g, &PassArgs::default(), &args.kernel)?;
             stage("run");
-            let hooks = backend_hooks(args.backend, resolve_threads(args.threads)?);
+            let hooks = backend_hooks(args.backend, resolve_threads(args.threads)?, &args.kernel)?;
             let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &limits, hooks.as_ref())
                 .map_err(|e| interp_failure(e, g, &name, &src))?;
             if args.stats {
@@ -862,7 +876,7 @@ fn bench(args: BenchArgs) -> Res<()> {
             (times, Vec::new())
         }
         (_, Some(p)) => {
-            let hooks = backend_hooks(args.backend, threads);
+            let hooks = backend_hooks(args.backend, threads, &args.kernel)?;
             let (times, out) = bench::time_reps(args.warmup, args.reps, || {
                 tdl::kernel::interp::run_with_hooks(p, &inputs, &limits, hooks.as_ref())
             })

@@ -1483,3 +1483,28 @@ fn compile_emits_the_cpu_kernels_as_llvm_ir_and_assembly() {
     assert_eq!(out.code, Some(1), "{}", out.describe());
     assert!(out.stderr.contains("--target host"), "{}", out.stderr);
 }
+
+/// `--target-cpu` / `--target-features` choose the vector code: SSE
+/// (xmm only), AVX-512 (zmm) — generated here even where the host cannot run
+/// it — and malformed values are user errors.
+#[test]
+fn target_cpu_and_features_choose_the_vector_code() {
+    let dir = tmp();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/causal_attention.tdl");
+    let asm = |extra: &[&str]| {
+        let mut args = vec!["compile", file, "--emit", "asm"];
+        args.extend_from_slice(extra);
+        tdlc_in(dir.path(), args)
+    };
+    let sse = asm(&["--target-features=-avx512f,-avx2,-avx,-fma"]);
+    assert_eq!(sse.code, Some(0), "{}", sse.describe());
+    assert!(!sse.stdout.contains("ymm") && sse.stdout.contains("xmm"), "SSE code only");
+    let skx = asm(&["--target-cpu", "skylake-avx512"]);
+    assert_eq!(skx.code, Some(0), "{}", skx.describe());
+    assert!(skx.stdout.contains("zmm") && skx.stdout.contains("skylake-avx512"), "AVX-512 code");
+    for bad in [&["--target-features", "avx2"][..], &["--target-cpu", "zn ver3"][..]] {
+        let out = asm(bad);
+        assert_eq!(out.code, Some(1), "{}", out.describe());
+        assert!(out.stderr.contains("--target-"), "{}", out.stderr);
+    }
+}

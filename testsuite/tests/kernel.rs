@@ -448,3 +448,39 @@ fn cpu_backend_runs_the_transformer_block_at_2048() {
         assert_eq!(k.executor, tdl::llvm::cpu::EXECUTOR, "kernel `{}` ({})", k.name, k.kind);
     }
 }
+
+/// The SSE code path (`--target-features -avx2,-avx,-fma`: 4-lane vectors,
+/// no fused multiply-add) gives the reference's results on the whole
+/// corpus, as the host's own (AVX2 or AVX-512) path does above.
+#[test]
+fn cpu_backend_sse_path_matches_the_reference() {
+    let host = tdl::llvm::HostTarget::detect().expect("the host target");
+    let sse = host.with_overrides(None, Some("-avx512f,-avx2,-avx,-fma")).expect("valid overrides");
+    assert_eq!(sse.vector_width_bits, 128);
+    let hooks = tdl::llvm::cpu::CpuHooks::with_host(2, sse);
+    let (mut runs, mut compiled) = (0usize, 0usize);
+    let mut failures = Vec::new();
+    for (name, path) in program_files() {
+        for g in &check_ok(&name, &read(&path)).graphs {
+            let p = program(g, &LowerOptions::default());
+            let Some((inputs, reference)) = reference_run(g, 17) else {
+                continue;
+            };
+            match tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, &hooks) {
+                Ok(out) => {
+                    runs += 1;
+                    compiled += out.kernels.iter().filter(|k| k.executor == tdl::llvm::cpu::EXECUTOR).count();
+                    for (i, (r, k)) in reference.iter().zip(&out.results).enumerate() {
+                        if let Err(e) = compare(r, k) {
+                            failures.push(format!("{name}: `{}` result {i}: {e}", g.name));
+                        }
+                    }
+                }
+                Err(e) => failures.push(format!("{name}: `{}`: {e}", g.name)),
+            }
+        }
+    }
+    println!("SSE path: {runs} graphs, {compiled} kernels compiled");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(runs > 100 && compiled > 200, "{runs} runs, {compiled} compiled kernels");
+}

@@ -42,10 +42,22 @@ pub struct CpuHooks {
 }
 
 impl CpuHooks {
+    /// The executors for the host CPU (when LLVM can target it; otherwise
+    /// every kernel declines to the interpreter).
     pub fn new(threads: usize) -> CpuHooks {
+        CpuHooks::for_host(threads, HostTarget::detect().ok())
+    }
+
+    /// The executors compiling for `host` (the host CPU, possibly with
+    /// `--target-cpu` / `--target-features` applied: the code runs here).
+    pub fn with_host(threads: usize, host: HostTarget) -> CpuHooks {
+        CpuHooks::for_host(threads, Some(host))
+    }
+
+    fn for_host(threads: usize, host: Option<HostTarget>) -> CpuHooks {
         CpuHooks {
             threads: threads.max(1),
-            host: HostTarget::detect().ok(),
+            host,
             attention: RefCell::default(),
             matmul: RefCell::default(),
             kernels: KernelCache::new(),
@@ -62,7 +74,8 @@ impl CpuHooks {
         if let Some(c) = self.attention.borrow().get(&key) {
             return Ok(c.clone());
         }
-        let c = Rc::new(CompiledAttention::new(spec)?);
+        let host = self.host.as_ref().ok_or_else(|| LlvmError::Internal("no host target".into()))?;
+        let c = Rc::new(CompiledAttention::new_for(spec, host)?);
         self.attention.borrow_mut().insert(key, c.clone());
         Ok(c)
     }
@@ -71,7 +84,8 @@ impl CpuHooks {
         if let Some(c) = self.matmul.borrow().get(&tiles) {
             return Ok(c.clone());
         }
-        let c = Rc::new(CompiledMatMul::new(tiles)?);
+        let host = self.host.as_ref().ok_or_else(|| LlvmError::Internal("no host target".into()))?;
+        let c = Rc::new(CompiledMatMul::new_for(tiles, host)?);
         self.matmul.borrow_mut().insert(tiles, c.clone());
         Ok(c)
     }
