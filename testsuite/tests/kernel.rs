@@ -484,3 +484,31 @@ fn cpu_backend_sse_path_matches_the_reference() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(runs > 100 && compiled > 200, "{runs} runs, {compiled} compiled kernels");
 }
+
+/// Symbolic dimensions stay symbolic in the generated code: one `CpuHooks`
+/// (one set of compiled kernels) runs the transformer block at several
+/// sequence lengths, compiling nothing after the first, and matches the
+/// reference at each.
+#[test]
+fn cpu_backend_one_compile_serves_every_sequence_length() {
+    let path = repo_root().join("examples/block.tdl");
+    let checked = check_ok("block.tdl", &read(&path));
+    let g = &checked.graphs[0];
+    let p = program(g, &LowerOptions::default());
+    let hooks = tdl::llvm::cpu::CpuHooks::new(2);
+    let compiled = |h: &tdl::llvm::cpu::CpuHooks| {
+        let (a, m) = h.compiled();
+        a + m + h.kernel_cache().len()
+    };
+    let mut after_first = None;
+    for t in [65, 17, 100, 257] {
+        let (inputs, reference) = reference_run(g, t).expect("the reference runs the block");
+        let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, &hooks).expect("the CPU backend runs it");
+        compare(&reference[0], &out.results[0]).unwrap_or_else(|e| panic!("block at T = {t}: {e}"));
+        assert!(out.kernels.iter().all(|k| k.executor == tdl::llvm::cpu::EXECUTOR));
+        match after_first {
+            None => after_first = Some(compiled(&hooks)),
+            Some(n) => assert_eq!(compiled(&hooks), n, "T = {t} compiled new kernels"),
+        }
+    }
+}

@@ -59,7 +59,7 @@ use tdl_kernel::ir::KvSplit;
 use tdl_kernel::target::resolve_kv_split;
 use tdl_passes::tiles::{self, Ctx, MaskData, TileClass};
 
-use crate::gemm::{self, BlockGemm, MR};
+use crate::gemm::{self, BlockGemm, RowDot, MR};
 use crate::jit::{self, Jitted, Shared};
 use crate::{HostTarget, LlvmError};
 
@@ -91,7 +91,8 @@ const MAX_STACK: usize = 16 << 20;
 
 /// `(q, k, v, out, runs, offsets, T, S, oq, ok, ov, oo, head, q_tile,
 /// n_q_tiles, mask arrays, mask array column counts, the mask's T, rows per
-/// query index, first and end visited kv-tile, raw split state or null)`.
+/// query index, first and end visited kv-tile, raw split state or null,
+/// packed Kᵀ of this K block or null)`.
 /// `T` counts the program's rows (the packed heads' rows in decode); the
 /// mask sees query `row / qdiv` of `Tm`.
 type ProgramFn = unsafe extern "C" fn(
@@ -117,6 +118,7 @@ type ProgramFn = unsafe extern "C" fn(
     i64,
     i64,
     *mut f32,
+    *const f32,
 );
 
 fn not_supported(what: &str) -> LlvmError {
@@ -517,7 +519,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
          define void @{FN_NAME}(ptr noalias readonly %q, ptr noalias readonly %k, ptr noalias readonly %v, ptr noalias %out, \
          ptr noalias readonly %runs, ptr noalias readonly %offs, i64 %T, i64 %S, i64 %oq, i64 %ok, i64 %ov, i64 %oo, \
          i64 %h, i64 %qt, i64 %nq, ptr noalias readonly %mops, ptr noalias readonly %mcols, i64 %Tm, i64 %qdiv, \
-         i64 %vis0, i64 %vis1, ptr noalias %raw) #0 {{\nentry:",
+         i64 %vis0, i64 %vis1, ptr noalias %raw, ptr noalias readonly %ktp) #0 {{\nentry:",
         EXPF = expf_ir(),
         GEMM = gemm::declarations((host.f32_lanes() as usize).max(1)),
     );
@@ -606,12 +608,16 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             let k0 = ir.op("mul", "i64", kt, &tk.to_string());
             let krest = ir.op("sub", "i64", "%S", &k0);
             let bk = ir.min(&tk.to_string(), &krest);
-            // Kᵀ of this tile, packed by the runtime (`pack_kt`): Kt[d][j],
-            // zero past the end of S.
-            let ktoff0 = ir.op("mul", "i64", kt, &(d * tkp).to_string());
-            let ktoff = ir.op("add", "i64", &ktoff0, "%ok");
-            let kt_pack = ir.gep("float", "%k", &ktoff);
-            // S = Qs·Kᵀ, register-blocked (MR rows × two vectors).
+            // S = Qs·Kᵀ. With Kᵀ packed by the runtime (`pack_kt`: Kt[d][j],
+            // zero past the end of S), register-blocked (MR rows × two
+            // vectors); without (`%ktp` null: programs of few rows, decode),
+            // dot products over K's rows read in place.
+            let packed = ir.op("icmp ne", "ptr", "%ktp", "null");
+            let (gemm_l, dot_l, s_done) = (ir.label("qk_gemm"), ir.label("qk_dot"), ir.label("qk_done"));
+            ir.line(format!("br i1 {packed}, label %{gemm_l}, label %{dot_l}"));
+            ir.block(&gemm_l);
+            let ktoff = ir.op("mul", "i64", kt, &(d * tkp).to_string());
+            let kt_pack = ir.gep("float", "%ktp", &ktoff);
             BlockGemm {
                 w,
                 blocks: &blocks,
@@ -629,6 +635,28 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                 acc: &gemm_acc,
             }
             .emit(ir);
+            ir.line(format!("br label %{s_done}"));
+            ir.block(&dot_l);
+            let koff0 = ir.op("mul", "i64", &k0, &d.to_string());
+            let koff = ir.op("add", "i64", &koff0, "%ok");
+            let ktile = ir.gep("float", "%k", &koff);
+            RowDot {
+                w,
+                blocks: &blocks,
+                cols: &bk,
+                d,
+                a: &qs,
+                a_row: d,
+                b: &ktile,
+                b_row: d,
+                c: &st,
+                c_row: tkp,
+                counters: [&cgb, &cgp, cd],
+                acc: &gemm_acc,
+            }
+            .emit(ir);
+            ir.line(format!("br label %{s_done}"));
+            ir.block(&s_done);
             // -inf past the end of S and, in partial tiles, where the mask
             // does not hold (full tiles skip this pass).
             let short = ir.op("icmp slt", "i64", &bk, &tk.to_string());
@@ -1102,8 +1130,11 @@ impl CompiledAttention {
         let mut raw = vec![0f32; if splits > 1 { programs * splits * raw_len } else { 0 }];
         let outp = Shared(out.as_mut_ptr());
         let rawp = Shared(raw.as_mut_ptr());
-        // Kᵀ packed once per K block (query heads and q-tiles share it).
-        let mut kblocks: Vec<usize> = leads.iter().map(|l| l.1).collect();
+        // Kᵀ packed once per K block (query heads and q-tiles share it),
+        // unless the programs have few rows (decode): then the kernel dots
+        // K's rows in place and K is read once, as it is.
+        let few_rows = tq.min(rows_total) <= DOT_ROWS;
+        let mut kblocks: Vec<usize> = if few_rows { Vec::new() } else { leads.iter().map(|l| l.1).collect() };
         kblocks.sort_unstable();
         kblocks.dedup();
         let kpacked = pack_kt(k.1, &kblocks, (s, self.spec.d, tk, self.tkp), opts.threads)?;
@@ -1117,7 +1148,11 @@ impl CompiledAttention {
             let (p, si) = (w / splits, w % splits);
             let (li, qt) = ((p / nq) * pack, p % nq);
             let (oq, ok, ov, oo, h) = leads[li];
-            let kt = kp.ptr().wrapping_add(kblocks.binary_search(&ok).unwrap_or_default() * kt_len);
+            let ktp = if few_rows {
+                std::ptr::null()
+            } else {
+                kp.ptr().wrapping_add(kblocks.binary_search(&ok).unwrap_or_default() * kt_len).cast_const()
+            };
             let (v0, v1) = if splits > 1 {
                 let per = visited_of(h, qt).div_ceil(splits).max(1);
                 ((si * per) as i64, ((si + 1) * per) as i64)
@@ -1133,7 +1168,7 @@ impl CompiledAttention {
             unsafe {
                 f(
                     q.1.as_ptr(),
-                    kt.cast_const(),
+                    k.1.as_ptr(),
                     v.1.as_ptr(),
                     outp.ptr(),
                     runs.as_ptr(),
@@ -1141,7 +1176,7 @@ impl CompiledAttention {
                     rows_total as i64,
                     s as i64,
                     oq as i64,
-                    0,
+                    ok as i64,
                     ov as i64,
                     oo as i64,
                     h as i64,
@@ -1154,6 +1189,7 @@ impl CompiledAttention {
                     v0,
                     v1,
                     raww,
+                    ktp,
                 )
             };
         })?;
@@ -1206,6 +1242,10 @@ fn pack_kt(
     })?;
     Ok(out)
 }
+
+/// Programs of at most this many query rows (decode, packed heads) dot K's
+/// rows in place instead of using a packed Kᵀ.
+const DOT_ROWS: usize = 8;
 
 /// The most `f32`s of split state (`[O, m, l]` per program and split) a
 /// run keeps; larger splits are reduced to fit.

@@ -135,6 +135,100 @@ pub(crate) fn declarations(w: usize) -> String {
     let vt = format!("<{w} x float>");
     format!(
         "declare {vt} @llvm.fmuladd.v{w}f32({vt}, {vt}, {vt})\n\
-         declare {vt} @llvm.masked.load.v{w}f32.p0(ptr, i32, <{w} x i1>, {vt})\n"
+         declare {vt} @llvm.masked.load.v{w}f32.p0(ptr, i32, <{w} x i1>, {vt})\n\
+         declare float @llvm.vector.reduce.fadd.v{w}f32(float, {vt})\n"
     )
+}
+
+/// Scores by dot products, for programs with few query rows (decode): each
+/// row of K (`b`, contiguous over the depth) is read once and dotted with
+/// the [`MR`] rows of a block of A, `C[i][j] = Σ_p A[i][p]·B[j][p]`, `MR`
+/// vector accumulators along the depth and one horizontal sum per entry.
+/// Needs no packed Kᵀ, so K is streamed straight from memory.
+pub(crate) struct RowDot<'s> {
+    pub w: usize,
+    /// Blocks of [`MR`] rows of A (an i64 value).
+    pub blocks: &'s str,
+    /// Rows of B to dot with (an i64 value).
+    pub cols: &'s str,
+    /// The depth (a constant).
+    pub d: usize,
+    /// `A[i][p] = a[i·a_row + p]`.
+    pub a: &'s str,
+    pub a_row: usize,
+    /// `B[j][p] = b[j·b_row + p]`.
+    pub b: &'s str,
+    pub b_row: usize,
+    /// `C[i][j] = c[i·c_row + j]`.
+    pub c: &'s str,
+    pub c_row: usize,
+    /// Three i64 loop counters (allocas).
+    pub counters: [&'s str; 3],
+    /// At least [`MR`] allocas of the vector type.
+    pub acc: &'s [String],
+}
+
+impl RowDot<'_> {
+    pub(crate) fn emit(&self, ir: &mut Ir) {
+        let w = self.w;
+        let vt = format!("<{w} x float>");
+        let [cb, cj, cc] = self.counters;
+        let (chunks, tail) = (self.d / w, self.d % w);
+        let tail_mask: Vec<String> =
+            (0..w).map(|l| format!("i1 {}", if l < tail { "true" } else { "false" })).collect();
+        let tail_mask = format!("<{w} x i1> <{}>", tail_mask.join(", "));
+        ir.for_range(cb, "0", self.blocks, |ir, blk| {
+            let row0 = ir.op("mul", "i64", blk, &MR.to_string());
+            let a_off = ir.op("mul", "i64", &row0, &self.a_row.to_string());
+            let c_off = ir.op("mul", "i64", &row0, &self.c_row.to_string());
+            let ablock = ir.gep("float", self.a, &a_off);
+            let cblock = ir.gep("float", self.c, &c_off);
+            ir.for_range(cj, "0", self.cols, |ir, j| {
+                let boff = ir.op("mul", "i64", j, &self.b_row.to_string());
+                let brow = ir.gep("float", self.b, &boff);
+                for a in &self.acc[..MR] {
+                    ir.line(format!("store {vt} zeroinitializer, ptr {a}"));
+                }
+                let step = |ir: &mut Ir, col: &str, masked: bool| {
+                    let pb = ir.gep("float", &brow, col);
+                    let load = |ir: &mut Ir, p: &str| {
+                        let x = ir.tmp();
+                        if masked {
+                            ir.line(format!(
+                                "{x} = call {vt} @llvm.masked.load.v{w}f32.p0(ptr {p}, i32 4, {tail_mask}, {vt} zeroinitializer)"
+                            ));
+                        } else {
+                            ir.line(format!("{x} = load {vt}, ptr {p}, align 4"));
+                        }
+                        x
+                    };
+                    let kv = load(ir, &pb);
+                    for (r, a) in self.acc[..MR].iter().enumerate() {
+                        let idx = ir.op("add", "i64", col, &(r * self.a_row).to_string());
+                        let pa = ir.gep("float", &ablock, &idx);
+                        let qv = load(ir, &pa);
+                        let old = ir.load(&vt, a);
+                        let y = ir.tmp();
+                        ir.line(format!("{y} = call {vt} @llvm.fmuladd.v{w}f32({vt} {qv}, {vt} {kv}, {vt} {old})"));
+                        ir.line(format!("store {vt} {y}, ptr {a}"));
+                    }
+                };
+                ir.for_range(cc, "0", &chunks.to_string(), |ir, c| {
+                    let col = ir.op("mul", "i64", c, &w.to_string());
+                    step(ir, &col, false);
+                });
+                if tail > 0 {
+                    step(ir, &(chunks * w).to_string(), true);
+                }
+                for (r, a) in self.acc[..MR].iter().enumerate() {
+                    let v = ir.load(&vt, a);
+                    let sum = ir.tmp();
+                    ir.line(format!("{sum} = call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {v})"));
+                    let idx = ir.op("add", "i64", j, &(r * self.c_row).to_string());
+                    let pc = ir.gep("float", &cblock, &idx);
+                    ir.line(format!("store float {sum}, ptr {pc}"));
+                }
+            });
+        });
+    }
 }
