@@ -7,11 +7,14 @@
 //! program** of the FlashAttention-2 schedule — one `(leading index,
 //! q-tile)` — exactly as the Kernel IR interpreter does: the running max,
 //! sum and output of the q-tile's rows on the stack; for each visited
-//! kv-tile of the program's runs, `S = Q·Kᵀ·scale` (the dot products
-//! written with `reassoc contract` so LLVM vectorises them and fuses
-//! multiply-adds), the mask predicate **compiled to integer arithmetic**
+//! kv-tile of the program's runs, `S = Q·Kᵀ·scale` as a register-blocked
+//! block product ([`crate::gemm`]: 6 rows × 2 vectors of accumulators,
+//! broadcast multiply-adds, over a Kᵀ the runtime packs once per K block; or,
+//! for programs of at most 8 rows such as decode, dot products over K's rows
+//! read in place), the mask predicate **compiled to integer arithmetic**
 //! and tested per element in partial tiles only, the online-softmax update
-//! and `O += P·V`; one division at the end; a row with no visible key gives
+//! and `O += P·V` (the same block product, V read in place); one division
+//! at the end; a row with no visible key gives
 //! zeros. Head dimensions, tile sizes and the scale are constants of the
 //! function; `T`, `S` and the offsets are arguments, so one compiled
 //! function serves every sequence length.

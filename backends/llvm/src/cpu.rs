@@ -10,9 +10,11 @@
 //! score modifiers, elementwise chains with lambda masks, integer outputs
 //! and integer moves and reductions — runs
 //! in the Kernel IR interpreter's loops. `--stats` says which executor ran
-//! each kernel. Compiled elementwise, movement, row and reduce kernels are
-//! kept in a [`KernelCache`], so running a program again does not compile
-//! them again.
+//! each kernel. Compiled kernels are cached — attention and matmul by their
+//! specification, elementwise, movement, row and reduce kernels in a
+//! [`KernelCache`] — so running a program again, at any sequence length,
+//! compiles nothing. [`CpuHooks::with_host`] compiles for another CPU or
+//! feature set (`--target-cpu` / `--target-features`).
 
 use tdl_ir::layout::AttentionLayout;
 use tdl_ir::DType;
