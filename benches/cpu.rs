@@ -6,6 +6,9 @@
 //! (`cpu/<name>`) and a median over `TDL_REPS` runs (default 5) that goes
 //! into the summary table printed at the end, beside:
 //!
+//! - **FMA peak**: a JIT-compiled loop of independent vector fused
+//!   multiply-adds on every thread (`tdl_llvm::ceiling`), the arithmetic
+//!   ceiling;
 //! - **sgemm ceiling**: tdlc's own matmul kernel on a 1024³ f32 product, the
 //!   best of a few tilings (median of 5 each) — the attention configs are
 //!   reported as a fraction of it;
@@ -164,6 +167,11 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
 
     // The machine's ceilings, measured here.
+    let peak = selected("peak").then(|| {
+        let gf = tdl::llvm::ceiling::fma_peak_gflops(threads, 100_000_000, 3).expect("the FMA loop runs");
+        println!("FMA peak: {gf:.1} GFLOP/s ({threads} threads)");
+        gf
+    });
     let sgemm = selected("sgemm").then(|| sgemm_ceiling(threads, reps));
     let bandwidth = selected("bandwidth").then(|| read_bandwidth(threads, reps));
 
@@ -227,6 +235,12 @@ fn bench(c: &mut Criterion) {
 
     // The summary table (markdown).
     println!("\n## CPU benchmark summary ({threads} threads, median of {reps})\n");
+    match peak {
+        Some(gf) => {
+            println!("- FMA peak (a JIT-compiled loop of 12 independent vector FMAs per thread): {gf:.1} GFLOP/s")
+        }
+        None => println!("- FMA peak: not measured (TDL_BENCH filter)"),
+    }
     match sgemm {
         Some((gf, tiles)) => println!("- sgemm ceiling (tdlc's matmul, 1024³ f32, tiles {tiles:?}): {gf:.1} GFLOP/s"),
         None => println!("- sgemm ceiling: not measured (TDL_BENCH filter)"),
@@ -235,10 +249,13 @@ fn bench(c: &mut Criterion) {
         Some(bw) => println!("- memory bandwidth (parallel read of 256 MiB): {bw:.1} GB/s"),
         None => println!("- memory bandwidth: not measured (TDL_BENCH filter)"),
     }
-    println!("\n| configuration | median ms | useful GFLOP/s | of sgemm | K/V GB/s | of bandwidth | notes |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "\n| configuration | median ms | useful GFLOP/s | of FMA peak | of sgemm | K/V GB/s | of bandwidth | notes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let of_sgemm = sgemm.map_or("–".to_string(), |(s, _)| format!("{:.0}%", 100.0 * r.gflops / s));
+        let of_peak = peak.map_or("–".to_string(), |p| format!("{:.0}%", 100.0 * r.gflops / p));
         let (gbs, of_bw) = match r.kv_bytes {
             Some(b) => {
                 let gbs = b / (r.ms / 1e3) / 1e9;
@@ -246,7 +263,10 @@ fn bench(c: &mut Criterion) {
             }
             None => ("–".to_string(), "–".to_string()),
         };
-        println!("| {} | {:.3} | {:.1} | {of_sgemm} | {gbs} | {of_bw} | {} |", r.name, r.ms, r.gflops, r.detail);
+        println!(
+            "| {} | {:.3} | {:.1} | {of_peak} | {of_sgemm} | {gbs} | {of_bw} | {} |",
+            r.name, r.ms, r.gflops, r.detail
+        );
     }
 }
 

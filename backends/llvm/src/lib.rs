@@ -12,6 +12,7 @@
 
 pub mod attention;
 mod cache;
+pub mod ceiling;
 pub mod cpu;
 pub mod elementwise;
 pub mod emit;

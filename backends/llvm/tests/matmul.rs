@@ -82,3 +82,11 @@ fn jit_matmul_refuses_views_out_of_bounds() {
     let e = kern.run(&args, 1).expect_err("16 elements needed, 12 given");
     assert!(e.to_string().contains("out of bounds"), "{e}");
 }
+
+/// The arithmetic ceiling the benchmarks report against is measured, not
+/// assumed: the FMA loop runs and gives a positive rate.
+#[test]
+fn fma_peak_is_measured() {
+    let gf = tdl_llvm::ceiling::fma_peak_gflops(1, 1_000_000, 1).unwrap();
+    assert!(gf.is_finite() && gf > 0.1, "{gf} GFLOP/s");
+}
