@@ -21,7 +21,8 @@
 //! `TDL_BENCH=substring` runs only the configurations whose name contains
 //! it; `TDL_QUICK=1` skips criterion's sampling (medians only);
 //! `TDL_THREADS=N` (default: every core); `TDL_TILE=q,k` forces the
-//! attention tiles (default: the Kernel IR cost model's for this machine).
+//! attention tiles (default: the Kernel IR cost model's for this machine);
+//! `TDL_MM_TILES=m,n,k;m,n,k` adds matmul tilings to the sgemm sweep.
 
 use std::time::{Duration, Instant};
 
@@ -291,7 +292,20 @@ fn sgemm_ceiling(threads: usize, reps: usize) -> (f64, (usize, usize, usize)) {
     };
     let mut best = (0.0, (0, 0, 0));
     let host = Target::host().matmul_tiles(4);
-    for tiles in [host, (48, 256, 256), (96, 128, 256), (64, 512, 128), (192, 256, 384)] {
+    let extra: Vec<(usize, usize, usize)> = std::env::var("TDL_MM_TILES")
+        .ok()
+        .map(|v| {
+            v.split(';')
+                .filter_map(|t| {
+                    let n: Vec<usize> = t.split(',').filter_map(|x| x.parse().ok()).collect();
+                    (n.len() == 3).then(|| (n[0], n[1], n[2]))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut candidates = vec![host, (48, 256, 256), (96, 128, 256), (64, 512, 128), (192, 256, 384)];
+    candidates.extend(extra);
+    for tiles in candidates {
         let kern = CompiledMatMul::new(tiles).expect("compiles");
         let t = time_median(reps, || {
             kern.run(&args, threads).expect("runs");
