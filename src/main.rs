@@ -271,6 +271,14 @@ fn user(msg: impl Into<String>) -> Failure {
 static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 fn main() -> ExitCode {
+    // A closed pipe (`tdlc run … | head`) ends tdlc quietly, as it ends
+    // every Unix tool, instead of failing a print (Rust ignores SIGPIPE).
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up,
+    // before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Usage errors are user errors (exit 1); exit 2 is reserved for bugs.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -1508,3 +1508,29 @@ fn target_cpu_and_features_choose_the_vector_code() {
         assert!(out.stderr.contains("--target-"), "{}", out.stderr);
     }
 }
+
+/// A reader that stops early (`tdlc run … | head`) ends tdlc quietly, by
+/// SIGPIPE as any Unix tool, never as an internal error.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_pipe_is_not_an_internal_error() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/block.tdl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tdlc"))
+        .args(["compile", file, "--emit", "llvm"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte, then close the pipe while tdlc still has lines to write.
+    let mut out = child.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    out.read_exact(&mut byte).unwrap();
+    drop(out);
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("internal error"), "{stderr}");
+    assert_ne!(status.code(), Some(2), "{stderr}");
+}
