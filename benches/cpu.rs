@@ -78,7 +78,8 @@ fn visible(mask: Option<&MaskExpr>, ops: &[Tensor], t: usize, s: usize, tiles_qk
     let space = tiles::iteration_space(m, &ctx, tiles_qk.0, tiles_qk.1).expect("iteration space");
     let refs: Vec<&Tensor> = ops.iter().collect();
     let ev = tdl::reference::mask::MaskEval::new(m, &refs, t, s, &b).expect("mask");
-    let n = tdl::tiling::visible_in_head(&space, &ev, 0, &mut u64::MAX.clone()).expect("counts").expect("in budget");
+    let mut budget = u64::MAX;
+    let n = tdl::tiling::visible_in_head(&space, &ev, 0, &mut budget).expect("counts").expect("in budget");
     n as f64
 }
 

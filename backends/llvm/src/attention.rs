@@ -55,7 +55,6 @@
 
 use std::fmt::Write as _;
 
-use inkwell::context::Context;
 use tdl_ir::layout::{next_index, AttentionLayout};
 use tdl_ir::{ArrayRef, Bindings, DType, MaskExpr};
 use tdl_kernel::ir::KvSplit;
@@ -125,7 +124,7 @@ type ProgramFn = unsafe extern "C" fn(
 );
 
 fn not_supported(what: &str) -> LlvmError {
-    LlvmError::Internal(format!("not supported yet: {what} in the CPU attention kernel"))
+    LlvmError::Unsupported(format!("{what} in the CPU attention kernel"))
 }
 
 /// A small LLVM IR text writer: fresh value and label names, lines, and
@@ -856,7 +855,8 @@ pub struct CompiledAttention {
     f: ProgramFn,
     /// Columns of a packed Kᵀ tile (`tile_k` rounded up to a vector).
     tkp: usize,
-    jit: Jitted,
+    /// Owns the machine code `f` points into.
+    _jit: Jitted,
 }
 
 /// How a run went.
@@ -900,26 +900,18 @@ pub fn expf_polynomial(xs: &[f32]) -> Result<Vec<f32>, LlvmError> {
         expf_ir(),
         attrs.join(" ")
     );
-    let ctx = Context::create();
-    let module = jit::optimised_module(&ctx, &text, "tdl_expf", &host)?;
-    let (engine, addr) = jit::jit(&module, "tdl_expf_entry")?;
+    let jit = Jitted::compile(&text, "tdl_expf", "tdl_expf_entry", &host)?;
     // SAFETY: `tdl_expf_entry` is `float(float)` as written above; its code
-    // lives as long as `engine`, which outlives the calls.
-    let f = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(f32) -> f32>(addr) };
+    // lives as long as `jit`, which outlives the calls.
+    let f = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(f32) -> f32>(jit.addr) };
     // SAFETY: a pure function of its argument.
-    let out = xs.iter().map(|&x| unsafe { f(x) }).collect();
-    drop(engine);
-    Ok(out)
+    Ok(xs.iter().map(|&x| unsafe { f(x) }).collect())
 }
 
 /// The optimised LLVM IR of `spec` for the host (`--emit llvm`).
 pub fn attention_llvm_text(spec: &AttentionSpec) -> Result<String, LlvmError> {
     let host = HostTarget::detect()?;
-    let text = attention_ir(spec, &host)?;
-    let ctx = Context::create();
-    let module = jit::optimised_module(&ctx, &text, "tdl_attention", &host)?;
-    let ir = module.print_to_string().to_string();
-    Ok(ir)
+    jit::emit_text(&attention_ir(spec, &host)?, "tdl_attention", &host, false)
 }
 
 impl CompiledAttention {
@@ -938,12 +930,7 @@ impl CompiledAttention {
         // long as `self`.
         let f: ProgramFn = unsafe { std::mem::transmute::<usize, ProgramFn>(jit.addr) };
         let tkp = spec.tile_k.next_multiple_of((host.f32_lanes() as usize).max(1));
-        Ok(CompiledAttention { spec: spec.clone(), f, tkp, jit })
-    }
-
-    /// The kernel's LLVM IR after optimisation.
-    pub fn optimised_ir(&self) -> &str {
-        &self.jit.optimised_ir
+        Ok(CompiledAttention { spec: spec.clone(), f, tkp, _jit: jit })
     }
 
     /// [`CompiledAttention::run_with`] on `threads` threads without a KV split.

@@ -4,72 +4,21 @@
 //! program again — a benchmark's repetitions, the same kernel shape twice
 //! in one program — reuses the machine code.
 //!
-//! Each entry owns its LLVM context, module and MCJIT engine. The cache
+//! Each entry is a [`Jitted`] (it owns its LLVM context, module and MCJIT
+//! engine). The cache
 //! holds at most [`KernelCache::CAPACITY`] entries and evicts the oldest;
 //! callers hold an `Arc` to the entry they run, so eviction never frees
 //! code that is running.
 
 use std::collections::{HashMap, VecDeque};
-use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 
-use inkwell::context::Context;
-use inkwell::execution_engine::ExecutionEngine;
-
-use crate::jit;
+use crate::jit::Jitted;
 use crate::{HostTarget, LlvmError};
-
-/// One compiled module and the address of its entry point.
-pub(crate) struct Compiled {
-    /// Borrows `*ctx` (the `'static` is this struct's private promise:
-    /// `Drop` disposes of the engine before the context).
-    engine: ManuallyDrop<ExecutionEngine<'static>>,
-    ctx: ManuallyDrop<Box<Context>>,
-    addr: usize,
-}
-
-// SAFETY: the engine and the context are only touched when the entry is
-// created and dropped (never concurrently: both happen under the cache's
-// lock or with the last `Arc`); no `Rc` clone of the engine escapes
-// `compile`. The machine code itself is immutable and callable from any
-// thread.
-unsafe impl Send for Compiled {}
-unsafe impl Sync for Compiled {}
-
-impl Compiled {
-    /// The entry point's address (valid while `self` lives).
-    pub(crate) fn addr(&self) -> usize {
-        self.addr
-    }
-}
-
-impl Drop for Compiled {
-    fn drop(&mut self) {
-        // SAFETY: dropped exactly once, here, engine first, then the
-        // context it borrows.
-        unsafe {
-            ManuallyDrop::drop(&mut self.engine);
-            ManuallyDrop::drop(&mut self.ctx);
-        }
-    }
-}
-
-fn compile(text: &str, module_name: &str, entry: &str, host: &HostTarget) -> Result<Compiled, LlvmError> {
-    let ctx = Box::new(Context::create());
-    // SAFETY: the context is boxed (its address is stable) and, once in a
-    // `Compiled`, outlives the engine (see `Drop`); on the error paths the
-    // module and engine are dropped before the box (reverse declaration
-    // order).
-    let ctx_ref: &'static Context = unsafe { &*(ctx.as_ref() as *const Context) };
-    let module = jit::optimised_module(ctx_ref, text, module_name, host)?;
-    let (engine, addr) = jit::jit(&module, entry)?;
-    drop(module);
-    Ok(Compiled { engine: ManuallyDrop::new(engine), ctx: ManuallyDrop::new(ctx), addr })
-}
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<String, Arc<Compiled>>,
+    map: HashMap<String, Arc<Jitted>>,
     order: VecDeque<String>,
 }
 
@@ -115,12 +64,12 @@ impl KernelCache {
         module_name: &str,
         entry: &str,
         host: &HostTarget,
-    ) -> Result<Arc<Compiled>, LlvmError> {
+    ) -> Result<Arc<Jitted>, LlvmError> {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = e.map.get(text) {
             return Ok(c.clone());
         }
-        let c = Arc::new(compile(text, module_name, entry, host)?);
+        let c = Arc::new(Jitted::compile(text, module_name, entry, host)?);
         while e.map.len() >= Self::CAPACITY {
             let Some(old) = e.order.pop_front() else { break };
             e.map.remove(&old);

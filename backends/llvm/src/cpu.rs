@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::attention::{attention_ir, AttentionSpec, CompiledAttention, RunOptions};
+use crate::attention::{AttentionSpec, CompiledAttention, RunOptions};
 use crate::matmul::CompiledMatMul;
 use crate::{HostTarget, KernelCache, LlvmError};
 
@@ -38,7 +38,8 @@ use crate::{HostTarget, KernelCache, LlvmError};
 pub struct CpuHooks {
     pub threads: usize,
     host: Option<HostTarget>,
-    attention: RefCell<HashMap<String, Rc<CompiledAttention>>>,
+    /// `None`: the code generator does not support that attention.
+    attention: RefCell<HashMap<String, Option<Rc<CompiledAttention>>>>,
     matmul: RefCell<HashMap<(usize, usize, usize), Rc<CompiledMatMul>>>,
     kernels: KernelCache,
 }
@@ -68,34 +69,46 @@ impl CpuHooks {
 
     /// Kernels compiled so far (attention, matmul).
     pub fn compiled(&self) -> (usize, usize) {
-        (self.attention.borrow().len(), self.matmul.borrow().len())
+        (self.attention.borrow().values().flatten().count(), self.matmul.borrow().len())
     }
 
-    fn attention_kernel(&self, spec: &AttentionSpec) -> Result<Rc<CompiledAttention>, crate::LlvmError> {
-        let key = format!("{spec:?}");
-        if let Some(c) = self.attention.borrow().get(&key) {
-            return Ok(c.clone());
-        }
-        let host = self.host.as_ref().ok_or_else(|| LlvmError::Internal("no host target".into()))?;
-        let c = Rc::new(CompiledAttention::new_for(spec, host)?);
-        self.attention.borrow_mut().insert(key, c.clone());
-        Ok(c)
+    /// The compiled attention for `spec`, `None` when the code generator
+    /// does not support it (decided once per spec: the IR is generated
+    /// only on a miss).
+    fn attention_kernel(&self, spec: &AttentionSpec) -> Result<Option<Rc<CompiledAttention>>, LlvmError> {
+        cached(&self.attention, format!("{spec:?}"), || match CompiledAttention::new_for(spec, self.host()?) {
+            Ok(c) => Ok(Some(Rc::new(c))),
+            Err(LlvmError::Unsupported(_)) => Ok(None),
+            Err(e) => Err(e),
+        })
     }
 
-    fn matmul_kernel(&self, tiles: (usize, usize, usize)) -> Result<Rc<CompiledMatMul>, crate::LlvmError> {
-        if let Some(c) = self.matmul.borrow().get(&tiles) {
-            return Ok(c.clone());
-        }
-        let host = self.host.as_ref().ok_or_else(|| LlvmError::Internal("no host target".into()))?;
-        let c = Rc::new(CompiledMatMul::new_for(tiles, host)?);
-        self.matmul.borrow_mut().insert(tiles, c.clone());
-        Ok(c)
+    fn matmul_kernel(&self, tiles: (usize, usize, usize)) -> Result<Rc<CompiledMatMul>, LlvmError> {
+        cached(&self.matmul, tiles, || Ok(Rc::new(CompiledMatMul::new_for(tiles, self.host()?)?)))
+    }
+
+    fn host(&self) -> Result<&HostTarget, LlvmError> {
+        self.host.as_ref().ok_or_else(|| LlvmError::Internal("no host target".into()))
     }
 
     /// The compiled elementwise, movement, row and reduce kernels.
     pub fn kernel_cache(&self) -> &KernelCache {
         &self.kernels
     }
+}
+
+/// The value of `key` in `map`, made by `make` on a miss.
+fn cached<K: std::hash::Hash + Eq, V: Clone>(
+    map: &RefCell<HashMap<K, V>>,
+    key: K,
+    make: impl FnOnce() -> Result<V, LlvmError>,
+) -> Result<V, LlvmError> {
+    if let Some(v) = map.borrow().get(&key) {
+        return Ok(v.clone());
+    }
+    let v = make()?;
+    map.borrow_mut().insert(key, v.clone());
+    Ok(v)
 }
 
 /// A hook's answer from a runner's: `None` declines.
@@ -134,7 +147,7 @@ impl Hooks for CpuHooks {
     }
 
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
-        let host = self.host.as_ref()?;
+        self.host.as_ref()?;
         if k.score.is_some() {
             return None;
         }
@@ -148,33 +161,37 @@ impl Hooks for CpuHooks {
             mask: args.mask.map(|(m, _)| m.clone()),
         };
         // Only what the code generator supports; the rest is the interpreter's.
-        attention_ir(&spec, host).ok()?;
+        let compiled = match self.attention_kernel(&spec) {
+            Ok(Some(c)) => c,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e.to_string())),
+        };
         let none = MaskData::none();
         let data = args.mask.map_or(&none, |(_, d)| d);
-        let run = self.attention_kernel(&spec).and_then(|c| {
-            let mut out = Vec::new();
-            let opts = RunOptions { threads: self.threads, kv_split: k.kv_split };
-            let st = c.run_with(
-                (&args.q.shape, &args.q.data),
-                (&args.k.shape, &args.k.data),
-                (&args.v.shape, &args.v.data),
-                data,
-                args.bindings,
-                &mut out,
-                &opts,
-            )?;
-            let mut shape = layout.lead.clone();
-            shape.extend([layout.t, layout.dv]);
-            let stats = KernelStats {
-                programs: st.programs as u64,
-                tiles_visited: st.tiles_visited as u64,
-                full_tiles: st.tiles_full as u64,
-                partial_tiles: st.tiles_partial as u64,
-                kv_splits: st.kv_splits,
-                ..KernelStats::default()
-            };
-            Ok((F32Tensor { shape, data: out }, EXECUTOR, stats))
-        });
-        Some(run.map_err(|e| e.to_string()))
+        let mut out = Vec::new();
+        let opts = RunOptions { threads: self.threads, kv_split: k.kv_split };
+        let st = match compiled.run_with(
+            (&args.q.shape, &args.q.data),
+            (&args.k.shape, &args.k.data),
+            (&args.v.shape, &args.v.data),
+            data,
+            args.bindings,
+            &mut out,
+            &opts,
+        ) {
+            Ok(st) => st,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let mut shape = layout.lead.clone();
+        shape.extend([layout.t, layout.dv]);
+        let stats = KernelStats {
+            programs: st.programs as u64,
+            tiles_visited: st.tiles_visited as u64,
+            full_tiles: st.tiles_full as u64,
+            partial_tiles: st.tiles_partial as u64,
+            kv_splits: st.kv_splits,
+            ..KernelStats::default()
+        };
+        Some(Ok((F32Tensor { shape, data: out }, EXECUTOR, stats)))
     }
 }

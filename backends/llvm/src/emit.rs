@@ -33,7 +33,6 @@ pub fn program_text(p: &KernelProgram, kind: EmitKind) -> Result<String, LlvmErr
 /// [`program_text`] for `host` (any x86-64 CPU and features LLVM knows:
 /// nothing runs).
 pub fn program_text_for(p: &KernelProgram, kind: EmitKind, host: &HostTarget) -> Result<String, LlvmError> {
-    let host = host.clone();
     let mut out = String::new();
     let comment = if kind == EmitKind::Llvm { ";" } else { "#" };
     let _ = writeln!(
@@ -43,8 +42,8 @@ pub fn program_text_for(p: &KernelProgram, kind: EmitKind, host: &HostTarget) ->
     );
     for k in &p.kernels {
         let generated = match &k.body {
-            KernelBody::Attention(a) => attention_text(p, a, &host),
-            KernelBody::MatMul(m) => matmul_text(p, m, &host),
+            KernelBody::Attention(a) => attention_text(p, a, host),
+            KernelBody::MatMul(m) => matmul_text(p, m, host),
             other => Err(format!(
                 "{} kernels are generated at run time for their operands' strides; --emit does not show them yet",
                 other.kind()
@@ -54,7 +53,7 @@ pub fn program_text_for(p: &KernelProgram, kind: EmitKind, host: &HostTarget) ->
         match generated {
             Ok((what, text)) => {
                 let _ = writeln!(out, "{comment} {what}");
-                out.push_str(&jit::emit_text(&text, &k.name, &host, kind == EmitKind::Asm)?);
+                out.push_str(&jit::emit_text(&text, &k.name, host, kind == EmitKind::Asm)?);
             }
             Err(why) => {
                 let _ = writeln!(out, "{comment} {why}");

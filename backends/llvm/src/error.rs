@@ -40,6 +40,10 @@ pub enum LlvmError {
     /// A buffer is too long to index with an `i64`.
     #[error("buffer of {0} elements is too long")]
     TooLong(usize),
+    /// The code generator does not handle this yet (the caller may fall
+    /// back to the Kernel IR interpreter).
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
     /// A `--target-cpu` / `--target-features` value is malformed.
     #[error("{0}")]
     InvalidTarget(String),

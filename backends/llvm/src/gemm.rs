@@ -103,18 +103,7 @@ impl BlockGemm<'_> {
                     for r in 0..MR {
                         let idx0 = ir.op("add", "i64", p, &(r * self.a_row).to_string());
                         let pa = ir.gep("float", &ablock, &idx0);
-                        let x = ir.load("float", &pa);
-                        let ins = ir.tmp();
-                        ir.line(format!("{ins} = insertelement {vt} poison, float {x}, i64 0"));
-                        let splat = ir.tmp();
-                        ir.line(format!("{splat} = shufflevector {vt} {ins}, {vt} poison, <{w} x i32> zeroinitializer"));
-                        for (v, b) in bvs.iter().enumerate() {
-                            let old = ir.tmp();
-                            ir.line(format!("{old} = load {vt}, ptr {}", accs(r, v)));
-                            let y = ir.tmp();
-                            ir.line(format!("{y} = call {vt} @llvm.fmuladd.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
-                            ir.line(format!("store {vt} {y}, ptr {}", accs(r, v)));
-                        }
+                        broadcast_fma(ir, w, &pa, &bvs, &self.acc[r * 2..r * 2 + nv]);
                     }
                 });
                 for r in 0..MR {
@@ -127,6 +116,23 @@ impl BlockGemm<'_> {
                 v0 += nv;
             }
         });
+    }
+}
+
+/// One step of a register-blocked product for one row: `accs[v] +=
+/// splat(*a) · bs[v]` (the accumulators are vector allocas).
+pub(crate) fn broadcast_fma(ir: &mut Ir, w: usize, a: &str, bs: &[String], accs: &[String]) {
+    let vt = format!("<{w} x float>");
+    let x = ir.load("float", a);
+    let ins = ir.tmp();
+    ir.line(format!("{ins} = insertelement {vt} poison, float {x}, i64 0"));
+    let splat = ir.tmp();
+    ir.line(format!("{splat} = shufflevector {vt} {ins}, {vt} poison, <{w} x i32> zeroinitializer"));
+    for (acc, b) in accs.iter().zip(bs) {
+        let old = ir.load(&vt, acc);
+        let y = ir.tmp();
+        ir.line(format!("{y} = call {vt} @llvm.fmuladd.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
+        ir.line(format!("store {vt} {y}, ptr {acc}"));
     }
 }
 

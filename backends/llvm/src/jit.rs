@@ -70,7 +70,7 @@ pub(crate) fn jit<'ctx>(module: &Module<'ctx>, name: &str) -> Result<(ExecutionE
 
 /// A JIT-compiled module that owns its LLVM context: the machine code of
 /// `addr` stays valid as long as the value lives, so compiled kernels can be
-/// cached and called many times.
+/// cached and called many times (from any thread).
 pub(crate) struct Jitted {
     // Dropped explicitly, in this order, before `_ctx` (see `Drop`).
     engine: ManuallyDrop<ExecutionEngine<'static>>,
@@ -78,9 +78,14 @@ pub(crate) struct Jitted {
     _ctx: Box<Context>,
     /// The entry point's address.
     pub(crate) addr: usize,
-    /// The module's LLVM IR after optimisation (`--emit llvm`).
-    pub(crate) optimised_ir: String,
 }
+
+// SAFETY: the context, module and engine are only touched when the value
+// is created and dropped, never concurrently (no clone of the engine
+// escapes `compile`); the machine code is immutable and callable from any
+// thread.
+unsafe impl Send for Jitted {}
+unsafe impl Sync for Jitted {}
 
 impl Jitted {
     /// Parses, optimises and JIT-compiles `text`; `entry` is the function
@@ -91,15 +96,8 @@ impl Jitted {
         // dropped after the module and the engine that borrow it (`Drop`).
         let c: &'static Context = unsafe { &*(ctx.as_ref() as *const Context) };
         let module = optimised_module(c, text, name, host)?;
-        let optimised_ir = module.print_to_string().to_string();
         let (engine, addr) = jit(&module, entry)?;
-        Ok(Jitted {
-            engine: ManuallyDrop::new(engine),
-            module: ManuallyDrop::new(module),
-            _ctx: ctx,
-            addr,
-            optimised_ir,
-        })
+        Ok(Jitted { engine: ManuallyDrop::new(engine), module: ManuallyDrop::new(module), _ctx: ctx, addr })
     }
 }
 

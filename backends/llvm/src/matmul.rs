@@ -6,12 +6,13 @@
 //! read through their strides, so transposed and sliced views need no copy.
 //! The runtime hands `(batch, m-tile)` work items to worker threads.
 
-use crate::jit::Jitted;
 use std::fmt::Write as _;
+
 use tdl_kernel::interp::MatMulArgs;
 
 use crate::attention::Ir;
-use crate::jit::{self, Shared};
+use crate::gemm::{self, broadcast_fma, MR};
+use crate::jit::{self, Jitted, Shared};
 use crate::{HostTarget, LlvmError};
 
 const FN_NAME: &str = "tdl_matmul_rows";
@@ -19,9 +20,6 @@ const FN_NAME: &str = "tdl_matmul_rows";
 /// `(a, b, c, M, N, K, a_i, a_p, b_p, b_j, i0, i1)`: rows `i0..i1` of `c`
 /// (row-major `M × N`).
 type RowsFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, i64, i64, i64, i64, i64, i64, i64, i64, i64);
-
-/// Rows of the register-blocked micro-kernel.
-const MR: usize = 6;
 
 /// The LLVM IR text of the row-block function for blocks of at most
 /// `tile_m` rows and `tile_n × tile_k` panels, on the host's vectors.
@@ -35,7 +33,7 @@ pub fn matmul_ir(tile_m: usize, tile_n: usize, tile_k: usize, host: &HostTarget)
         || tile_n * tile_k > 1 << 20
         || tile_m * tile_k > 1 << 20
     {
-        return Err(LlvmError::Internal(format!("not supported yet: matmul tiles of {tile_m}×{tile_n}×{tile_k}")));
+        return Err(LlvmError::Unsupported(format!("matmul tiles of {tile_m}×{tile_n}×{tile_k}")));
     }
     let w = (host.f32_lanes() as usize).max(1);
     // The micro-kernel's columns: two vectors.
@@ -48,10 +46,10 @@ pub fn matmul_ir(tile_m: usize, tile_n: usize, tile_k: usize, host: &HostTarget)
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let _ = writeln!(
         ir.text,
-        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n\
-         declare {vt} @llvm.fmuladd.v{w}f32({vt}, {vt}, {vt})\n\n\
+        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n{}\n\
          define void @{FN_NAME}(ptr noalias readonly %a, ptr noalias readonly %b, ptr noalias %c, i64 %M, i64 %N, \
-         i64 %K, i64 %ai, i64 %ap, i64 %bp, i64 %bj, i64 %i0, i64 %i1) #0 {{\nentry:"
+         i64 %K, i64 %ai, i64 %ap, i64 %bp, i64 %bj, i64 %i0, i64 %i1) #0 {{\nentry:",
+        gemm::declarations(w)
     );
     let apack = ir.alloca("float", tm * tk);
     let stage = ir.alloca("float", nr);
@@ -255,18 +253,7 @@ impl MicroKernel<'_> {
                 for (r, accs) in self.acc.iter().enumerate() {
                     let o = ir.op("add", "i64", &pa0, &r.to_string());
                     let pa = ir.gep("float", &ablock, &o);
-                    let x = ir.load("float", &pa);
-                    let ins = ir.tmp();
-                    ir.line(format!("{ins} = insertelement {vt} poison, float {x}, i64 0"));
-                    let splat = ir.tmp();
-                    ir.line(format!("{splat} = shufflevector {vt} {ins}, {vt} poison, <{w} x i32> zeroinitializer"));
-                    for (a, b) in accs.iter().zip(&bvs) {
-                        let old = ir.tmp();
-                        ir.line(format!("{old} = load {vt}, ptr {a}"));
-                        let y = ir.tmp();
-                        ir.line(format!("{y} = call {vt} @llvm.fmuladd.v{w}f32({vt} {splat}, {vt} {b}, {vt} {old})"));
-                        ir.line(format!("store {vt} {y}, ptr {a}"));
-                    }
+                    broadcast_fma(ir, w, &pa, &bvs, accs);
                 }
             });
             // Back to C (staged at the edge of N).
@@ -348,10 +335,11 @@ fn pack_b(args: &MatMulArgs<'_>, off: usize, g: &PanelGeometry) -> Vec<f32> {
     out
 }
 
-/// Compiles the matmul for `(tile_m, tile_n, tile_k)` and runs it on `args`
-/// with `threads` worker threads; returns the row-major `[batch, M, N]`.
-pub fn run_matmul(tiles: (usize, usize, usize), args: &MatMulArgs<'_>, threads: usize) -> Result<Vec<f32>, LlvmError> {
-    CompiledMatMul::new(tiles)?.run(args, threads)
+/// The optimised LLVM IR of the matmul for `tiles` on the host (`--emit
+/// llvm`, `examples/dump_matmul.rs`).
+pub fn matmul_llvm_text(tiles: (usize, usize, usize)) -> Result<String, LlvmError> {
+    let host = HostTarget::detect()?;
+    jit::emit_text(&matmul_ir(tiles.0, tiles.1, tiles.2, &host)?, "tdl_matmul", &host, false)
 }
 
 impl CompiledMatMul {
@@ -369,11 +357,6 @@ impl CompiledMatMul {
         let f: RowsFn = unsafe { std::mem::transmute::<usize, RowsFn>(jit.addr) };
         let nr = 2 * (host.f32_lanes() as usize).max(1);
         Ok(CompiledMatMul { tiles, f, nr, _jit: jit })
-    }
-
-    /// The kernel's LLVM IR after optimisation.
-    pub fn optimised_ir(&self) -> &str {
-        &self._jit.optimised_ir
     }
 
     /// Runs the kernel on `args` with `threads` worker threads; returns the

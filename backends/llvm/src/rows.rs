@@ -369,7 +369,7 @@ fn run_call(call: &Call<'_>, host: &HostTarget, cache: &KernelCache, threads: us
     let compiled = cache.get(&call.text, "tdl_rows", FN_NAME, host)?;
     // SAFETY: generated with exactly this signature; the code lives as
     // long as `compiled`.
-    let f = unsafe { std::mem::transmute::<usize, RowFn>(compiled.addr()) };
+    let f = unsafe { std::mem::transmute::<usize, RowFn>(compiled.addr) };
     // Rows per item, and column blocks when there are few rows.
     let per_row = call.row_elems.max(1);
     let (items, rpi, cw) = if call.cols > 1 && call.rows < 2 * threads && call.cols >= 128 {

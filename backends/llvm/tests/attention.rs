@@ -17,6 +17,11 @@ fn random(shape: &[usize], seed: u64) -> F32Tensor {
     F32Tensor { shape: shape.to_vec(), data }
 }
 
+/// The largest `|a - b|` over two outputs.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
 fn masks() -> Vec<Option<MaskExpr>> {
     vec![
         None,
@@ -72,7 +77,7 @@ fn jit_attention_neighborhood_matches_the_interpreter() {
                     .unwrap()
             })
             .unwrap();
-            let err = out.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = max_abs_diff(&out, &want.data);
             assert!(err <= 1e-5, "{mask:?} tiles {tq}×{tk}: max error {err}");
         }
     }
@@ -114,7 +119,7 @@ fn jit_attention_matches_the_interpreter() {
                         outs.push(out);
                     }
                     assert_eq!(outs[0], outs[1], "threads change the result");
-                    let err = outs[0].iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    let err = max_abs_diff(&outs[0], &want.data);
                     assert!(err <= 1e-5, "mask {mask:?} tiles {tq}×{tk} sizes {hq}/{hk}×{t}×{s}: max error {err}");
                     assert!(outs[0].iter().all(|x| x.is_finite()));
                     cases += 1;
@@ -176,7 +181,7 @@ fn jit_attention_decode_packs_heads_and_splits_the_kv_range() {
                         outs.push(out);
                     }
                     assert_eq!(outs[0], outs[1], "threads change the result");
-                    let err = outs[0].iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    let err = max_abs_diff(&outs[0], &want.data);
                     assert!(
                         err <= 1e-5,
                         "mask {mask:?} tiles {tq}×{tk} sizes {hq}/{hk}×{t}×{s} {kv_split:?}: max error {err}"
@@ -281,7 +286,7 @@ fn jit_attention_with_document_ids_and_block_layouts() {
                     .unwrap()
             })
             .unwrap();
-            let err = out.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = max_abs_diff(&out, &want.data);
             assert!(err <= 1e-5, "{mask:?} tiles {tq}×{tk}: max error {err}");
         }
     }
