@@ -43,4 +43,22 @@ for f in examples/*.tdl; do
     echo "$out" | sed 's/^/   /'; echo "   FAIL"; fail=1
   fi
 done
+
+# Ahead of time: a shared library and its C header, called from C.
+echo "== examples/c/run_attention.c (tdlc compile --emit so, then cc)"
+if command -v cc >/dev/null 2>&1 && [ -f "$(dirname "$TDLC")/libtdl_runtime.a" ]; then
+  build=$(mktemp -d)
+  if "$TDLC" compile examples/causal_attention.tdl --emit so -o "$build/libcausal_attention.so" &&
+    cc -O2 -I"$build" examples/c/run_attention.c -L"$build" -lcausal_attention -Wl,-rpath,"$build" -o "$build/run_attention"; then
+    for args in "2 37" "8 1000"; do
+      # shellcheck disable=SC2086
+      "$build/run_attention" $args | sed 's/^/   /' || { echo "   FAIL"; fail=1; }
+    done
+  else
+    echo "   FAIL: the shared library or the C example did not build"; fail=1
+  fi
+  rm -rf "$build"
+else
+  echo "   skipped: needs cc and $(dirname "$TDLC")/libtdl_runtime.a (cargo build --release -p tdl-rt-capi)"
+fi
 [ "$fail" = 0 ] && echo "demo: all examples compiled and ran" || { echo "demo: some examples failed" >&2; exit 1; }

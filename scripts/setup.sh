@@ -129,9 +129,10 @@ info "$(rustc --version)"
 info "$(cargo --version)"
 
 # ---------------------------------------------------------------------------
-step "3/4 Building the release tdlc binary (cargo build --release -p tdl --bin tdlc)"
+step "3/4 Building the release tdlc binary and its runtime (cargo build --release -p tdl --bin tdlc; -p tdl-rt-capi)"
 cargo build --release -p tdl --bin tdlc
-info "built target/release/tdlc"
+cargo build --release -p tdl-rt-capi
+info "built target/release/tdlc and target/release/libtdl_runtime.a (what --emit so links)"
 
 # ---------------------------------------------------------------------------
 if [ -f scripts/demo.sh ]; then

@@ -158,6 +158,12 @@ enum Emit {
     Llvm,
     /// The CPU backend's compiled kernels as host assembly.
     Asm,
+    /// An object file of the CPU kernels and entry points (link it with libtdl_runtime.a); needs -o.
+    Obj,
+    /// A shared library with a C entry point per graph, and its header beside it (OUT with .h); needs -o.
+    So,
+    /// The C header of the shared library.
+    Header,
 }
 
 /// Kernel IR options shared by `compile --emit kernel` and `run --backend kernel`.
@@ -359,6 +365,9 @@ fn dispatch(cli: Cli) -> Res<()> {
                 Some(g) => vec![select(&checked, Some(g), &name)?],
                 None => checked.graphs.iter().collect(),
             };
+            if matches!(emit, Emit::Obj | Emit::So | Emit::Header) {
+                return compile_artifact(&name, &graphs, emit, output.as_deref(), &passes, &kernel);
+            }
             let mut texts = Vec::new();
             for g in graphs {
                 let text = match emit {
@@ -382,6 +391,7 @@ fn dispatch(cli: Cli) -> Res<()> {
                         tdl::llvm::emit::program_text_for(&p, kind, &cpu_target(&kernel)?)
                             .map_err(|e| Failure::Internal(e.to_string()))?
                     }
+                    Emit::Obj | Emit::So | Emit::Header => unreachable!("handled above"),
                     Emit::Egraph => {
                         let (_, reports) = optimize(g, &passes)?;
                         let e = reports.iter().rev().find_map(|r| r.egraph.clone());
@@ -628,6 +638,96 @@ fn kernel_options(args: &KernelArgs) -> Res<(tdl::kernel::target::Target, tdl::k
 }
 
 /// The pass pipeline, then the Kernel IR (lowered and verified).
+/// `tdlc compile --emit obj|so|header`: one artifact of every graph.
+fn compile_artifact(
+    source: &str,
+    graphs: &[&VerifiedGraph],
+    emit: Emit,
+    output: Option<&Path>,
+    passes: &PassArgs,
+    kernel: &KernelArgs,
+) -> Res<()> {
+    if kernel.target != "host" {
+        return Err(user(format!(
+            "--emit obj|so|header is the CPU backend's output; --target {} is a GPU (use --target host)",
+            kernel.target
+        )));
+    }
+    let programs = graphs.iter().map(|g| kernel_program(g, passes, kernel)).collect::<Res<Vec<_>>>()?;
+    let out = match (emit, output) {
+        (Emit::Obj | Emit::So, None) => {
+            return Err(user("--emit obj and --emit so write binary files: name one with -o FILE"));
+        }
+        (_, out) => out,
+    };
+    stage("llvm");
+    let host = cpu_target(kernel)?;
+    let artifact = tdl::llvm::aot::compile(&programs, &host).map_err(|e| Failure::Internal(e.to_string()))?;
+    // `libfoo.so` gets `foo.h` beside it.
+    let stem = out.and_then(|p| p.file_stem()).map_or_else(|| "tdl".to_string(), |s| s.to_string_lossy().into_owned());
+    let stem = match emit {
+        Emit::So => stem.strip_prefix("lib").filter(|s| !s.is_empty()).unwrap_or(&stem).to_string(),
+        _ => stem,
+    };
+    let header = tdl::llvm::aot::header_text(&artifact.graphs, source, &stem);
+    stage("emit");
+    let write = |path: &Path, bytes: &[u8]| {
+        std::fs::write(path, bytes).map_err(|e| user(format!("cannot write {}: {e}", path.display())))
+    };
+    match (emit, out) {
+        (Emit::Header, Some(p)) => write(p, header.as_bytes())?,
+        (Emit::Header, None) => print!("{header}"),
+        (Emit::Obj, Some(p)) => write(p, &artifact.object)?,
+        (Emit::So, Some(p)) => {
+            let runtime = runtime_library()?;
+            let object = p.with_extension(format!("tmp{}.o", std::process::id()));
+            write(&object, &artifact.object)?;
+            let linked = tdl::llvm::aot::link_shared(&object, &runtime, p);
+            let _ = std::fs::remove_file(&object);
+            linked.map_err(|e| user(e.to_string()))?;
+            write(&p.with_file_name(format!("{stem}.h")), header.as_bytes())?;
+        }
+        _ => unreachable!("checked above"),
+    }
+    for g in &artifact.graphs {
+        for k in &g.report {
+            if let Err(why) = &k.how {
+                eprintln!(
+                    "note: graph `{}`, kernel `{}` ({}): runs in the runtime's executor: {why}",
+                    g.program.name, k.name, k.kind
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The runtime archive every shared library links: `$TDL_RUNTIME_LIB`, or
+/// `libtdl_runtime.a` beside the tdlc binary (cargo's target folder) or in
+/// `../lib` (an installed layout).
+fn runtime_library() -> Res<PathBuf> {
+    const NAME: &str = "libtdl_runtime.a";
+    if let Some(p) = std::env::var_os("TDL_RUNTIME_LIB") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(user(format!("TDL_RUNTIME_LIB names {}, which is not a file", p.display())))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| Failure::Internal(format!("cannot locate the tdlc binary: {e}")))?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let candidates = [dir.join(NAME), dir.join("..").join("lib").join(NAME)];
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        user(format!(
+            "the runtime library {NAME} was not found (looked in {} and {}); build it with \
+             `cargo build --release -p tdl-rt-capi` (scripts/setup.sh does), or set TDL_RUNTIME_LIB to its path",
+            candidates[0].display(),
+            candidates[1].display()
+        ))
+    })
+}
+
 fn kernel_program(g: &VerifiedGraph, passes: &PassArgs, args: &KernelArgs) -> Res<tdl::kernel::ir::KernelProgram> {
     let (target, opts) = kernel_options(args)?;
     let (fused, _) = optimize(g, passes)?;

@@ -17,7 +17,7 @@ use crate::types::DType;
 ///
 /// Values are stored as `f64` whatever the element type (`i32` and `bool`
 /// are exact in `f64`); `data.len()` equals the product of `shape`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConstValue {
     pub dtype: DType,
     pub shape: Vec<usize>,
@@ -40,7 +40,7 @@ impl ConstValue {
 
 /// An array a lambda or a `blocks` mask reads: either a constant (from a
 /// `const` array) or a tensor operand of the node holding the expression.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ArrayRef {
     Const(ConstValue),
     Operand(usize),
@@ -48,7 +48,7 @@ pub enum ArrayRef {
 
 /// The variables of a lambda: the score `s` (score modifiers only), the query
 /// index `q`, the key index `k` and the head index `h`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum LambdaVar {
     S,
     Q,
@@ -67,7 +67,7 @@ impl LambdaVar {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ScalarUnary {
     Neg,
     Not,
@@ -101,7 +101,7 @@ impl ScalarUnary {
 /// `%`), so `(q - k) % d` is never negative for positive `d`; `x / 0` is `0`
 /// and `x % 0` is `x`, so every lambda is total (generated code needs no
 /// traps). A float on either side makes the operation a float one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ScalarBinary {
     Add,
     Sub,
@@ -156,7 +156,7 @@ impl ScalarBinary {
 
 /// An expression of the lambda language: integers, floats and booleans over
 /// the lambda variables, constants, dimension symbols and indexed arrays.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ScalarExpr {
     Var(LambdaVar),
     Int(i64),
@@ -224,7 +224,7 @@ impl ScalarExpr {
 /// A mask expression. The variants are the built-in masks of the language
 /// (see `docs/language.md` for their exact predicates), index lambdas and the
 /// combinators.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum MaskExpr {
     /// `k <= q + (S - T)`: causal, aligned bottom-right when `T < S`.
     Causal,

@@ -2,7 +2,7 @@
 
 /// A half-open byte range `start..end` into the `.tdl` source of a file.
 /// Spans are informational: they never take part in graph equality.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Span {
     pub start: usize,
     pub end: usize,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// The element type of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum DType {
     F32,
     F16,
@@ -75,7 +75,7 @@ pub const MAX_DIM_DEGREE: usize = 64;
 /// Invariant: kept in canonical form — every monomial is a sorted list of
 /// symbols (the empty list is the constant term) and no coefficient is zero —
 /// so structural equality is polynomial equality.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 pub struct Dim {
     terms: BTreeMap<Vec<String>, i64>,
 }

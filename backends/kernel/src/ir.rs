@@ -30,7 +30,7 @@
 use tdl_ir::{BinaryOp, ConstValue, DType, Dim, MaskExpr, ReduceOp, ScalarExpr, Span, UnaryOp};
 
 /// A buffer of the program, printed `%N`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct BufId(pub u32);
 
 impl BufId {
@@ -46,7 +46,7 @@ impl std::fmt::Display for BufId {
 }
 
 /// Where a buffer's contents come from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum BufKind {
     /// Graph parameter number `n` (read-only).
     Input(usize),
@@ -57,7 +57,7 @@ pub enum BufKind {
 }
 
 /// A row-major buffer.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Buffer {
     /// The source name (a parameter or `let` name) or a generated `tN`.
     pub name: String,
@@ -67,7 +67,7 @@ pub struct Buffer {
 }
 
 /// One step of a view, applied to the shape before it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ViewOp {
     /// Swaps the last two axes.
     Transpose,
@@ -113,7 +113,7 @@ pub fn reshape_only_splits(from: &[Dim], to: &[Dim]) -> bool {
 /// A read of a buffer through a chain of views: an affine map from the
 /// view's index to the buffer's flat index (resolved to an offset and
 /// strides once the dimension symbols are bound).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Access {
     pub buf: BufId,
     pub view: Vec<ViewOp>,
@@ -172,7 +172,7 @@ impl Access {
 /// (by position, as the graph's `Mask` node lists them). Its `q`, `k` are
 /// the last two indices of the kernel's output (or of the attention scores),
 /// `h` the index along axis -3 (0 below rank 3).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MaskUse {
     pub expr: MaskExpr,
     pub operands: Vec<BufId>,
@@ -183,7 +183,7 @@ pub struct MaskUse {
 /// over its share of the visited kv-tiles, giving `(m, l, O)` per row, and a
 /// merge combines them: `m = max mᵢ`, `l = Σ e^(mᵢ-m) lᵢ`,
 /// `out = Σ e^(mᵢ-m) Oᵢ / l`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum KvSplit {
     /// One split: each (lead, q-tile) program walks all its kv-tiles.
     None,
@@ -198,7 +198,7 @@ pub enum KvSplit {
 
 /// The fused attention as a FlashAttention-2 forward loop nest; see
 /// [`crate::attention`] for the schedule and its semantics.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttentionKernel {
     pub q: BufId,
     pub k: BufId,
@@ -219,7 +219,7 @@ pub struct AttentionKernel {
 }
 
 /// `out = a @ b` over the last two axes, leading axes broadcast.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MatMulKernel {
     pub a: Access,
     pub b: Access,
@@ -231,7 +231,7 @@ pub struct MatMulKernel {
 
 /// One element operation of a fused elementwise chain. Operands name
 /// earlier instructions by index; every instruction has an element type.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum EwOp {
     /// Input `i` of the kernel, broadcast (NumPy, right-aligned) to the
     /// output shape.
@@ -246,7 +246,7 @@ pub enum EwOp {
     Mask(usize),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EwInst {
     pub op: EwOp,
     pub dtype: DType,
@@ -254,7 +254,7 @@ pub struct EwInst {
 
 /// `out[i] = body(i)` for every output index; the last instruction is the
 /// value stored (rounded to the output's element type).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ElementwiseKernel {
     pub inputs: Vec<Access>,
     pub masks: Vec<MaskUse>,
@@ -263,7 +263,7 @@ pub struct ElementwiseKernel {
 }
 
 /// A reduction of one axis of a contiguous input.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReduceKernel {
     pub op: ReduceOp,
     pub axis: usize,
@@ -273,7 +273,7 @@ pub struct ReduceKernel {
 }
 
 /// Per-row operators.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum RowOp {
     /// Over `axis` (not necessarily the last).
     Softmax { axis: usize },
@@ -288,7 +288,7 @@ pub enum RowOp {
 
 /// One program per row of a contiguous input; `params` are the extra
 /// operands (norm gains and biases), broadcast along the rows.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RowKernel {
     pub op: RowOp,
     pub x: Access,
@@ -297,7 +297,7 @@ pub struct RowKernel {
 }
 
 /// Data movement.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum MoveOp {
     /// Materialises a view.
     Copy,
@@ -307,14 +307,14 @@ pub enum MoveOp {
     Repeat { times: i64, axis: usize },
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MoveKernel {
     pub op: MoveOp,
     pub srcs: Vec<Access>,
     pub out: BufId,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum KernelBody {
     Attention(Box<AttentionKernel>),
     MatMul(MatMulKernel),
@@ -385,7 +385,7 @@ impl KernelBody {
 }
 
 /// A kernel and where it came from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Kernel {
     /// The graph node it computes (its `let` name or `nN`).
     pub name: String,
@@ -395,7 +395,7 @@ pub struct Kernel {
 
 /// A graph as kernels. Kernels run in order; `results[i]` is the buffer
 /// holding result `i` (possibly an input or constant buffer).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KernelProgram {
     pub name: String,
     /// The graph's dimension symbols, sorted.

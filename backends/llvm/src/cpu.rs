@@ -16,18 +16,14 @@
 //! compiles nothing. [`CpuHooks::with_host`] compiles for another CPU or
 //! feature set (`--target-cpu` / `--target-features`).
 
-use tdl_ir::layout::AttentionLayout;
-use tdl_ir::DType;
 use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
 use tdl_kernel::ir::{AttentionKernel, ElementwiseKernel, MatMulKernel, MoveKernel, ReduceKernel, RowKernel};
-use tdl_kernel::{F32Tensor, KernelStats};
-use tdl_passes::tiles::MaskData;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::attention::{AttentionSpec, CompiledAttention, RunOptions};
+use crate::attention::{AttentionSpec, CompiledAttention};
 use crate::matmul::CompiledMatMul;
 use crate::{HostTarget, KernelCache, LlvmError};
 
@@ -148,50 +144,12 @@ impl Hooks for CpuHooks {
 
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
         self.host.as_ref()?;
-        if k.score.is_some() {
-            return None;
-        }
-        let layout = AttentionLayout::new(DType::F32, &args.q.shape, &args.k.shape, &args.v.shape).ok()?;
-        let spec = AttentionSpec {
-            d: layout.d,
-            dv: layout.dv,
-            tile_q: k.tile_q,
-            tile_k: k.tile_k,
-            scale: k.scale,
-            mask: args.mask.map(|(m, _)| m.clone()),
-        };
+        let spec = tdl_rt::attention::spec_of(k, args)?;
         // Only what the code generator supports; the rest is the interpreter's.
-        let compiled = match self.attention_kernel(&spec) {
-            Ok(Some(c)) => c,
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        let none = MaskData::none();
-        let data = args.mask.map_or(&none, |(_, d)| d);
-        let mut out = Vec::new();
-        let opts = RunOptions { threads: self.threads, kv_split: k.kv_split };
-        let st = match compiled.run_with(
-            (&args.q.shape, &args.q.data),
-            (&args.k.shape, &args.k.data),
-            (&args.v.shape, &args.v.data),
-            data,
-            args.bindings,
-            &mut out,
-            &opts,
-        ) {
-            Ok(st) => st,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        let mut shape = layout.lead.clone();
-        shape.extend([layout.t, layout.dv]);
-        let stats = KernelStats {
-            programs: st.programs as u64,
-            tiles_visited: st.tiles_visited as u64,
-            full_tiles: st.tiles_full as u64,
-            partial_tiles: st.tiles_partial as u64,
-            kv_splits: st.kv_splits,
-            ..KernelStats::default()
-        };
-        Some(Ok((F32Tensor { shape, data: out }, EXECUTOR, stats)))
+        match self.attention_kernel(&spec) {
+            Ok(Some(c)) => Some(c.runner().hook_run(k, args, self.threads, EXECUTOR)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e.to_string())),
+        }
     }
 }

@@ -644,7 +644,7 @@ pub(crate) fn par_for(items: usize, threads: usize, work: impl Fn(usize) + Sync)
         (0..items).for_each(work);
         return Ok(());
     }
-    jit::run_parallel(items, threads, 1 << 20, work).map(|_| ())
+    jit::run_parallel(items, threads, 1 << 20, work).map(|_| ()).map_err(LlvmError::from)
 }
 
 /// Compiles (or finds) and runs the nests, all writing into `out` (of

@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 use tdl_ir::DType;
 use tdl_kernel::ir::{AttentionKernel, BufId, KernelBody, KernelProgram, MatMulKernel};
 
+use tdl_rt::aot::AotKernel;
+
 use crate::attention::{attention_ir, AttentionSpec};
 use crate::jit;
 use crate::matmul::matmul_ir;
@@ -41,19 +43,11 @@ pub fn program_text_for(p: &KernelProgram, kind: EmitKind, host: &HostTarget) ->
         p.name, host.triple, host.cpu, host.vector_width_bits
     );
     for k in &p.kernels {
-        let generated = match &k.body {
-            KernelBody::Attention(a) => attention_text(p, a, host),
-            KernelBody::MatMul(m) => matmul_text(p, m, host),
-            other => Err(format!(
-                "{} kernels are generated at run time for their operands' strides; --emit does not show them yet",
-                other.kind()
-            )),
-        };
         let _ = writeln!(out, "\n{comment} ==== kernel `{}` ({}) ====", k.name, k.body.kind());
-        match generated {
-            Ok((what, text)) => {
-                let _ = writeln!(out, "{comment} {what}");
-                out.push_str(&jit::emit_text(&text, &k.name, host, kind == EmitKind::Asm)?);
+        match static_kernel(p, &k.body, host) {
+            Ok(sk) => {
+                let _ = writeln!(out, "{comment} {}", sk.what);
+                out.push_str(&jit::emit_text(&sk.text, &k.name, host, kind == EmitKind::Asm)?);
             }
             Err(why) => {
                 let _ = writeln!(out, "{comment} {why}");
@@ -73,7 +67,30 @@ fn f32_buffers(p: &KernelProgram, bufs: &[BufId]) -> bool {
     bufs.iter().all(|&b| p.buffer(b).is_some_and(|x| x.dtype == DType::F32))
 }
 
-fn attention_text(p: &KernelProgram, a: &AttentionKernel, host: &HostTarget) -> Result<(String, String), String> {
+/// A kernel whose code is the same whatever the sizes (attention, matmul):
+/// what it is, its LLVM IR text, its entry function and what the runtime
+/// needs to call it (`function` still 0).
+pub(crate) struct StaticKernel {
+    pub(crate) what: String,
+    pub(crate) text: String,
+    pub(crate) entry: &'static str,
+    pub(crate) aot: AotKernel,
+}
+
+/// Kernel `body` of `p` compiled for `host` without knowing the sizes, or
+/// why it cannot be (the reason, for `--emit` and the artifact's report).
+pub(crate) fn static_kernel(p: &KernelProgram, body: &KernelBody, host: &HostTarget) -> Result<StaticKernel, String> {
+    match body {
+        KernelBody::Attention(a) => attention_kernel(p, a, host),
+        KernelBody::MatMul(m) => matmul_kernel(p, m, host),
+        other => Err(format!(
+            "{} kernels are generated at run time for their operands' strides; not compiled ahead of time yet",
+            other.kind()
+        )),
+    }
+}
+
+fn attention_kernel(p: &KernelProgram, a: &AttentionKernel, host: &HostTarget) -> Result<StaticKernel, String> {
     if a.score.is_some() {
         return Err("not supported yet: score modifiers in the CPU attention kernel (runs in the interpreter)".into());
     }
@@ -89,13 +106,25 @@ fn attention_text(p: &KernelProgram, a: &AttentionKernel, host: &HostTarget) -> 
         mask: a.mask.as_ref().map(|m| m.expr.clone()),
     };
     let text = attention_ir(&spec, host).map_err(|e| format!("{e} (runs in the interpreter)"))?;
-    Ok((format!("FlashAttention-2 program: head dims {d}/{dv}, tiles {}×{}", a.tile_q, a.tile_k), text))
+    let tkp = a.tile_k.next_multiple_of((host.f32_lanes() as usize).max(1));
+    Ok(StaticKernel {
+        what: format!("FlashAttention-2 program: head dims {d}/{dv}, tiles {}×{}", a.tile_q, a.tile_k),
+        text,
+        entry: crate::attention::FN_NAME,
+        aot: AotKernel::Attention { spec, tkp, function: 0 },
+    })
 }
 
-fn matmul_text(p: &KernelProgram, m: &MatMulKernel, host: &HostTarget) -> Result<(String, String), String> {
+fn matmul_kernel(p: &KernelProgram, m: &MatMulKernel, host: &HostTarget) -> Result<StaticKernel, String> {
     if !f32_buffers(p, &[m.a.buf, m.b.buf, m.out]) {
         return Err("not supported yet: non-f32 matmuls in the CPU backend (runs in the interpreter)".into());
     }
-    let text = matmul_ir(m.tile_m, m.tile_n, m.tile_k, host).map_err(|e| e.to_string())?;
-    Ok((format!("row-block matmul: tiles {}×{}×{}", m.tile_m, m.tile_n, m.tile_k), text))
+    let tiles = (m.tile_m.max(1), m.tile_n, m.tile_k);
+    let text = matmul_ir(tiles.0, tiles.1, tiles.2, host).map_err(|e| e.to_string())?;
+    Ok(StaticKernel {
+        what: format!("row-block matmul: tiles {}×{}×{}", m.tile_m, m.tile_n, m.tile_k),
+        text,
+        entry: crate::matmul::FN_NAME,
+        aot: AotKernel::MatMul { tiles, nr: 2 * (host.f32_lanes() as usize).max(1), function: 0 },
+    })
 }

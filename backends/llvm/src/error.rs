@@ -51,3 +51,9 @@ pub enum LlvmError {
     #[error("internal LLVM backend error: {0}")]
     Internal(String),
 }
+
+impl From<tdl_rt::RtError> for LlvmError {
+    fn from(e: tdl_rt::RtError) -> LlvmError {
+        LlvmError::Internal(e.0)
+    }
+}

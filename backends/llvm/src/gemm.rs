@@ -13,8 +13,8 @@
 
 use crate::attention::Ir;
 
-/// Rows per register block.
-pub(crate) const MR: usize = 6;
+/// Rows per register block (the runtime sizes stacks with the same constant).
+pub(crate) use tdl_rt::MR;
 
 /// One emitted block product.
 pub(crate) struct BlockGemm<'s> {

@@ -3,7 +3,6 @@
 //! point, and running work items on worker threads.
 
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
@@ -13,6 +12,8 @@ use inkwell::passes::PassBuilderOptions;
 use inkwell::OptimizationLevel;
 
 use crate::{HostTarget, LlvmError};
+
+pub(crate) use tdl_rt::pool::{run_parallel, Shared};
 
 const PIPELINE: &str = "default<O3>";
 
@@ -109,49 +110,4 @@ impl Drop for Jitted {
             ManuallyDrop::drop(&mut self.module);
         }
     }
-}
-
-/// A raw pointer shared with worker threads: the callers guarantee that
-/// what it points to outlives them and that writes through it are disjoint.
-#[derive(Clone, Copy)]
-pub(crate) struct Shared<T>(pub(crate) *mut T);
-// SAFETY: see the type's docs; every user upholds it.
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    /// The pointer (a method, so closures capture the whole `Shared`).
-    pub(crate) fn ptr(&self) -> *mut T {
-        self.0
-    }
-}
-
-/// Runs `work(i)` for every `i < items` on up to `threads` worker threads
-/// (each with `stack` bytes of stack), handing items out through an atomic
-/// counter.
-pub(crate) fn run_parallel(
-    items: usize,
-    threads: usize,
-    stack: usize,
-    work: impl Fn(usize) + Sync,
-) -> Result<usize, LlvmError> {
-    let threads = threads.clamp(1, items.max(1));
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|sc| -> Result<(), LlvmError> {
-        for _ in 0..threads {
-            let (next, work) = (&next, &work);
-            std::thread::Builder::new()
-                .stack_size(stack)
-                .spawn_scoped(sc, move || loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= items {
-                        break;
-                    }
-                    work(i);
-                })
-                .map_err(|e| LlvmError::Internal(format!("cannot start a worker thread: {e}")))?;
-        }
-        Ok(())
-    })?;
-    Ok(threads)
 }

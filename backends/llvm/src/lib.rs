@@ -10,6 +10,7 @@
 //! LLVM is linked statically, and it is the same single copy that `tdl-mlir`
 //! (melior) uses, so both backends can live in one process.
 
+pub mod aot;
 pub mod attention;
 mod cache;
 pub mod ceiling;
