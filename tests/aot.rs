@@ -127,21 +127,23 @@ fn the_c_example_builds_links_and_runs_at_several_lengths() {
 /// The entry point's C signature, called through `libloading`.
 type Entry = unsafe extern "C" fn(*const i64, *const *const u8, *const usize, *const *mut u8, *const usize) -> i32;
 
-#[test]
-fn one_shared_library_runs_the_transformer_block_at_several_lengths() {
+/// Runs graph 0 of example `name` (one symbol, `T`) through a shared
+/// library at each length in `ts`, against the reference.
+fn library_matches_the_reference(name: &str, ts: &[i64]) {
     let dir = tempdir();
-    let file = example("block");
-    let so = compile_so(&file, dir.path(), "block");
+    let file = example(name);
+    let so = compile_so(&file, dir.path(), name);
     let src = std::fs::read_to_string(&file).unwrap();
-    let checked = tdl::frontend::check(&src).expect("block.tdl checks");
+    let checked = tdl::frontend::check(&src).expect("the example checks");
     let g = checked.graphs[0].graph();
+    let entry_name = format!("tdl_run_{}\0", checked.graphs[0].name);
     // SAFETY: the library is the one tdlc just wrote; its entry point has
     // the signature of its header.
     let lib = unsafe { libloading::Library::new(&so) }.expect("the library loads");
-    let entry: libloading::Symbol<'_, Entry> = unsafe { lib.get(b"tdl_run_block\0") }.expect("the entry point");
+    let entry: libloading::Symbol<'_, Entry> = unsafe { lib.get(entry_name.as_bytes()) }.expect("the entry point");
     let last_error: libloading::Symbol<'_, unsafe extern "C" fn() -> *const std::ffi::c_char> =
         unsafe { lib.get(b"tdl_last_error\0") }.expect("tdl_last_error");
-    for t in [5i64, 70] {
+    for &t in ts {
         let b: Bindings = [("T".to_string(), t)].into_iter().collect();
         let inputs: Vec<Tensor> = g
             .params()
@@ -164,18 +166,31 @@ fn one_shared_library_runs_the_transformer_block_at_several_lengths() {
         // SAFETY: every pointer addresses as many f32s as its length says.
         let rc = unsafe { entry(dims.as_ptr(), ptrs.as_ptr(), lens.as_ptr(), outs.as_ptr(), out_lens.as_ptr()) };
         let message = unsafe { std::ffi::CStr::from_ptr(last_error()) }.to_string_lossy().into_owned();
-        assert_eq!(rc, 0, "T={t}: {message}");
+        assert_eq!(rc, 0, "{name} at T={t}: {message}");
         let scale = want[0].data.iter().fold(0f64, |m, x| m.max(x.abs())).max(1.0);
         let got: Vec<f64> = out.iter().map(|&x| f64::from(x)).collect();
         let err = max_abs_diff(&got, &want[0].data) / scale;
-        assert!(err <= 1e-4, "block at T={t}: error {err:.2e} relative to max |reference|");
-        // A wrong dimension count or a short input is refused, nothing written.
+        assert!(err <= 1e-4, "{name} at T={t}: error {err:.2e} relative to max |reference|");
+        // A short input is refused, nothing written.
         let short: Vec<usize> = lens.iter().map(|&n| n - 1).collect();
         let rc = unsafe { entry(dims.as_ptr(), ptrs.as_ptr(), short.as_ptr(), outs.as_ptr(), out_lens.as_ptr()) };
         let message = unsafe { std::ffi::CStr::from_ptr(last_error()) }.to_string_lossy().into_owned();
         assert_eq!(rc, 1);
         assert!(message.contains("must have") && message.contains("the buffer has"), "{message}");
     }
+}
+
+#[test]
+fn one_shared_library_runs_the_transformer_block_at_several_lengths() {
+    library_matches_the_reference("block", &[5, 70]);
+}
+
+/// A mask lambda reading a per-head constant array (MoA), compiled into
+/// the artifact, and grouped-query attention with a sliding window.
+#[test]
+fn shared_libraries_of_lambda_masks_and_gqa() {
+    library_matches_the_reference("moa", &[1, 45, 130]);
+    library_matches_the_reference("gqa_window", &[1, 77]);
 }
 
 #[test]

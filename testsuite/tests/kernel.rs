@@ -345,7 +345,7 @@ fn cpu_compiles(p: &KernelProgram, k: &KernelBody) -> Option<bool> {
     }
     let float = p.buffer(k.out()).is_some_and(|b| b.dtype.is_float());
     match k {
-        KernelBody::Attention(_) => None,
+        KernelBody::Attention(_) => Some(true),
         KernelBody::Elementwise(e) => Some(float && e.masks.iter().all(|m| no_lambda(&m.expr))),
         KernelBody::MatMul(_) | KernelBody::Reduce(_) | KernelBody::Row(_) | KernelBody::Move(_) => Some(float),
     }
@@ -509,6 +509,47 @@ fn cpu_backend_one_compile_serves_every_sequence_length() {
         match after_first {
             None => after_first = Some(compiled(&hooks)),
             Some(n) => assert_eq!(compiled(&hooks), n, "T = {t} compiled new kernels"),
+        }
+    }
+}
+
+/// Compiled lambdas keep the interpreter's errors and its laziness: an
+/// array index out of range is an error (never a crash or a made-up
+/// value), and a `where` or a mask conjunction that guards the read avoids
+/// it. Score modifiers read per-head constants; sizes are not multiples of
+/// any tile.
+#[test]
+fn cpu_backend_lambdas_fail_and_guard_as_the_interpreter() {
+    let src = "
+const lens = [3, 5]
+graph oob(q: f32[2, T, 16], k: f32[2, T, 16], v: f32[2, T, 16], ids: i32[4]) -> f32[2, T, 16] {
+    return attention(q, k, v, mask = mask(q, k) => ids[k] >= -100000)
+}
+graph guarded(q: f32[2, T, 16], k: f32[2, T, 16], v: f32[2, T, 16], ids: i32[4]) -> f32[2, T, 16] {
+    return attention(q, k, v, mask = causal & mask(q, k) => where(k < 4, ids[k] != 7, k < lens[1] + T), score = (s, q, k, h) => s * lens[h] - abs(q - k) / T)
+}
+";
+    let checked = check_ok("lambdas.tdl", src);
+    let hooks = tdl::llvm::cpu::CpuHooks::new(2);
+    for t in [9i64, 70] {
+        let b: Bindings = [("T".to_string(), t)].into_iter().collect();
+        for g in &checked.graphs {
+            let inputs = inputs_with(g.graph(), &b, &LIMITS).expect("inputs");
+            let reference = run_with_limits(g, &inputs, &LIMITS);
+            let p = program(g, &LowerOptions::default());
+            let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, &hooks);
+            match (g.name.as_str(), reference, out) {
+                ("oob", Err(_), Err(e)) => {
+                    let e = e.to_string();
+                    assert!(e.contains("out of range") && e.contains("lambda"), "T={t}: {e}")
+                }
+                ("guarded", Ok(r), Ok(o)) => {
+                    assert_eq!(o.kernels[0].executor, tdl::llvm::cpu::EXECUTOR, "T={t}: compiled");
+                    let worst = compare(&r[0], &o.results[0]).unwrap_or_else(|e| panic!("T={t}: {e}"));
+                    assert!(worst <= 1e-4, "T={t}: {worst}");
+                }
+                (name, r, o) => panic!("T={t}: `{name}`: reference {:?}, cpu {:?}", r.err(), o.err()),
+            }
         }
     }
 }

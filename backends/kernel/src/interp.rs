@@ -114,6 +114,8 @@ pub struct AttentionArgs<'x> {
     pub k: &'x F32Tensor,
     pub v: &'x F32Tensor,
     pub mask: Option<(&'x tdl_ir::MaskExpr, &'x MaskData<'x>)>,
+    /// The score modifier and its operands (`None` without one).
+    pub score: Option<&'x crate::attention::ScoreMod<'x>>,
     pub bindings: &'x Bindings,
 }
 
@@ -594,7 +596,7 @@ impl<'a> Ctx<'a> {
         });
         let sched = AttentionSchedule { tile_q: a.tile_q, tile_k: a.tile_k, kv_split: a.kv_split };
         let mask = a.mask.as_ref().map(|m| (&m.expr, &mask_data));
-        let args = AttentionArgs { q, k, v, mask, bindings: self.bindings };
+        let args = AttentionArgs { q, k, v, mask, score: score.as_ref(), bindings: self.bindings };
         let (mut out, stats) = match self.hooks.attention(a, &args) {
             Some(r) => {
                 let (out, name, stats) = r.map_err(err)?;

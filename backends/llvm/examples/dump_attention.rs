@@ -13,6 +13,9 @@ fn main() {
         tile_k: tk,
         scale: None,
         mask: Some(tdl_ir::MaskExpr::Causal),
+        score: None,
+        mask_operands: Vec::new(),
+        score_operands: Vec::new(),
     };
     match tdl_llvm::attention::attention_llvm_text(&spec) {
         Ok(t) => print!("{t}"),

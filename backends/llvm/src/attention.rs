@@ -48,12 +48,24 @@
 //! A [`CompiledAttention`] owns its machine code; `tdl_llvm::cpu::CpuHooks`
 //! caches them, so one compile serves every sequence length and every run.
 //!
+//! # Lambdas
+//!
+//! Index-lambda masks and the score modifier are compiled into the program
+//! (`lambda`: static types, the interpreter's integer and float rules, lazy
+//! `where` and lazy `&`/`|` around a lambda). Their dimension symbols,
+//! operand arrays (`f64` values) and dimensions come in tables
+//! (`%lsyms`, `%larr`, `%lshape`); an index out of range sets `%lerr` and
+//! the runtime reports the interpreter's error. With a score modifier every
+//! visited tile takes the per-element pass (the modifier applies where the
+//! mask holds, and only there); query heads are not packed for decode when
+//! a lambda reads `h`.
+//!
 //! # Not supported yet
 //!
-//! Index lambdas and score modifiers (the Kernel IR interpreter runs those
-//! attentions), symbolic head dimensions. `document` ids and `blocks`
-//! layouts are passed as `i32` arrays (`%mops`, with the layout's column
-//! count in `%mcols`), checked by the runtime as the reference checks them.
+//! Symbolic head dimensions; a `where` whose branches differ in type.
+//! `document` ids and `blocks` layouts are passed as `i32` arrays (`%mops`,
+//! with the layout's column count in `%mcols`), checked by the runtime as
+//! the reference checks them.
 
 use std::fmt::Write as _;
 
@@ -62,6 +74,7 @@ use tdl_passes::tiles::MaskData;
 
 use crate::gemm::{self, BlockGemm, RowDot, MR};
 use crate::jit::{self, Jitted};
+use crate::lambda::{LambdaCtx, OperandSlot, Ty};
 
 use crate::{HostTarget, LlvmError};
 pub use tdl_rt::attention::{
@@ -83,6 +96,9 @@ pub(crate) struct Ir {
     pub(crate) text: String,
     pub(crate) next: usize,
     meta: Vec<String>,
+    /// Module-level definitions the code needs (constant arrays of
+    /// lambdas), to go after the function.
+    pub(crate) globals: String,
 }
 
 impl Ir {
@@ -286,7 +302,55 @@ fn slot_ir(ir: &mut Ir, slot: usize) -> (String, String) {
 /// The mask predicate at `(q, k)` as an `i1`; `t`, `s` are the sizes.
 pub(crate) fn mask_ir(ir: &mut Ir, m: &MaskExpr, q: &str, k: &str, t: &str, s: &str) -> Result<String, LlvmError> {
     let mut slot = 0;
-    mask_ir_at(ir, m, q, k, t, s, &mut slot)
+    mask_ir_at(ir, m, q, k, t, s, &mut slot, None)
+}
+
+/// [`mask_ir`] with index lambdas compiled in `lam` (and the combinators
+/// around them lazy, as the reference evaluates them).
+#[allow(clippy::too_many_arguments)]
+fn mask_ir_lambda(
+    ir: &mut Ir,
+    m: &MaskExpr,
+    q: &str,
+    k: &str,
+    t: &str,
+    s: &str,
+    lam: &LambdaCtx<'_>,
+) -> Result<String, LlvmError> {
+    let mut slot = 0;
+    mask_ir_at(ir, m, q, k, t, s, &mut slot, Some(lam))
+}
+
+/// Where the lambdas' operand arrays sit in the runtime's tables: mask
+/// operands first, then score operands, by position (as
+/// `tdl_rt::attention` fills `%larr` and `%lshape`).
+fn operand_slots(spec: &AttentionSpec) -> (Vec<Option<OperandSlot>>, Vec<Option<OperandSlot>>) {
+    let (mut slot, mut dims_at) = (0, 0);
+    let mut place = |ops: &[Option<(tdl_ir::DType, usize)>]| -> Vec<Option<OperandSlot>> {
+        ops.iter()
+            .map(|o| {
+                let r = o.map(|(dtype, rank)| OperandSlot { dtype, rank, slot, dims_at });
+                slot += 1;
+                if let Some((_, rank)) = o {
+                    dims_at += rank;
+                }
+                r
+            })
+            .collect()
+    };
+    let m = place(&spec.mask_operands);
+    let sc = place(&spec.score_operands);
+    (m, sc)
+}
+
+/// Whether `m` holds an index lambda.
+pub(crate) fn has_lambda(m: &MaskExpr) -> bool {
+    match m {
+        MaskExpr::Lambda(_) => true,
+        MaskExpr::And(a, b) | MaskExpr::Or(a, b) => has_lambda(a) || has_lambda(b),
+        MaskExpr::Not(a) => has_lambda(a),
+        _ => false,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -298,6 +362,7 @@ fn mask_ir_at(
     t: &str,
     s: &str,
     slot: &mut usize,
+    lam: Option<&LambdaCtx<'_>>,
 ) -> Result<String, LlvmError> {
     let causal = |ir: &mut Ir| {
         let st = ir.op("sub", "i64", s, t);
@@ -335,14 +400,47 @@ fn mask_ir_at(
             let r = floor_mod(ir, &x, *stride);
             ir.op("icmp eq", "i64", &r, "0")
         }
+        MaskExpr::And(a, b) | MaskExpr::Or(a, b) if lam.is_some() && has_lambda(b) => {
+            // Lazy: the right side (which may read arrays) runs only when
+            // the left does not decide.
+            let and = matches!(m, MaskExpr::And(..));
+            let x = mask_ir_at(ir, a, q, k, t, s, slot, lam)?;
+            let (rhs_l, end_l) = (ir.label("lm_rhs"), ir.label("lm_end"));
+            let from = ir.label("lm_lhs");
+            ir.line(format!("br label %{from}"));
+            ir.block(&from);
+            if and {
+                ir.line(format!("br i1 {x}, label %{rhs_l}, label %{end_l}"));
+            } else {
+                ir.line(format!("br i1 {x}, label %{end_l}, label %{rhs_l}"));
+            }
+            ir.block(&rhs_l);
+            let y = mask_ir_at(ir, b, q, k, t, s, slot, lam)?;
+            let from_rhs = ir.label("lm_r");
+            ir.line(format!("br label %{from_rhs}"));
+            ir.block(&from_rhs);
+            ir.line(format!("br label %{end_l}"));
+            ir.block(&end_l);
+            let r = ir.tmp();
+            ir.line(format!("{r} = phi i1 [ {x}, %{from} ], [ {y}, %{from_rhs} ]"));
+            r
+        }
         MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
-            let x = mask_ir_at(ir, a, q, k, t, s, slot)?;
-            let y = mask_ir_at(ir, b, q, k, t, s, slot)?;
+            let x = mask_ir_at(ir, a, q, k, t, s, slot, lam)?;
+            let y = mask_ir_at(ir, b, q, k, t, s, slot, lam)?;
             ir.op(if matches!(m, MaskExpr::And(..)) { "and" } else { "or" }, "i1", &x, &y)
         }
         MaskExpr::Not(a) => {
-            let x = mask_ir_at(ir, a, q, k, t, s, slot)?;
+            let x = mask_ir_at(ir, a, q, k, t, s, slot, lam)?;
             ir.op("xor", "i1", &x, "true")
+        }
+        MaskExpr::Lambda(e) if lam.is_some() => {
+            let ctx = lam.expect("checked by the guard");
+            let (v, ty) = crate::lambda::lambda_ir(ir, e, &LambdaCtx { s: None, ..*ctx })?;
+            if ty != Ty::Bool {
+                return Err(not_supported("a mask lambda that does not give a boolean"));
+            }
+            v
         }
         // NATTEN's rule per grid axis, last axis fastest (the runtime checks
         // the grid with `check_neighborhood`, as the reference does).
@@ -430,6 +528,11 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
         )));
     }
     let scale = spec.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
+    // Lambdas (mask lambdas, the score modifier): their symbols and operand
+    // arrays, in the runtime's table order (`tdl_rt::attention`).
+    let lambdas = spec.score.is_some() || spec.mask.as_ref().is_some_and(has_lambda);
+    let symbols = tdl_rt::attention::lambda_symbols(spec);
+    let (mask_slots_l, score_slots) = operand_slots(spec);
     let mut ir = Ir::new();
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let _ = writeln!(
@@ -439,7 +542,8 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
          define void @{FN_NAME}(ptr noalias readonly %q, ptr noalias readonly %k, ptr noalias readonly %v, ptr noalias %out, \
          ptr noalias readonly %runs, ptr noalias readonly %offs, i64 %T, i64 %S, i64 %oq, i64 %ok, i64 %ov, i64 %oo, \
          i64 %h, i64 %qt, i64 %nq, ptr noalias readonly %mops, ptr noalias readonly %mcols, i64 %Tm, i64 %qdiv, \
-         i64 %vis0, i64 %vis1, ptr noalias %raw, ptr noalias readonly %ktp) #0 {{\nentry:",
+         i64 %vis0, i64 %vis1, ptr noalias %raw, ptr noalias readonly %ktp, ptr noalias readonly %lsyms, \
+         ptr noalias readonly %larr, ptr noalias readonly %lshape, ptr %lerr) #0 {{\nentry:",
         EXPF = expf_ir(),
         GEMM = gemm::declarations((host.f32_lanes() as usize).max(1)),
     );
@@ -458,6 +562,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     let (ci, cj, cd, cr, ckt, cmax) =
         (&counters[0], &counters[1], &counters[2], &counters[3], &counters[4], &counters[5]);
     let (lsum, mrow) = (ir.alloca("float", 1), ir.alloca("float", 1));
+    let (lres, lhold) = (ir.alloca("float", 1), ir.alloca("i1", 1));
     let qs = ir.alloca("float", tqp * d);
     let q0 = ir.op("mul", "i64", "%qt", &tq.to_string());
     let rest = ir.op("sub", "i64", "%T", &q0);
@@ -581,39 +686,123 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             // does not hold (full tiles skip this pass).
             let short = ir.op("icmp slt", "i64", &bk, &tk.to_string());
             let needs = ir.op("or", "i1", &short, &partial);
-            ir.if_then(&needs, |ir| {
-                ir.for_range(ci, "0", &bq, |ir, i| {
-                    // The row's query index for the mask (rows of `qdiv`
-                    // packed heads share it).
-                    let row = ir.op("add", "i64", &q0, i);
-                    let qi = ir.op("udiv", "i64", &row, "%qdiv");
-                    let srow0 = ir.op("mul", "i64", i, &tkp.to_string());
-                    ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
-                        let ki = ir.op("add", "i64", &k0, j);
-                        let sidx = ir.op("add", "i64", &srow0, j);
-                        let sp = ir.gep("float", &st, &sidx);
-                        let inside = ir.op("icmp slt", "i64", j, &bk);
-                        let holds = match &spec.mask {
-                            Some(mk) => match mask_ir(ir, mk, &qi, &ki, "%Tm", "%S") {
-                                Ok(h) => {
-                                    let np = ir.op("xor", "i1", &partial, "true");
-                                    ir.op("or", "i1", &np, &h)
+            // With lambdas every tile takes the pass (the score modifier
+            // applies to every visible score).
+            let needs = if spec.score.is_some() { "true".to_string() } else { needs };
+            if lambdas {
+                ir.if_then(&needs, |ir| {
+                    ir.for_range(ci, "0", &bq, |ir, i| {
+                        let row = ir.op("add", "i64", &q0, i);
+                        let qi = ir.op("udiv", "i64", &row, "%qdiv");
+                        let srow0 = ir.op("mul", "i64", i, &tkp.to_string());
+                        ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
+                            let ki = ir.op("add", "i64", &k0, j);
+                            let sidx = ir.op("add", "i64", &srow0, j);
+                            let sp = ir.gep("float", &st, &sidx);
+                            let x = ir.load("float", &sp);
+                            ir.line(format!("store float {ninf}, ptr {lres}"));
+                            let inside = ir.op("icmp slt", "i64", j, &bk);
+                            ir.if_then(&inside, |ir| {
+                                ir.line(format!("store i1 true, ptr {lhold}"));
+                                if let Some(mk) = &spec.mask {
+                                    ir.if_then(&partial, |ir| {
+                                        let lam = LambdaCtx {
+                                            q: &qi,
+                                            k: &ki,
+                                            h: "%h",
+                                            s: None,
+                                            symbols: &symbols,
+                                            syms: "%lsyms",
+                                            operands: &mask_slots_l,
+                                            arrays: "%larr",
+                                            shapes: "%lshape",
+                                            err: "%lerr",
+                                        };
+                                        match mask_ir_lambda(ir, mk, &qi, &ki, "%Tm", "%S", &lam) {
+                                            Ok(h) => ir.line(format!("store i1 {h}, ptr {lhold}")),
+                                            Err(e) => result = Err(e),
+                                        }
+                                    });
                                 }
-                                Err(e) => {
-                                    result = Err(e);
-                                    "true".to_string()
-                                }
-                            },
-                            None => "true".to_string(),
-                        };
-                        let keep = ir.op("and", "i1", &inside, &holds);
-                        let x = ir.load("float", &sp);
-                        let y = ir.tmp();
-                        ir.line(format!("{y} = select i1 {keep}, float {x}, float {ninf}"));
-                        ir.line(format!("store float {y}, ptr {sp}"));
+                                let hold = ir.load("i1", &lhold);
+                                ir.if_then(&hold, |ir| {
+                                    let y = match &spec.score {
+                                        Some(e) => {
+                                            let lam = LambdaCtx {
+                                                q: &qi,
+                                                k: &ki,
+                                                h: "%h",
+                                                s: Some(&x),
+                                                symbols: &symbols,
+                                                syms: "%lsyms",
+                                                operands: &score_slots,
+                                                arrays: "%larr",
+                                                shapes: "%lshape",
+                                                err: "%lerr",
+                                            };
+                                            match crate::lambda::lambda_ir(ir, e, &lam) {
+                                                Ok((v, Ty::Float)) => v,
+                                                Ok((v, Ty::Int)) => {
+                                                    let f = ir.tmp();
+                                                    ir.line(format!("{f} = sitofp i64 {v} to float"));
+                                                    f
+                                                }
+                                                Ok((_, Ty::Bool)) => {
+                                                    result =
+                                                        Err(not_supported("a score modifier that gives a boolean"));
+                                                    x.clone()
+                                                }
+                                                Err(e) => {
+                                                    result = Err(e);
+                                                    x.clone()
+                                                }
+                                            }
+                                        }
+                                        None => x.clone(),
+                                    };
+                                    ir.line(format!("store float {y}, ptr {lres}"));
+                                });
+                            });
+                            let y = ir.load("float", &lres);
+                            ir.line(format!("store float {y}, ptr {sp}"));
+                        });
                     });
                 });
-            });
+            } else {
+                ir.if_then(&needs, |ir| {
+                    ir.for_range(ci, "0", &bq, |ir, i| {
+                        // The row's query index for the mask (rows of `qdiv`
+                        // packed heads share it).
+                        let row = ir.op("add", "i64", &q0, i);
+                        let qi = ir.op("udiv", "i64", &row, "%qdiv");
+                        let srow0 = ir.op("mul", "i64", i, &tkp.to_string());
+                        ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
+                            let ki = ir.op("add", "i64", &k0, j);
+                            let sidx = ir.op("add", "i64", &srow0, j);
+                            let sp = ir.gep("float", &st, &sidx);
+                            let inside = ir.op("icmp slt", "i64", j, &bk);
+                            let holds = match &spec.mask {
+                                Some(mk) => match mask_ir(ir, mk, &qi, &ki, "%Tm", "%S") {
+                                    Ok(h) => {
+                                        let np = ir.op("xor", "i1", &partial, "true");
+                                        ir.op("or", "i1", &np, &h)
+                                    }
+                                    Err(e) => {
+                                        result = Err(e);
+                                        "true".to_string()
+                                    }
+                                },
+                                None => "true".to_string(),
+                            };
+                            let keep = ir.op("and", "i1", &inside, &holds);
+                            let x = ir.load("float", &sp);
+                            let y = ir.tmp();
+                            ir.line(format!("{y} = select i1 {keep}, float {x}, float {ninf}"));
+                            ir.line(format!("store float {y}, ptr {sp}"));
+                        });
+                    });
+                });
+            }
             // Online softmax row by row: P = exp(S - m) in place, O and l
             // rescaled when the max grows; a row with no visible key gets P = 0.
             ir.for_range(ci, "0", &bq, |ir, i| {
@@ -761,6 +950,23 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     ir.text.push_str("}\n\n");
     let _ = writeln!(ir.text, "attributes #0 = {{ nounwind {} }}", attrs.join(" "));
     let _ = writeln!(ir.text, "attributes #1 = {{ alwaysinline nounwind {} }}", attrs.join(" "));
+    let globals = std::mem::take(&mut ir.globals);
+    ir.text.push_str(&globals);
+    if ir.text.contains("@tdl_m_") {
+        // The math functions, less declarations the module already has.
+        for line in crate::math::math_ir().lines() {
+            if !(line.starts_with("declare") && ir.text.contains(line)) {
+                ir.text.push_str(line);
+                ir.text.push('\n');
+            }
+        }
+    }
+    for decl in crate::lambda::DECLARATIONS.lines() {
+        let name = decl.split('@').nth(1).and_then(|x| x.split('(').next()).unwrap_or_default();
+        if ir.text.contains(&format!("@{name}(")) && !ir.text.contains(&format!("declare float @{name}(")) {
+            let _ = writeln!(ir.text, "{decl}");
+        }
+    }
     let meta = ir.metadata();
     ir.text.push_str(&meta);
     Ok(ir.text)

@@ -1,13 +1,13 @@
 //! `tdlc run --backend cpu`: the Kernel IR run with the kernels this
 //! backend compiles through LLVM, as [`tdl_kernel::interp::Hooks`].
 //!
-//! Today that is the attention kernel ([`crate::attention`]) for every mask
-//! but index lambdas, without score modifiers; every f32 matmul
+//! Today that is the attention kernel ([`crate::attention`]) for every mask,
+//! index lambdas and score modifiers included; every f32 matmul
 //! ([`crate::matmul`]); elementwise chains writing floating-point buffers
 //! and copy/concat/repeat of floating-point data ([`crate::elementwise`]);
 //! softmax, layernorm, rmsnorm, rope and floating-point reductions
-//! ([`crate::rows`]). What they decline — attentions with lambda masks or
-//! score modifiers, elementwise chains with lambda masks, integer outputs
+//! ([`crate::rows`]). What they decline — elementwise chains with lambda
+//! masks, integer outputs
 //! and integer moves and reductions — runs
 //! in the Kernel IR interpreter's loops. `--stats` says which executor ran
 //! each kernel. Compiled kernels are cached — attention and matmul by their

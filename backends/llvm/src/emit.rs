@@ -91,11 +91,19 @@ pub(crate) fn static_kernel(p: &KernelProgram, body: &KernelBody, host: &HostTar
 }
 
 fn attention_kernel(p: &KernelProgram, a: &AttentionKernel, host: &HostTarget) -> Result<StaticKernel, String> {
-    if a.score.is_some() {
-        return Err("not supported yet: score modifiers in the CPU attention kernel (runs in the interpreter)".into());
-    }
     let (Some(d), Some(dv)) = (last_dim(p, a.q), last_dim(p, a.v)) else {
         return Err("not supported yet: symbolic head dimensions in the CPU attention kernel".into());
+    };
+    // Element type and rank of the operands the lambdas read, as the
+    // runtime derives them from the data (`tdl_rt::attention::spec_of`).
+    let typed = |b: &BufId| p.buffer(*b).map(|x| (x.dtype, x.shape.len()));
+    let mask_operands = match &a.mask {
+        Some(m) if tdl_rt::attention::mask_has_lambda(&m.expr) => m.operands.iter().map(&typed).collect(),
+        _ => Vec::new(),
+    };
+    let score_operands = match &a.score {
+        Some(_) => a.score_operands.iter().map(|o| o.as_ref().and_then(&typed)).collect(),
+        None => Vec::new(),
     };
     let spec = AttentionSpec {
         d,
@@ -104,6 +112,9 @@ fn attention_kernel(p: &KernelProgram, a: &AttentionKernel, host: &HostTarget) -
         tile_k: a.tile_k,
         scale: a.scale,
         mask: a.mask.as_ref().map(|m| m.expr.clone()),
+        score: a.score.clone(),
+        mask_operands,
+        score_operands,
     };
     let text = attention_ir(&spec, host).map_err(|e| format!("{e} (runs in the interpreter)"))?;
     let tkp = a.tile_k.next_multiple_of((host.f32_lanes() as usize).max(1));
@@ -111,7 +122,7 @@ fn attention_kernel(p: &KernelProgram, a: &AttentionKernel, host: &HostTarget) -
         what: format!("FlashAttention-2 program: head dims {d}/{dv}, tiles {}×{}", a.tile_q, a.tile_k),
         text,
         entry: crate::attention::FN_NAME,
-        aot: AotKernel::Attention { spec, tkp, function: 0 },
+        aot: AotKernel::Attention { spec: Box::new(spec), tkp, function: 0 },
     })
 }
 

@@ -20,6 +20,7 @@ pub mod emit;
 mod error;
 mod gemm;
 mod jit;
+mod lambda;
 mod math;
 pub mod matmul;
 pub mod rows;

@@ -37,7 +37,7 @@ use crate::RtError;
 
 /// The descriptor format's version; an artifact of another version is
 /// refused (the runtime it links must match the compiler that wrote it).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What the executor's `--stats` calls the compiled kernels of an artifact.
 pub const EXECUTOR: &str = "cpu (AOT)";
@@ -48,7 +48,7 @@ pub const EXECUTOR: &str = "cpu (AOT)";
 pub enum AotKernel {
     /// An attention program function ([`ProgramFn`]); `tkp` is its packed
     /// Kᵀ tile width.
-    Attention { spec: AttentionSpec, tkp: usize, function: usize },
+    Attention { spec: Box<AttentionSpec>, tkp: usize, function: usize },
     /// A matmul row-block function ([`RowsFn`]) with micro-panels of `nr`
     /// columns.
     MatMul { tiles: (usize, usize, usize), nr: usize, function: usize },
@@ -107,7 +107,7 @@ impl AotHooks {
                 AotKernel::Attention { spec, tkp, function } => {
                     // SAFETY: the caller guarantees the table's contents.
                     let p = unsafe { std::mem::transmute::<usize, ProgramFn>(f(*function)?) };
-                    attention.push(unsafe { AttentionRunner::new(spec.clone(), p, *tkp) });
+                    attention.push(unsafe { AttentionRunner::new((**spec).clone(), p, *tkp) });
                 }
                 AotKernel::MatMul { tiles, nr, function } => {
                     // SAFETY: as above.

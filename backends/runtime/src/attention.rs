@@ -12,12 +12,14 @@
 //! The program function's contract is [`ProgramFn`].
 
 use tdl_ir::layout::{next_index, AttentionLayout};
-use tdl_ir::{ArrayRef, Bindings, DType, MaskExpr};
+use tdl_ir::{ArrayRef, Bindings, DType, LambdaVar, MaskExpr, ScalarExpr};
 use tdl_kernel::interp::{AttentionArgs, HookRun};
 use tdl_kernel::ir::{AttentionKernel, KvSplit};
 use tdl_kernel::target::resolve_kv_split;
 use tdl_kernel::{F32Tensor, KernelStats};
-use tdl_passes::tiles::{self, Ctx, MaskData, TileClass};
+use tdl_passes::tiles::{self, Ctx, MaskData, OperandData, TileClass};
+
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::pool::{run_parallel, Shared};
 use crate::{RtError, MR};
@@ -34,6 +36,88 @@ pub struct AttentionSpec {
     /// `None`: `1/sqrt(d)`.
     pub scale: Option<f64>,
     pub mask: Option<MaskExpr>,
+    /// The score modifier over `s, q, k, h`, compiled into the program.
+    pub score: Option<ScalarExpr>,
+    /// Element type and rank of each mask operand, by position, when the
+    /// mask holds an index lambda (which may read them); empty otherwise.
+    pub mask_operands: Vec<Option<(DType, usize)>>,
+    /// The same for the score modifier's operands (`None` where a position
+    /// is not a tensor it may read).
+    pub score_operands: Vec<Option<(DType, usize)>>,
+}
+
+/// Whether `m` holds an index lambda.
+pub fn mask_has_lambda(m: &MaskExpr) -> bool {
+    match m {
+        MaskExpr::Lambda(_) => true,
+        MaskExpr::And(a, b) | MaskExpr::Or(a, b) => mask_has_lambda(a) || mask_has_lambda(b),
+        MaskExpr::Not(a) => mask_has_lambda(a),
+        _ => false,
+    }
+}
+
+/// Calls `f` on every lambda of `spec` (the mask's, then the score modifier).
+fn each_lambda(spec: &AttentionSpec, f: &mut dyn FnMut(&ScalarExpr)) {
+    fn walk(m: &MaskExpr, f: &mut dyn FnMut(&ScalarExpr)) {
+        match m {
+            MaskExpr::Lambda(e) => f(e),
+            MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
+                walk(a, f);
+                walk(b, f);
+            }
+            MaskExpr::Not(a) => walk(a, f),
+            _ => {}
+        }
+    }
+    if let Some(m) = &spec.mask {
+        walk(m, f);
+    }
+    if let Some(e) = &spec.score {
+        f(e);
+    }
+}
+
+/// Whether a scalar expression satisfies `p` anywhere.
+fn any_expr(e: &ScalarExpr, p: &dyn Fn(&ScalarExpr) -> bool) -> bool {
+    p(e) || match e {
+        ScalarExpr::Index { indices, .. } => indices.iter().any(|i| any_expr(i, p)),
+        ScalarExpr::Unary(_, a) => any_expr(a, p),
+        ScalarExpr::Binary(_, a, b) => any_expr(a, p) || any_expr(b, p),
+        ScalarExpr::Select(c, a, b) => any_expr(c, p) || any_expr(a, p) || any_expr(b, p),
+        _ => false,
+    }
+}
+
+/// The dimension symbols the lambdas of `spec` read, sorted: the order of
+/// the program's `%lsyms` table.
+pub fn lambda_symbols(spec: &AttentionSpec) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    each_lambda(spec, &mut |e| {
+        let mut stack = vec![e];
+        while let Some(x) = stack.pop() {
+            match x {
+                ScalarExpr::Sym(s) => {
+                    if let Err(i) = out.binary_search(s) {
+                        out.insert(i, s.clone());
+                    }
+                }
+                ScalarExpr::Index { indices, .. } => stack.extend(indices),
+                ScalarExpr::Unary(_, a) => stack.push(a),
+                ScalarExpr::Binary(_, a, b) => stack.extend([&**a, &**b]),
+                ScalarExpr::Select(c, a, b) => stack.extend([&**c, &**a, &**b]),
+                _ => {}
+            }
+        }
+    });
+    out
+}
+
+/// Whether a lambda of `spec` reads the head index `h` (then query heads
+/// are not packed into one program: each needs its own `h`).
+pub fn lambdas_use_head(spec: &AttentionSpec) -> bool {
+    let mut uses = false;
+    each_lambda(spec, &mut |e| uses |= any_expr(e, &|x| matches!(x, ScalarExpr::Var(LambdaVar::H))));
+    uses
 }
 
 /// The tile state one program keeps on its stack: m, l, O and S.
@@ -47,7 +131,9 @@ pub fn stack_bytes(spec: &AttentionSpec) -> usize {
 /// `(q, k, v, out, runs, offsets, T, S, oq, ok, ov, oo, head, q_tile,
 /// n_q_tiles, mask arrays, mask array column counts, the mask's T, rows per
 /// query index, first and end visited kv-tile, raw split state or null,
-/// packed Kᵀ of this K block or null)`.
+/// packed Kᵀ of this K block or null, the lambdas' symbol values, operand
+/// arrays (`f64` values, mask operands then score operands) and their
+/// dimensions, the lambdas' error flag)`.
 /// `T` counts the program's rows (the packed heads' rows in decode); the
 /// mask sees query `row / qdiv` of `Tm`.
 pub type ProgramFn = unsafe extern "C" fn(
@@ -74,6 +160,10 @@ pub type ProgramFn = unsafe extern "C" fn(
     i64,
     *mut f32,
     *const f32,
+    *const i64,
+    *const *const f64,
+    *const i64,
+    *const AtomicI32,
 );
 
 /// The arrays a mask reads at run time (document ids, block layouts), in
@@ -136,17 +226,27 @@ pub struct RunOptions {
 /// The specification a compiled kernel must have to run `k` on `args`:
 /// `None` for what the code generator does not compile (score modifiers).
 pub fn spec_of(k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<AttentionSpec> {
-    if k.score.is_some() {
-        return None;
-    }
     let layout = AttentionLayout::new(DType::F32, &args.q.shape, &args.k.shape, &args.v.shape).ok()?;
+    let mask = args.mask.map(|(m, _)| m.clone());
+    let mask_operands = match args.mask {
+        Some((m, data)) if mask_has_lambda(m) => data.operands.iter().map(|o| Some((o.dtype, o.shape.len()))).collect(),
+        _ => Vec::new(),
+    };
+    let score_operands = match (&k.score, args.score) {
+        (Some(_), Some(sm)) => sm.operands.iter().map(|o| o.as_ref().map(|o| (o.dtype, o.shape.len()))).collect(),
+        (Some(_), None) => return None,
+        _ => Vec::new(),
+    };
     Some(AttentionSpec {
         d: layout.d,
         dv: layout.dv,
         tile_q: k.tile_q,
         tile_k: k.tile_k,
         scale: k.scale,
-        mask: args.mask.map(|(m, _)| m.clone()),
+        mask,
+        score: k.score.clone(),
+        mask_operands,
+        score_operands,
     })
 }
 
@@ -190,12 +290,14 @@ impl AttentionRunner {
         let data = args.mask.map_or(&none, |(_, d)| d);
         let mut out = Vec::new();
         let opts = RunOptions { threads, kv_split: k.kv_split };
+        let score_ops = args.score.map_or(&[][..], |sm| &sm.operands[..]);
         let st = self
-            .run_with(
+            .run_scored(
                 (&args.q.shape, &args.q.data),
                 (&args.k.shape, &args.k.data),
                 (&args.v.shape, &args.v.data),
                 data,
+                score_ops,
                 args.bindings,
                 &mut out,
                 &opts,
@@ -242,6 +344,23 @@ impl AttentionRunner {
         k: (&[usize], &[f32]),
         v: (&[usize], &[f32]),
         mask_data: &MaskData<'_>,
+        bindings: &Bindings,
+        out: &mut Vec<f32>,
+        opts: &RunOptions,
+    ) -> Result<CpuRunStats, RtError> {
+        self.run_scored(q, k, v, mask_data, &[], bindings, out, opts)
+    }
+
+    /// [`AttentionRunner::run_with`] with the score modifier's operands
+    /// (by position; the spec says which it reads).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_scored(
+        &self,
+        q: (&[usize], &[f32]),
+        k: (&[usize], &[f32]),
+        v: (&[usize], &[f32]),
+        mask_data: &MaskData<'_>,
+        score_ops: &[Option<OperandData<'_>>],
         bindings: &Bindings,
         out: &mut Vec<f32>,
         opts: &RunOptions,
@@ -379,10 +498,61 @@ impl AttentionRunner {
             let slot = h * nq + qt;
             runs[3 * offs[slot] as usize..3 * offs[slot + 1] as usize].chunks(3).map(|r| (r[1] - r[0]) as usize).sum()
         };
-        let pack = decode_pack(&leads, t, self.spec.d, dv, tq, |h| {
-            let slot = h * nq;
-            &runs[3 * offs[slot] as usize..3 * offs[slot + 1] as usize]
-        });
+        // The lambdas' tables: symbol values, operand arrays and dimensions.
+        let symbols = lambda_symbols(&self.spec);
+        let sym_vals = symbols
+            .iter()
+            .map(|name| {
+                bindings.get(name).copied().ok_or_else(|| {
+                    RtError::new(format!("dimension symbol `{name}` used in a lambda is not bound by any input"))
+                })
+            })
+            .collect::<Result<Vec<i64>, RtError>>()?;
+        let (mut lptrs, mut ldims): (Vec<*const f64>, Vec<i64>) = (Vec::new(), Vec::new());
+        let mut table = |want: &[Option<(DType, usize)>], got: &[Option<&OperandData<'_>>], what: &str| {
+            for (i, w) in want.iter().enumerate() {
+                let Some((dtype, rank)) = w else {
+                    lptrs.push(std::ptr::null());
+                    continue;
+                };
+                let o = got
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| RtError::new(format!("the {what} reads operand {i}, which was not given")))?;
+                if o.dtype != *dtype || o.shape.len() != *rank || o.shape.iter().product::<usize>() != o.data.len() {
+                    return Err(RtError::new(format!(
+                        "the {what}'s operand {i} is {:?} of shape {:?} ({} values); the kernel was compiled for {:?} of rank {rank}",
+                        o.dtype,
+                        o.shape,
+                        o.data.len(),
+                        dtype
+                    )));
+                }
+                lptrs.push(o.data.as_ptr());
+                ldims.extend(o.shape.iter().map(|&d| d as i64));
+            }
+            Ok(())
+        };
+        let mask_got: Vec<Option<&OperandData<'_>>> = mask_data.operands.iter().map(Some).collect();
+        let score_got: Vec<Option<&OperandData<'_>>> = score_ops.iter().map(Option::as_ref).collect();
+        table(&self.spec.mask_operands, &mask_got, "mask")?;
+        table(&self.spec.score_operands, &score_got, "score modifier")?;
+        let lerr = AtomicI32::new(0);
+        let (lsp, lap, ldp) = (
+            Shared(sym_vals.as_ptr().cast_mut()),
+            Shared(lptrs.as_ptr().cast_mut()),
+            Shared(ldims.as_ptr().cast_mut()),
+        );
+        let lerr_p = &lerr;
+        let pack = if lambdas_use_head(&self.spec) {
+            1
+        } else {
+            decode_pack(&leads, t, self.spec.d, dv, tq, |h| {
+                let slot = h * nq;
+                &runs[3 * offs[slot] as usize..3 * offs[slot + 1] as usize]
+            })
+        };
         // Work items: programs (a leading index, or `pack` of them, × a
         // q-tile), each split into `splits` shares of its visited tiles.
         let programs = (n_lead / pack) * nq;
@@ -456,9 +626,18 @@ impl AttentionRunner {
                     v1,
                     raww,
                     ktp,
+                    lsp.ptr().cast_const(),
+                    lap.ptr().cast_const(),
+                    ldp.ptr().cast_const(),
+                    lerr_p,
                 )
             };
         })?;
+        if lerr.load(Ordering::Relaxed) != 0 {
+            return Err(RtError::new(
+                "an index is out of range of an array read in a lambda of this attention (its mask or score modifier)",
+            ));
+        }
         if splits > 1 {
             merge_splits(&raw, out, programs, splits, (tq, dv, nq), rows_total, |p| leads[(p / nq) * pack].3);
         }
