@@ -229,8 +229,9 @@ struct RunArgs {
     /// The graph to run (needed when the file has several).
     #[arg(long)]
     graph: Option<String>,
-    #[arg(long, value_enum, default_value = "reference")]
-    backend: Backend,
+    /// Where the graph runs (default: cpu; a graph the Kernel IR cannot express yet runs on the reference, with a note).
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
     /// NAME=PATH.npy, NAME=random or NAME=random:SEED. Repeatable.
     #[arg(long = "input", value_name = "NAME=SOURCE")]
     inputs: Vec<String>,
@@ -892,14 +893,27 @@ fn run(args: RunArgs) -> Res<()> {
     let limits = Limits::default();
     let inputs = assemble_inputs(g, &plan, &limits).map_err(user)?;
     stage("run");
-    let outputs = match args.backend {
-        Backend::Reference => {
+    // The default backend is the CPU's; a graph that does not lower to the
+    // Kernel IR yet ("not supported yet") runs on the reference instead.
+    let (backend, program) = match args.backend {
+        Some(Backend::Reference) => (Backend::Reference, None),
+        Some(b) => (b, Some(kernel_program(g, &PassArgs::default(), &args.kernel)?)),
+        None => match kernel_program(g, &PassArgs::default(), &args.kernel) {
+            Ok(p) => (Backend::Cpu, Some(p)),
+            Err(Failure::User(Some(why))) if why.contains("not supported yet") => {
+                eprintln!("note: running `{}` on the reference backend: {why}", g.name);
+                (Backend::Reference, None)
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let outputs = match (backend, program) {
+        (Backend::Reference, _) | (_, None) => {
             tdl::reference::run_with_limits(g, &inputs, &limits).map_err(|e| reference_failure(e, g, &name, &src))?
         }
-        Backend::Kernel | Backend::Cpu => {
-            let p = kernel_program(g, &PassArgs::default(), &args.kernel)?;
+        (_, Some(p)) => {
             stage("run");
-            let hooks = backend_hooks(args.backend, resolve_threads(args.threads)?, &args.kernel)?;
+            let hooks = backend_hooks(backend, resolve_threads(args.threads)?, &args.kernel)?;
             let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &limits, hooks.as_ref())
                 .map_err(|e| interp_failure(e, g, &name, &src))?;
             if args.stats {

@@ -422,8 +422,12 @@ fn sizes_over_the_limits_are_exit_1_not_an_allocation() {
     // Inputs too large.
     let out = run_in(dir.path(), &[&ca, "--random", "--bind", "H=100000", "--bind", "T=100000", "--bind", "S=100000"]);
     assert_user_error_says(&out, &["`q`", "limit"]);
-    // Inputs fine, the T×S scores too large.
-    let out = run_in(dir.path(), &[&ca, "--random", "--bind", "H=1", "--bind", "T=100000", "--bind", "S=100000"]);
+    // Inputs fine, the T×S scores too large for the reference (the CPU
+    // backend, the default, never builds T×S and runs this).
+    let out = run_in(
+        dir.path(),
+        &[&ca, "--backend", "reference", "--random", "--bind", "H=1", "--bind", "T=100000", "--bind", "S=100000"],
+    );
     assert_user_error_says(&out, &["limit"]);
     // A shape that overflows 64 bits.
     write(
@@ -1533,4 +1537,23 @@ fn a_closed_stdout_pipe_is_not_an_internal_error() {
     let status = child.wait().unwrap();
     assert!(!stderr.contains("internal error"), "{stderr}");
     assert_ne!(status.code(), Some(2), "{stderr}");
+}
+
+/// `tdlc run` runs on the CPU backend by default; a graph the Kernel IR
+/// cannot express yet (an integer matmul) runs on the reference instead,
+/// with a note, and `--backend cpu` says what is missing.
+#[test]
+fn run_defaults_to_the_cpu_backend_and_falls_back_with_a_note() {
+    let dir = tmp();
+    let ca = s(&example("causal_attention"));
+    let out = run_in(dir.path(), &[&ca, "--random", "--bind", "H=2", "--bind", "T=37", "--bind", "S=45", "--stats"]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("on cpu (LLVM JIT)"), "{}", out.describe());
+    write(dir.path(), "imm.tdl", "graph imm(a: i32[T, 4], b: i32[4, 2]) -> i32[T, 2] {\n    return a @ b\n}\n");
+    let out = run_in(dir.path(), &["imm.tdl", "--random", "--bind", "T=3"]);
+    assert_ok(&out);
+    let note = "note: running `imm` on the reference backend: lowering n2 (`matmul`)";
+    assert!(out.stderr.contains(note) && out.stderr.contains("not supported yet"), "{}", out.describe());
+    let out = run_in(dir.path(), &["imm.tdl", "--random", "--bind", "T=3", "--backend", "cpu"]);
+    assert_user_error_says(&out, &["not supported yet", "matmul"]);
 }
