@@ -18,6 +18,7 @@ pub use tdl_reference as reference;
 
 pub mod inputs;
 pub mod masks;
+pub mod selftest;
 pub mod tiling;
 
 /// Parses and type-checks `.tdl` source; every graph in it comes back

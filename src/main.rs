@@ -92,6 +92,26 @@ enum Command {
     Masks(MasksArgs),
     /// Time a graph on random inputs: median/min/max ms, useful GFLOP/s, GB/s.
     Bench(BenchArgs),
+    /// Run the conformance corpus (embedded in tdlc) on a backend against the reference interpreter.
+    Selftest(SelftestArgs),
+}
+
+#[derive(clap::Args)]
+struct SelftestArgs {
+    /// The backend to check against the reference.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    /// The size of the sequence symbols (T, S, N); other symbols are 3.
+    #[arg(long, default_value_t = 17)]
+    size: i64,
+    /// Only programs whose file name contains this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Worker threads of the CPU backend (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    kernel: KernelArgs,
 }
 
 #[derive(clap::Args)]
@@ -211,6 +231,8 @@ enum Backend {
     /// integer outputs) runs in the Kernel IR interpreter (`--stats` says
     /// which ran where).
     Cpu,
+    /// The GPU backend (not built yet).
+    Gpu,
 }
 
 impl Backend {
@@ -219,6 +241,7 @@ impl Backend {
             Backend::Reference => "reference",
             Backend::Kernel => "kernel",
             Backend::Cpu => "cpu",
+            Backend::Gpu => "gpu",
         }
     }
 }
@@ -477,6 +500,7 @@ fn dispatch(cli: Cli) -> Res<()> {
         Command::Run(args) => run(args),
         Command::Masks(args) => masks(args),
         Command::Bench(args) => bench(args),
+        Command::Selftest(args) => selftest(args),
     }
 }
 
@@ -638,7 +662,6 @@ fn kernel_options(args: &KernelArgs) -> Res<(tdl::kernel::target::Target, tdl::k
     Ok((target, opts))
 }
 
-/// The pass pipeline, then the Kernel IR (lowered and verified).
 /// `tdlc compile --emit obj|so|header`: one artifact of every graph.
 fn compile_artifact(
     source: &str,
@@ -729,6 +752,7 @@ fn runtime_library() -> Res<PathBuf> {
     })
 }
 
+/// The pass pipeline, then the Kernel IR (lowered and verified).
 fn kernel_program(g: &VerifiedGraph, passes: &PassArgs, args: &KernelArgs) -> Res<tdl::kernel::ir::KernelProgram> {
     let (target, opts) = kernel_options(args)?;
     let (fused, _) = optimize(g, passes)?;
@@ -832,7 +856,73 @@ fn backend_hooks(backend: Backend, threads: usize, args: &KernelArgs) -> Res<Box
     Ok(match backend {
         Backend::Cpu => Box::new(tdl::llvm::cpu::CpuHooks::with_host(threads, cpu_target(args)?)),
         Backend::Reference | Backend::Kernel => Box::new(tdl::kernel::interp::NoHooks),
+        Backend::Gpu => return Err(user(GPU_NOT_BUILT)),
     })
+}
+
+const GPU_NOT_BUILT: &str =
+    "not supported yet: --backend gpu (the GPU code generator is not built yet; use --backend cpu)";
+
+/// `tdlc selftest`: every corpus graph on `--backend` against the
+/// reference; one line per graph and a summary; exit 1 if any fails.
+fn selftest(args: SelftestArgs) -> Res<()> {
+    use tdl::selftest::{check_graph, Outcome};
+    if !(1..=4096).contains(&args.size) {
+        return Err(user(format!("--size {}: give a size from 1 to 4096", args.size)));
+    }
+    let (hooks, executor): (Box<dyn tdl::kernel::interp::Hooks>, &str) = match args.backend {
+        Backend::Reference => return Err(user("--backend reference is the oracle itself; check cpu or kernel")),
+        Backend::Gpu => return Err(user(GPU_NOT_BUILT)),
+        Backend::Cpu => {
+            (backend_hooks(Backend::Cpu, resolve_threads(args.threads)?, &args.kernel)?, tdl::llvm::cpu::EXECUTOR)
+        }
+        Backend::Kernel => (Box::new(tdl::kernel::interp::NoHooks), "kernel interpreter"),
+    };
+    let limits = Limits { max_elements: 1 << 24 };
+    let lower = |g: &VerifiedGraph| match kernel_program(g, &PassArgs::default(), &args.kernel) {
+        Ok(p) => Ok(p),
+        Err(Failure::User(why)) => Err(why.unwrap_or_else(|| "the graph does not lower".into())),
+        Err(Failure::Internal(why)) => Err(why),
+    };
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (file, src) in tdl::selftest::CORPUS {
+        if args.filter.as_ref().is_some_and(|f| !file.contains(f.as_str())) {
+            continue;
+        }
+        let checked = match tdl::check_source(src) {
+            Ok(c) => c,
+            Err(_) => {
+                println!("FAIL {file}: does not check");
+                failed += 1;
+                continue;
+            }
+        };
+        for g in &checked.graphs {
+            match check_graph(g, args.size, &limits, &lower, hooks.as_ref(), executor) {
+                Outcome::Pass { worst, compiled, kernels } => {
+                    passed += 1;
+                    println!("ok   {file} {}: worst error {worst:.1e}, {compiled}/{kernels} kernels compiled", g.name);
+                }
+                Outcome::Fail(why) => {
+                    failed += 1;
+                    println!("FAIL {file} {}: {why}", g.name);
+                }
+                Outcome::Skip(why) => {
+                    skipped += 1;
+                    println!("skip {file} {}: {why}", g.name);
+                }
+            }
+        }
+    }
+    println!(
+        "selftest on {}: {passed} passed, {failed} failed, {skipped} skipped (size {})",
+        args.backend.name(),
+        args.size
+    );
+    if failed > 0 {
+        return Err(Failure::User(None));
+    }
+    Ok(())
 }
 
 /// The CPU the CPU backend compiles for: the host with `--target-cpu` /

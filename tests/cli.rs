@@ -1557,3 +1557,20 @@ fn run_defaults_to_the_cpu_backend_and_falls_back_with_a_note() {
     let out = run_in(dir.path(), &["imm.tdl", "--random", "--bind", "T=3", "--backend", "cpu"]);
     assert_user_error_says(&out, &["not supported yet", "matmul"]);
 }
+
+/// `tdlc selftest`: the embedded corpus on the CPU backend against the
+/// reference, one line per graph and a summary; `--backend gpu` is refused
+/// clearly (exit 1) while the GPU code generator is not built.
+#[test]
+fn selftest_checks_the_embedded_corpus() {
+    let out = tdlc(["selftest", "--filter", "examples/"]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("ok   examples/block.tdl block: worst error"), "{}", out.describe());
+    assert!(out.stdout.contains("16/16 kernels compiled"), "{}", out.describe());
+    assert!(out.stdout.contains("selftest on cpu: 5 passed, 0 failed, 0 skipped (size 17)"), "{}", out.describe());
+    let out = tdlc(["selftest", "--backend", "kernel", "--filter", "mask_lambdas", "--size", "33"]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("0 failed"), "{}", out.describe());
+    let out = tdlc(["selftest", "--backend", "gpu"]);
+    assert_user_error_says(&out, &["not supported yet", "--backend gpu"]);
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tdl::frontend::diag::render;
 use tdl::ir::{Bindings, Graph};
-use tdl::reference::{try_random_tensor, Limits, Tensor};
+use tdl::reference::{Limits, Tensor};
 use tdl::{CheckError, Checked};
 
 /// The repository root (the workspace), whatever the test's working dir.
@@ -69,11 +69,5 @@ pub fn read(path: &Path) -> String {
 /// Random inputs for `g` under `b` (seeds by parameter index), or `None`
 /// if a shape does not evaluate or is over `limits`.
 pub fn inputs_with(g: &Graph, b: &Bindings, limits: &Limits) -> Option<Vec<Tensor>> {
-    let mut out = Vec::new();
-    for (i, p) in g.params().iter().enumerate() {
-        let shape = p.ty.concrete_shape(b).ok()?;
-        let shape: Vec<usize> = shape.into_iter().map(usize::try_from).collect::<Result<_, _>>().ok()?;
-        out.push(try_random_tensor(p.ty.dtype, &shape, 0x5eed + i as u64, limits).ok()?);
-    }
-    Some(out)
+    tdl::selftest::inputs_for(g, b, limits)
 }

@@ -17,12 +17,13 @@
 //! a kernel 0 (the spelled-out softmax of a fully masked row fuses into an
 //! attention that gives zeros; see the passes tests).
 
-use tdl::ir::{Bindings, DType, VerifiedGraph};
+use tdl::ir::{Bindings, VerifiedGraph};
 use tdl::kernel::ir::{KernelBody, KernelProgram, KvSplit};
 use tdl::kernel::lower::{lower, LowerOptions};
 use tdl::kernel::target::{CpuInfo, Target};
 use tdl::passes::{default_pipeline, run_pipeline_with};
 use tdl::reference::{run_with_limits, Limits, Tensor};
+use tdl::selftest::{bindings_for, compare};
 use tdl_testsuite::{check_ok, inputs_with, program_files, read, repo_root};
 
 const LIMITS: Limits = Limits { max_elements: 1 << 24 };
@@ -50,43 +51,6 @@ fn program(g: &VerifiedGraph, opts: &LowerOptions) -> KernelProgram {
     p
 }
 
-/// The largest error relative to `max(1, |reference|)`, or why the two differ.
-fn compare(reference: &Tensor, kernel: &Tensor) -> Result<f64, String> {
-    if reference.dtype != kernel.dtype || reference.shape != kernel.shape {
-        return Err(format!(
-            "reference {:?}{:?}, kernel {:?}{:?}",
-            reference.dtype, reference.shape, kernel.dtype, kernel.shape
-        ));
-    }
-    let tol = match reference.dtype {
-        DType::F32 => 1e-4,
-        DType::F16 => 4e-3,
-        DType::BF16 => 3e-2,
-        DType::I32 | DType::Bool => 0.0,
-    };
-    let r = reference.round_to_dtype();
-    // Norm-wise: the error is measured against the tensor's largest value
-    // (at least 1), so cancellation in a whole block is not blamed on one
-    // small element.
-    let scale = r.data.iter().filter(|v| v.is_finite()).fold(1f64, |m, v| m.max(v.abs()));
-    let mut worst = 0f64;
-    for (i, (&a, &b)) in r.data.iter().zip(&kernel.data).enumerate() {
-        let ok = if a.is_nan() || b.is_nan() {
-            (a.is_nan() && b.is_nan()) || (a.is_nan() && b == 0.0)
-        } else if a.is_infinite() || b.is_infinite() {
-            a == b
-        } else {
-            let e = (a - b).abs() / scale;
-            worst = worst.max(e);
-            e <= tol
-        };
-        if !ok {
-            return Err(format!("element {i} of {:?}: reference {a}, kernel {b} (tolerance {tol})", r.shape));
-        }
-    }
-    Ok(worst)
-}
-
 #[test]
 fn every_graph_lowers_and_verifies() {
     let mut n = 0;
@@ -98,21 +62,6 @@ fn every_graph_lowers_and_verifies() {
         }
     }
     assert!(n > 90, "only {n} graphs");
-}
-
-/// The sequence symbols (`T`, `S`, `N`) at `value` and the others (heads,
-/// batch, head dims) at 3; failing that (a graph may tie a symbol to
-/// another), every symbol at `value`.
-fn bindings_for(g: &VerifiedGraph, value: i64) -> Vec<Bindings> {
-    let syms = g.graph().symbols();
-    let seq: Bindings =
-        syms.iter().map(|s| (s.clone(), if ["T", "S", "N"].contains(&s.as_str()) { value } else { 3 })).collect();
-    let all: Bindings = syms.iter().map(|s| (s.clone(), value)).collect();
-    if seq == all {
-        vec![seq]
-    } else {
-        vec![seq, all]
-    }
 }
 
 /// Random inputs and the reference's results for `g` at `value` (the first

@@ -451,38 +451,55 @@ fn mask_ir_at(
                 && cz.len() == grid.len()
                 && grid.iter().chain(kernel).chain(dilation).all(|&x| (1..1 << 31).contains(&x)) =>
         {
-            let (mut qr, mut kr) = (q.to_string(), k.to_string());
+            // The runtime checks T == S == Π grid (`check_neighborhood`), so
+            // with fewer than 2³¹ positions every index fits in 32 bits, where
+            // the divisions by constants vectorise (AVX2 has no 64-bit
+            // multiply-high).
+            let positions = grid.iter().try_fold(1i64, |p, &g| p.checked_mul(g));
+            let it = if positions.is_some_and(|p| p < 1 << 31) { "i32" } else { "i64" };
+            let narrow = |ir: &mut Ir, x: &str| {
+                if it == "i32" {
+                    let t = ir.tmp();
+                    ir.line(format!("{t} = trunc i64 {x} to i32"));
+                    t
+                } else {
+                    x.to_string()
+                }
+            };
+            let (mut qr, mut kr) = (narrow(ir, q), narrow(ir, k));
             let mut all = "true".to_string();
             for ax in (0..grid.len()).rev() {
                 let (len, kk, d) = (grid[ax], kernel[ax], dilation[ax]);
-                let a = ir.op("urem", "i64", &qr, &len.to_string());
-                let b = ir.op("urem", "i64", &kr, &len.to_string());
-                qr = ir.op("udiv", "i64", &qr, &len.to_string());
-                kr = ir.op("udiv", "i64", &kr, &len.to_string());
-                let group = ir.op("urem", "i64", &a, &d.to_string());
-                let bg = ir.op("urem", "i64", &b, &d.to_string());
-                let same = ir.op("icmp eq", "i64", &group, &bg);
-                let i = ir.op("udiv", "i64", &a, &d.to_string());
-                let j = ir.op("udiv", "i64", &b, &d.to_string());
+                let a = ir.op("urem", it, &qr, &len.to_string());
+                let b = ir.op("urem", it, &kr, &len.to_string());
+                qr = ir.op("udiv", it, &qr, &len.to_string());
+                kr = ir.op("udiv", it, &kr, &len.to_string());
+                let group = ir.op("urem", it, &a, &d.to_string());
+                let bg = ir.op("urem", it, &b, &d.to_string());
+                let same = ir.op("icmp eq", it, &group, &bg);
+                let i = ir.op("udiv", it, &a, &d.to_string());
+                let j = ir.op("udiv", it, &b, &d.to_string());
                 let vis = if cz[ax] {
-                    let lo0 = ir.op("sub", "i64", &i, &(kk - 1).to_string());
+                    let lo0 = ir.op("sub", it, &i, &(kk - 1).to_string());
                     let lo = ir.tmp();
-                    ir.line(format!("{lo} = call i64 @llvm.smax.i64(i64 {lo0}, i64 0)"));
-                    let x = ir.op("icmp sle", "i64", &lo, &j);
-                    let y = ir.op("icmp sle", "i64", &j, &i);
+                    ir.line(format!("{lo} = call {it} @llvm.smax.{it}({it} {lo0}, {it} 0)"));
+                    let x = ir.op("icmp sle", it, &lo, &j);
+                    let y = ir.op("icmp sle", it, &j, &i);
                     ir.op("and", "i1", &x, &y)
                 } else {
                     // lg = members of this group; start = clamp(i - kk/2, 0, lg - kk).
-                    let t0 = ir.op("sub", "i64", &(len + d - 1).to_string(), &group);
-                    let lg = ir.op("sdiv", "i64", &t0, &d.to_string());
-                    let hi = ir.op("sub", "i64", &lg, &kk.to_string());
-                    let c = ir.op("sub", "i64", &i, &(kk / 2).to_string());
-                    let c1 = ir.min(&c, &hi);
+                    let t0 = ir.op("sub", it, &(len + d - 1).to_string(), &group);
+                    let lg = ir.op("sdiv", it, &t0, &d.to_string());
+                    let hi = ir.op("sub", it, &lg, &kk.to_string());
+                    let c = ir.op("sub", it, &i, &(kk / 2).to_string());
+                    let cmp = ir.op("icmp slt", it, &c, &hi);
+                    let c1 = ir.tmp();
+                    ir.line(format!("{c1} = select i1 {cmp}, {it} {c}, {it} {hi}"));
                     let start = ir.tmp();
-                    ir.line(format!("{start} = call i64 @llvm.smax.i64(i64 {c1}, i64 0)"));
-                    let end = ir.op("add", "i64", &start, &kk.to_string());
-                    let x = ir.op("icmp sle", "i64", &start, &j);
-                    let y = ir.op("icmp slt", "i64", &j, &end);
+                    ir.line(format!("{start} = call {it} @llvm.smax.{it}({it} {c1}, {it} 0)"));
+                    let end = ir.op("add", it, &start, &kk.to_string());
+                    let x = ir.op("icmp sle", it, &start, &j);
+                    let y = ir.op("icmp slt", it, &j, &end);
                     ir.op("and", "i1", &x, &y)
                 };
                 let v = ir.op("and", "i1", &same, &vis);
@@ -537,7 +554,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     let attrs: Vec<String> = host.function_attributes().iter().map(|(k, v)| format!("\"{k}\"=\"{v}\"")).collect();
     let _ = writeln!(
         ir.text,
-        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare i64 @llvm.smax.i64(i64, i64)\ndeclare float @llvm.exp.f32(float)\ndeclare float @llvm.maxnum.f32(float, float)\n\
+        "declare i64 @llvm.smin.i64(i64, i64)\ndeclare i64 @llvm.smax.i64(i64, i64)\ndeclare i32 @llvm.smax.i32(i32, i32)\ndeclare float @llvm.exp.f32(float)\ndeclare float @llvm.maxnum.f32(float, float)\n\
          declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)\n{GEMM}{EXPF}\n\
          define void @{FN_NAME}(ptr noalias readonly %q, ptr noalias readonly %k, ptr noalias readonly %v, ptr noalias %out, \
          ptr noalias readonly %runs, ptr noalias readonly %offs, i64 %T, i64 %S, i64 %oq, i64 %ok, i64 %ov, i64 %oo, \
