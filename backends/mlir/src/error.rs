@@ -16,6 +16,9 @@ fn diags(d: &[String]) -> String {
 /// ran (location: message).
 #[derive(Debug, Error)]
 pub enum MlirError {
+    /// The code generator does not handle this yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
     /// MLIR text did not parse.
     #[error("MLIR parse error:\n{}", diags(.diagnostics))]
     Parse { diagnostics: Vec<String> },

@@ -18,6 +18,7 @@
 //! MLIR and all of LLVM are linked statically (Debian ships no
 //! `libMLIR-C.so`); `tdl-llvm` (inkwell) shares that one LLVM copy.
 
+pub mod attention;
 mod context;
 mod cpu;
 mod error;

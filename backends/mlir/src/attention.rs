@@ -1,0 +1,386 @@
+//! The FlashAttention-2 forward as MLIR: one kernel **body** shared by the
+//! GPU kernel and the host check (design and evidence:
+//! `docs/design/gpu-mlir-research.md`).
+//!
+//! One workgroup runs one `(head, q-tile)` program with one thread per
+//! query row (`tile_q` threads). Phases, each ended by a barrier:
+//! 0. load the Q tile into workgroup memory, clear the row state;
+//! 1. per kv-tile: load the K and V tiles cooperatively (zero past `S`);
+//! 2. per kv-tile, per row: scores `q·k·scale` (base-2 softmax), the mask
+//!    formula per element, the tile max, the online-softmax rescale and
+//!    `O += P·V`, all in registers;
+//! 3. one division per row; a row with no visible key gives zeros.
+//!
+//! The body is identical text in both wrappers; what differs is only
+//! (1) where the tiles live — workgroup attributions of a `gpu.func`
+//! (`#gpu.address_space<workgroup>`, 16-byte aligned) or allocas of a
+//! per-program host function, (2) the per-thread state — a stride-0 view of
+//! a private alloca on the GPU (promoted to registers), a real `[tile_q,
+//! ...]` buffer on the host — and (3) what a phase is — straight-line code
+//! followed by `gpu.barrier` on the GPU, an `scf.forall` over the threads
+//! on the host. The host wrapper lowers to the LLVM dialect and runs in
+//! MLIR's ExecutionEngine; the GPU wrapper lowers to NVVM and PTX.
+//!
+//! Operands are `memref<?x?xDxf32>` (`[heads, T, D]`); K and V may have
+//! fewer heads (grouped-query attention: query head `h` reads `h / (Hq /
+//! Hk)`). Not supported yet: other leading axes, the block-sparse iteration
+//! space (every kv-tile is visited and the mask applied per element), KV
+//! splits, lambdas, `blocks`, `document` and neighborhood masks.
+
+use std::fmt::Write as _;
+
+use tdl_ir::MaskExpr;
+
+use crate::MlirError;
+
+/// What one attention kernel is compiled for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuAttentionSpec {
+    /// Head dimension of q and k.
+    pub d: usize,
+    /// Head dimension of v and the output.
+    pub dv: usize,
+    /// Query rows per workgroup (= threads per workgroup).
+    pub tile_q: usize,
+    /// Keys per streamed tile.
+    pub tile_k: usize,
+    /// `None`: `1/sqrt(d)`.
+    pub scale: Option<f64>,
+    pub mask: Option<MaskExpr>,
+}
+
+fn unsupported(what: impl std::fmt::Display) -> MlirError {
+    MlirError::Unsupported(format!("{what} in the GPU attention kernel"))
+}
+
+/// `x` as an MLIR `f32` literal (exact, hexadecimal bits).
+fn f32_lit(x: f32) -> String {
+    format!("0x{:08X}", x.to_bits())
+}
+
+/// SSA names for the mask code.
+struct Names(usize);
+
+impl Names {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("%mk{}", self.0)
+    }
+}
+
+/// Emits the mask predicate at query `r`, key `k` (both `index`; `T`, `S`
+/// the sizes) into `out`; returns the `i1` value.
+fn mask_mlir(out: &mut String, n: &mut Names, m: &MaskExpr, r: &str, k: &str) -> Result<String, MlirError> {
+    let bounded = |x: i64| x.abs() < (1 << 40);
+    let mut line = |out: &mut String, rhs: String| {
+        let v = n.next();
+        let _ = writeln!(out, "          {v} = {rhs}");
+        v
+    };
+    let konst = |out: &mut String, line: &mut dyn FnMut(&mut String, String) -> String, c: i64| {
+        line(out, format!("arith.constant {c} : index"))
+    };
+    // k <= r + (S - T): the causal diagonal aligned to the end.
+    let causal = |out: &mut String, line: &mut dyn FnMut(&mut String, String) -> String| {
+        let st = line(out, "arith.subi %S, %T : index".into());
+        let lim = line(out, format!("arith.addi {r}, {st} : index"));
+        line(out, format!("arith.cmpi sle, {k}, {lim} : index"))
+    };
+    // r - left <= k <= r + right
+    let local = |out: &mut String, line: &mut dyn FnMut(&mut String, String) -> String, left: i64, right: i64| {
+        let cl = konst(out, line, left);
+        let cr = konst(out, line, right);
+        let lo = line(out, format!("arith.subi {r}, {cl} : index"));
+        let hi = line(out, format!("arith.addi {r}, {cr} : index"));
+        let a = line(out, format!("arith.cmpi sle, {lo}, {k} : index"));
+        let b = line(out, format!("arith.cmpi sle, {k}, {hi} : index"));
+        line(out, format!("arith.andi {a}, {b} : i1"))
+    };
+    Ok(match m {
+        MaskExpr::Causal => causal(out, &mut line),
+        MaskExpr::Local { left, right } if bounded(*left) && bounded(*right) => local(out, &mut line, *left, *right),
+        MaskExpr::Window { w } if bounded(*w) => {
+            let c = causal(out, &mut line);
+            let l = local(out, &mut line, w.saturating_sub(1), 0);
+            line(out, format!("arith.andi {c}, {l} : i1"))
+        }
+        MaskExpr::Sink { n: sink } if bounded(*sink) => {
+            let c = konst(out, &mut line, *sink);
+            line(out, format!("arith.cmpi slt, {k}, {c} : index"))
+        }
+        MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
+            let x = mask_mlir(out, n, a, r, k)?;
+            let y = mask_mlir(out, n, b, r, k)?;
+            let op = if matches!(m, MaskExpr::And(..)) { "andi" } else { "ori" };
+            let v = n.next();
+            let _ = writeln!(out, "          {v} = arith.{op} {x}, {y} : i1");
+            v
+        }
+        MaskExpr::Not(a) => {
+            let x = mask_mlir(out, n, a, r, k)?;
+            let t = n.next();
+            let _ = writeln!(out, "          {t} = arith.constant true");
+            let v = n.next();
+            let _ = writeln!(out, "          {v} = arith.xori {x}, {t} : i1");
+            v
+        }
+        other => return Err(unsupported(format!("the mask `{}`", tdl_ir::text::mask_text(other)))),
+    })
+}
+
+/// The body: phases over `%t` (a thread), `%qt`, `%h` bound by the
+/// wrapper; `PHASE{` / `}PHASE` mark where a phase starts and ends.
+fn body(spec: &GpuAttentionSpec) -> Result<String, MlirError> {
+    let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
+    let scale = spec.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32 * std::f32::consts::LOG2_E;
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c2 = arith.constant 2 : index
+    %ctq = arith.constant {tq} : index
+    %ctk = arith.constant {tk} : index
+    %cd = arith.constant {d} : index
+    %cdv = arith.constant {dv} : index
+    %zero = arith.constant 0.0 : f32
+    %one = arith.constant 1.0 : f32
+    %false = arith.constant false
+    %ninf = arith.constant 0xFF800000 : f32
+    %scale = arith.constant {scale} : f32
+    %Hq = memref.dim %Q, %c0 : !qt
+    %T = memref.dim %Q, %c1 : !qt
+    %Hk = memref.dim %K, %c0 : !kt
+    %S = memref.dim %K, %c1 : !kt
+    %grp0 = arith.divui %Hq, %Hk : index
+    %grp = arith.maxui %grp0, %c1 : index
+    %hk = arith.divui %h, %grp : index
+    %q0 = arith.muli %qt, %ctq : index
+    %nkt = arith.ceildivui %S, %ctk : index
+    PHASE{{
+      %r = arith.addi %q0, %t : index
+      %rv = arith.cmpi ult, %r, %T : index
+      scf.for %dd = %c0 to %cd step %c1 {{
+        %x = scf.if %rv -> f32 {{
+          %v = memref.load %Q[%h, %r, %dd] : !qt
+          scf.yield %v : f32
+        }} else {{ scf.yield %zero : f32 }}
+        memref.store %x, %Qs[%t, %dd] : !sq
+      }}
+      %zv = vector.broadcast %zero : f32 to vector<{dv}xf32>
+      vector.store %zv, %acc[%t, %c0] : !pv2, vector<{dv}xf32>
+      memref.store %ninf, %m[%t] : !pv1
+      memref.store %zero, %l[%t] : !pv1
+    }}PHASE
+    scf.for %kt = %c0 to %nkt step %c1 {{
+      %k0 = arith.muli %kt, %ctk : index
+      // K and V tiles, loaded by the threads in turn (zero past S).
+      PHASE{{
+        scf.for %j0 = %c0 to %ctk step %ctq {{
+          %j = arith.addi %j0, %t : index
+          %jin = arith.cmpi ult, %j, %ctk : index
+          scf.if %jin {{
+            %k = arith.addi %k0, %j : index
+            %kin = arith.cmpi ult, %k, %S : index
+            scf.for %dd = %c0 to %cd step %c1 {{
+              %kx = scf.if %kin -> f32 {{
+                %a = memref.load %K[%hk, %k, %dd] : !kt
+                scf.yield %a : f32
+              }} else {{ scf.yield %zero : f32 }}
+              memref.store %kx, %Ks[%j, %dd] : !sk
+            }}
+            scf.for %dd = %c0 to %cdv step %c1 {{
+              %vx = scf.if %kin -> f32 {{
+                %a = memref.load %V[%hk, %k, %dd] : !vt
+                scf.yield %a : f32
+              }} else {{ scf.yield %zero : f32 }}
+              memref.store %vx, %Vs[%j, %dd] : !sv
+            }}
+          }}
+        }}
+      }}PHASE
+      PHASE{{
+        %r = arith.addi %q0, %t : index
+        %q = vector.load %Qs[%t, %c0] : !sq, vector<{d}xf32>
+        %mx = scf.for %j = %c0 to %ctk step %c1 iter_args(%mx0 = %ninf) -> (f32) {{
+SCORE
+          %mx1 = arith.maximumf %mx0, %s : f32
+          scf.yield %mx1 : f32
+        }}
+        %mold = memref.load %m[%t] : !pv1
+        %mnew = arith.maximumf %mold, %mx : f32
+        %dead = arith.cmpf oeq, %mnew, %ninf : f32
+        %dm = arith.subf %mold, %mnew : f32
+        %ea = llvm.call_intrinsic \"llvm.exp2.f32\"(%dm) : (f32) -> f32
+        %alpha = arith.select %dead, %one, %ea : f32
+        %a0 = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
+        %alv = vector.broadcast %alpha : f32 to vector<{dv}xf32>
+        %a1 = arith.mulf %a0, %alv : vector<{dv}xf32>
+        %psum, %a2 = scf.for %j = %c0 to %ctk step %c1 iter_args(%ps0 = %zero, %ax = %a1) -> (f32, vector<{dv}xf32>) {{
+SCORE
+          %live = arith.cmpi eq, %dead, %false : i1
+          %vis = arith.cmpf one, %s, %ninf : f32
+          %ok = arith.andi %vis, %live : i1
+          %ds = arith.subf %s, %mnew : f32
+          %e = llvm.call_intrinsic \"llvm.exp2.f32\"(%ds) : (f32) -> f32
+          %pj = arith.select %ok, %e, %zero : f32
+          %ps1 = arith.addf %ps0, %pj : f32
+          %vv = vector.load %Vs[%j, %c0] : !sv, vector<{dv}xf32>
+          %pb = vector.broadcast %pj : f32 to vector<{dv}xf32>
+          %ay = vector.fma %pb, %vv, %ax : vector<{dv}xf32>
+          scf.yield %ps1, %ay : f32, vector<{dv}xf32>
+        }}
+        vector.store %a2, %acc[%t, %c0] : !pv2, vector<{dv}xf32>
+        %lold = memref.load %l[%t] : !pv1
+        %lnew = llvm.intr.fma(%lold, %alpha, %psum) : (f32, f32, f32) -> f32
+        memref.store %lnew, %l[%t] : !pv1
+        memref.store %mnew, %m[%t] : !pv1
+      }}PHASE
+    }}
+    PHASE{{
+      %r = arith.addi %q0, %t : index
+      %rv = arith.cmpi ult, %r, %T : index
+      scf.if %rv {{
+        %lf = memref.load %l[%t] : !pv1
+        %pos = arith.cmpf ogt, %lf, %zero : f32
+        %rcp = arith.divf %one, %lf : f32
+        %inv = arith.select %pos, %rcp, %zero : f32
+        %a = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
+        %iv = vector.broadcast %inv : f32 to vector<{dv}xf32>
+        %o = arith.mulf %a, %iv : vector<{dv}xf32>
+        vector.store %o, %O[%h, %r, %c0] : !ot, vector<{dv}xf32>
+      }}
+    }}PHASE
+",
+        scale = f32_lit(scale),
+    );
+    // The score of key j of the tile for row r: q·k·scale, -inf where the
+    // key is past S or the mask does not hold.
+    let mut score = String::new();
+    let _ = write!(
+        score,
+        "          %kv = vector.load %Ks[%j, %c0] : !sk, vector<{d}xf32>
+          %qk = arith.mulf %q, %kv : vector<{d}xf32>
+          %dot = vector.reduction <add>, %qk : vector<{d}xf32> into f32
+          %sc = arith.mulf %dot, %scale : f32
+          %k = arith.addi %k0, %j : index
+          %inS = arith.cmpi ult, %k, %S : index
+"
+    );
+    let ok = match &spec.mask {
+        Some(m) => {
+            let mut names = Names(0);
+            let h = mask_mlir(&mut score, &mut names, m, "%r", "%k")?;
+            let _ = writeln!(score, "          %okm = arith.andi %inS, {h} : i1");
+            "%okm"
+        }
+        None => "%inS",
+    };
+    let _ = write!(score, "          %s = arith.select {ok}, %sc, %ninf : f32");
+    Ok(b.replace("SCORE", &score))
+}
+
+fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
+    let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
+    format!(
+        "!qt = memref<?x?x{d}xf32>\n!kt = memref<?x?x{d}xf32>\n!vt = memref<?x?x{dv}xf32>\n!ot = memref<?x?x{dv}xf32>\n\
+         !sq = memref<{tq}x{d}xf32{smem}>\n!sk = memref<{tk}x{d}xf32{smem}>\n!sv = memref<{tk}x{dv}xf32{smem}>\n\
+         !pv1 = memref<{tq}xf32, strided<[?], offset: ?>>\n!pv2 = memref<{tq}x{dv}xf32, strided<[?, 1], offset: ?>>\n"
+    )
+}
+
+const SIG: &str = "%Q: !qt, %K: !kt, %V: !vt, %O: !ot";
+
+fn check(spec: &GpuAttentionSpec) -> Result<(), MlirError> {
+    let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
+    if !(1..=1024).contains(&tq) || !(1..=1024).contains(&tk) || !(1..=512).contains(&d) || !(1..=512).contains(&dv) {
+        return Err(unsupported(format!("head dimensions {d}/{dv} with tiles {tq}×{tk}")));
+    }
+    let shared = 4 * (tq * d + tk * d + tk * dv);
+    if shared > 48 << 10 {
+        return Err(unsupported(format!("{shared} bytes of workgroup memory (tiles {tq}×{tk}, head dims {d}/{dv})")));
+    }
+    Ok(())
+}
+
+/// The kernel as a `gpu.module` named `module` with one `gpu.func`
+/// `kernel`: launched with grid `(ceil(T / tile_q), Hq, 1)` and `tile_q`
+/// threads.
+pub fn gpu_module(spec: &GpuAttentionSpec, module: &str, kernel: &str) -> Result<String, MlirError> {
+    check(spec)?;
+    let tq = spec.tile_q;
+    let dv = spec.dv;
+    let body =
+        body(spec)?.replace("PHASE{", "scf.execute_region {").replace("}PHASE", "  scf.yield\n    }\n    gpu.barrier");
+    let align = "{llvm.align = 16 : i64}";
+    let mut out = types(spec, ", #gpu.address_space<workgroup>");
+    let _ = write!(
+        out,
+        "module attributes {{gpu.container_module}} {{
+gpu.module @{module} {{
+  gpu.func @{kernel}({SIG}) workgroup(%Qs : !sq {align}, %Ks : !sk {align}, %Vs : !sv {align})
+      kernel attributes {{known_block_size = array<i32: {tq}, 1, 1>}} {{
+    %qt = gpu.block_id x
+    %h = gpu.block_id y
+    %t = gpu.thread_id x
+    %m0 = memref.alloca() : memref<1xf32>
+    %l0 = memref.alloca() : memref<1xf32>
+    %acc0 = memref.alloca() : memref<{dv}xf32>
+    %m = memref.reinterpret_cast %m0 to offset: [0], sizes: [{tq}], strides: [0] : memref<1xf32> to !pv1
+    %l = memref.reinterpret_cast %l0 to offset: [0], sizes: [{tq}], strides: [0] : memref<1xf32> to !pv1
+    %acc = memref.reinterpret_cast %acc0 to offset: [0], sizes: [{tq}, {dv}], strides: [0, 1] : memref<{dv}xf32> to !pv2
+{body}    gpu.return
+  }}
+}}
+}}
+"
+    );
+    Ok(out)
+}
+
+/// The same body for the host: `@{name}` (with a C interface) runs every
+/// `(head, q-tile)` program, each a call of a per-program function whose
+/// phases are `scf.forall` loops over the threads.
+pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirError> {
+    check(spec)?;
+    let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
+    let body = body(spec)?.replace("PHASE{", &format!("scf.forall (%t) in ({tq}) {{")).replace("}PHASE", "}");
+    let mut out = types(spec, "");
+    let _ = write!(
+        out,
+        "func.func private @{name}_program({SIG}, %h: index, %qt: index) {{
+    %Qs = memref.alloca() : !sq
+    %Ks = memref.alloca() : !sk
+    %Vs = memref.alloca() : !sv
+    %m0 = memref.alloca() : memref<{tq}xf32>
+    %l0 = memref.alloca() : memref<{tq}xf32>
+    %acc0 = memref.alloca() : memref<{tq}x{dv}xf32>
+    %m = memref.cast %m0 : memref<{tq}xf32> to !pv1
+    %l = memref.cast %l0 : memref<{tq}xf32> to !pv1
+    %acc = memref.cast %acc0 : memref<{tq}x{dv}xf32> to !pv2
+{body}  return
+}}
+func.func @{name}({SIG}) attributes {{llvm.emit_c_interface}} {{
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %ctq = arith.constant {tq} : index
+  %H = memref.dim %Q, %c0 : !qt
+  %TT = memref.dim %Q, %c1 : !qt
+  %nqt = arith.ceildivui %TT, %ctq : index
+  scf.for %h = %c0 to %H step %c1 {{
+    scf.for %qt = %c0 to %nqt step %c1 {{
+      func.call @{name}_program(%Q, %K, %V, %O, %h, %qt) : (!qt, !kt, !vt, !ot, index, index) -> ()
+    }}
+  }}
+  return
+}}
+"
+    );
+    let _ = (tk, d);
+    Ok(out)
+}
+
+/// The host pipeline for [`host_module`]: thread loops made sequential,
+/// then the LLVM dialect.
+pub const HOST_PIPELINE: &str =
+    "builtin.module(scf-forall-to-parallel,convert-scf-to-cf,convert-vector-to-llvm,convert-to-llvm,reconcile-unrealized-casts)";
