@@ -13,6 +13,7 @@ pub use tdl_frontend::{CheckError, Checked, Diagnostic};
 pub use tdl_ir as ir;
 pub use tdl_kernel as kernel;
 pub use tdl_llvm as llvm;
+pub use tdl_mlir as mlir;
 pub use tdl_passes as passes;
 pub use tdl_reference as reference;
 

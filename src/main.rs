@@ -184,6 +184,10 @@ enum Emit {
     So,
     /// The C header of the shared library.
     Header,
+    /// The GPU kernels as MLIR (gpu, scf, memref, arith, vector dialects), before lowering.
+    Mlir,
+    /// The GPU kernels as PTX for --gpu-chip, lowered in process.
+    Ptx,
 }
 
 /// Kernel IR options shared by `compile --emit kernel` and `run --backend kernel`.
@@ -204,6 +208,9 @@ struct KernelArgs {
     /// CPU backend: +feature/-feature list on top of the CPU's, like rustc's -C target-feature (e.g. -avx2,-fma).
     #[arg(long, value_name = "+F,-F")]
     target_features: Option<String>,
+    /// GPU backend: the chip to generate PTX for (sm_80, sm_90); its tiles too unless --target names a GPU.
+    #[arg(long, default_value = "sm_90")]
+    gpu_chip: String,
 }
 
 /// Pipeline options shared by `compile` and `explain`.
@@ -416,6 +423,34 @@ fn dispatch(cli: Cli) -> Res<()> {
                             .map_err(|e| Failure::Internal(e.to_string()))?
                     }
                     Emit::Obj | Emit::So | Emit::Header => unreachable!("handled above"),
+                    Emit::Mlir | Emit::Ptx => {
+                        // GPU tiles: --target when it names a GPU, else --gpu-chip's.
+                        let mut gk = kernel.clone();
+                        if gk.target == "host" {
+                            tdl::kernel::target::Target::gpu(&gk.gpu_chip)
+                                .map_err(|e| user(format!("--gpu-chip {}: {e}", gk.gpu_chip)))?;
+                            gk.target = gk.gpu_chip.clone();
+                        }
+                        let p = kernel_program(g, &passes, &gk)?;
+                        stage("mlir");
+                        let (text, report) = if matches!(emit, Emit::Mlir) {
+                            let (t, r) = tdl::mlir::program::program_mlir(&p);
+                            (Some(t), r)
+                        } else {
+                            tdl::mlir::program::program_ptx(&p, &kernel.gpu_chip).map_err(|e| match e {
+                                tdl::mlir::MlirError::InvalidChip(_) => user(format!("--gpu-chip: {e}")),
+                                e => Failure::Internal(e.to_string()),
+                            })?
+                        };
+                        for k in &report {
+                            if let Err(why) = &k.how {
+                                eprintln!("note: graph `{}`, kernel `{}` ({}): {why}", g.name, k.name, k.kind);
+                            }
+                        }
+                        text.unwrap_or_else(|| {
+                            format!("// graph `{}`: no kernel the GPU code generator supports yet\n", g.name)
+                        })
+                    }
                     Emit::Egraph => {
                         let (_, reports) = optimize(g, &passes)?;
                         let e = reports.iter().rev().find_map(|r| r.egraph.clone());

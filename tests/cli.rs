@@ -1574,3 +1574,43 @@ fn selftest_checks_the_embedded_corpus() {
     let out = tdlc(["selftest", "--backend", "gpu"]);
     assert_user_error_says(&out, &["not supported yet", "--backend gpu"]);
 }
+
+/// `--emit mlir|ptx`: the GPU kernels of a graph before and after the
+/// in-process lowering; kernels the GPU code generator does not support
+/// yet get a note; a malformed chip is a user error.
+#[test]
+fn compile_emits_gpu_kernels_as_mlir_and_ptx() {
+    let ca = example("causal_attention");
+    let out = tdlc(["compile".as_ref(), ca.as_os_str(), "--emit".as_ref(), "mlir".as_ref()]);
+    assert_ok(&out);
+    assert!(out.stdout.contains("gpu.module @causal_attention_kernels"), "{}", out.describe());
+    assert!(out.stdout.contains("gpu.barrier"), "{}", out.describe());
+    for chip in ["sm_90", "sm_80"] {
+        let out = tdlc([
+            "compile".as_ref(),
+            ca.as_os_str(),
+            "--emit".as_ref(),
+            "ptx".as_ref(),
+            "--gpu-chip".as_ref(),
+            chip.as_ref(),
+        ]);
+        assert_ok(&out);
+        assert!(out.stdout.contains(&format!(".target {chip}")), "{}", out.describe());
+        assert!(out.stdout.contains(".entry k0_n4("), "{}", out.describe());
+        assert!(out.stdout.contains(".shared .align 16"), "{}", out.describe());
+        assert!(out.stdout.contains("bar.sync"), "{}", out.describe());
+    }
+    let block = example("block");
+    let out = tdlc(["compile".as_ref(), block.as_os_str(), "--emit".as_ref(), "ptx".as_ref()]);
+    assert_ok(&out);
+    assert!(out.stderr.contains("not supported yet: matmul kernels in the GPU code generator"), "{}", out.describe());
+    let out = tdlc([
+        "compile".as_ref(),
+        ca.as_os_str(),
+        "--emit".as_ref(),
+        "ptx".as_ref(),
+        "--gpu-chip".as_ref(),
+        "sm9".as_ref(),
+    ]);
+    assert_user_error_says(&out, &["--gpu-chip", "sm9"]);
+}

@@ -289,6 +289,10 @@ fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
     )
 }
 
+/// The static workgroup memory a kernel may declare (more needs dynamic
+/// shared memory, not used yet).
+pub const MAX_SHARED: usize = 48 << 10;
+
 const SIG: &str = "%Q: !qt, %K: !kt, %V: !vt, %O: !ot";
 
 fn check(spec: &GpuAttentionSpec) -> Result<(), MlirError> {
@@ -296,29 +300,30 @@ fn check(spec: &GpuAttentionSpec) -> Result<(), MlirError> {
     if !(1..=1024).contains(&tq) || !(1..=1024).contains(&tk) || !(1..=512).contains(&d) || !(1..=512).contains(&dv) {
         return Err(unsupported(format!("head dimensions {d}/{dv} with tiles {tq}×{tk}")));
     }
-    let shared = 4 * (tq * d + tk * d + tk * dv);
-    if shared > 48 << 10 {
+    let shared = shared_bytes(spec);
+    if shared > MAX_SHARED {
         return Err(unsupported(format!("{shared} bytes of workgroup memory (tiles {tq}×{tk}, head dims {d}/{dv})")));
     }
     Ok(())
 }
 
-/// The kernel as a `gpu.module` named `module` with one `gpu.func`
-/// `kernel`: launched with grid `(ceil(T / tile_q), Hq, 1)` and `tile_q`
-/// threads.
-pub fn gpu_module(spec: &GpuAttentionSpec, module: &str, kernel: &str) -> Result<String, MlirError> {
+/// The shared memory a kernel of `spec` declares, in bytes.
+pub fn shared_bytes(spec: &GpuAttentionSpec) -> usize {
+    4 * (spec.tile_q * spec.d + spec.tile_k * spec.d + spec.tile_k * spec.dv)
+}
+
+/// The type aliases and the `gpu.func` named `kernel` (aliases prefixed
+/// `prefix`, so several kernels share a module): launched with grid
+/// `(ceil(T / tile_q), Hq, 1)` and `tile_q` threads.
+pub fn gpu_func(spec: &GpuAttentionSpec, kernel: &str, prefix: &str) -> Result<(String, String), MlirError> {
     check(spec)?;
     let tq = spec.tile_q;
     let dv = spec.dv;
     let body =
         body(spec)?.replace("PHASE{", "scf.execute_region {").replace("}PHASE", "  scf.yield\n    }\n    gpu.barrier");
     let align = "{llvm.align = 16 : i64}";
-    let mut out = types(spec, ", #gpu.address_space<workgroup>");
-    let _ = write!(
-        out,
-        "module attributes {{gpu.container_module}} {{
-gpu.module @{module} {{
-  gpu.func @{kernel}({SIG}) workgroup(%Qs : !sq {align}, %Ks : !sk {align}, %Vs : !sv {align})
+    let func = format!(
+        "  gpu.func @{kernel}({SIG}) workgroup(%Qs : !sq {align}, %Ks : !sk {align}, %Vs : !sv {align})
       kernel attributes {{known_block_size = array<i32: {tq}, 1, 1>}} {{
     %qt = gpu.block_id x
     %h = gpu.block_id y
@@ -331,11 +336,23 @@ gpu.module @{module} {{
     %acc = memref.reinterpret_cast %acc0 to offset: [0], sizes: [{tq}, {dv}], strides: [0, 1] : memref<{dv}xf32> to !pv2
 {body}    gpu.return
   }}
-}}
-}}
 "
     );
-    Ok(out)
+    let prefixed = |t: String| {
+        let mut t = t;
+        for a in ["qt", "kt", "vt", "ot", "sq", "sk", "sv", "pv1", "pv2"] {
+            t = t.replace(&format!("!{a}"), &format!("!{prefix}{a}"));
+        }
+        t
+    };
+    Ok((prefixed(types(spec, ", #gpu.address_space<workgroup>")), prefixed(func)))
+}
+
+/// The kernel as a `gpu.module` named `module` with one `gpu.func`
+/// `kernel` ([`gpu_func`]).
+pub fn gpu_module(spec: &GpuAttentionSpec, module: &str, kernel: &str) -> Result<String, MlirError> {
+    let (aliases, func) = gpu_func(spec, kernel, "")?;
+    Ok(format!("{aliases}module attributes {{gpu.container_module}} {{\ngpu.module @{module} {{\n{func}}}\n}}\n"))
 }
 
 /// The same body for the host: `@{name}` (with a C interface) runs every

@@ -24,6 +24,7 @@ mod cpu;
 mod error;
 mod gpu;
 mod jit;
+pub mod program;
 
 pub use context::{new_context, parse_module, run_pipeline, verify_module, DiagnosticCollector};
 pub use cpu::{smoke_cpu_module, smoke_cpu_sum, CPU_LOWERING_PIPELINE, SMOKE_CPU_SUM_MLIR};
