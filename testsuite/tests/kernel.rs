@@ -546,3 +546,47 @@ fn gpu_kernels_of_the_corpus_lower_to_ptx() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(generated >= 40, "only {generated} GPU kernels generated");
 }
+
+/// Issue 6, numerics without a GPU: every corpus program with the
+/// attention kernels the GPU code generator supports run through the host
+/// wrapper of their kernel body (MLIR, ExecutionEngine), the rest in the
+/// interpreter, against the reference at sizes 17 and 65 (GPU tiles).
+#[test]
+fn gpu_kernel_bodies_match_the_reference_on_the_host() {
+    let target = Target::gpu("sm_90").expect("sm_90");
+    let hooks = tdl::mlir::host::HostHooks::new();
+    let (mut ran, mut runs) = (0usize, 0usize);
+    let mut failures = Vec::new();
+    for (name, path) in program_files() {
+        for g in &check_ok(&name, &read(&path)).graphs {
+            let p = lower(&fused(g), &target, &LowerOptions::default())
+                .unwrap_or_else(|e| panic!("{name}: `{}` does not lower: {e}", g.name));
+            if !p.kernels.iter().any(|k| matches!(k.body, KernelBody::Attention(_))) {
+                continue;
+            }
+            for value in [17, 65] {
+                let Some((inputs, reference)) = reference_run(g, value) else {
+                    continue;
+                };
+                match tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, &hooks) {
+                    Ok(out) => {
+                        runs += 1;
+                        ran += out.kernels.iter().filter(|k| k.executor == tdl::mlir::host::EXECUTOR).count();
+                        for (i, (r, k)) in reference.iter().zip(&out.results).enumerate() {
+                            if let Err(e) = compare(r, k) {
+                                failures.push(format!("{name}: `{}` at {value} result {i}: {e}", g.name));
+                            }
+                        }
+                    }
+                    Err(e) => failures.push(format!("{name}: `{}` at {value}: {e}", g.name)),
+                }
+            }
+        }
+    }
+    println!(
+        "gpu bodies on the host: {ran} attention runs in {runs} program runs, {} kernels compiled",
+        hooks.compiled()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(ran >= 40, "only {ran} attention runs took the GPU kernel body");
+}

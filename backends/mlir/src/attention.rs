@@ -307,6 +307,22 @@ fn check(spec: &GpuAttentionSpec) -> Result<(), MlirError> {
     Ok(())
 }
 
+/// The tiles the kernel gets: the Kernel IR's, halved (kv-tile first) until
+/// the tiles fit in static workgroup memory and a workgroup has at most
+/// 1024 threads.
+pub fn fit(mut spec: GpuAttentionSpec) -> GpuAttentionSpec {
+    spec.tile_q = spec.tile_q.clamp(1, 1024);
+    spec.tile_k = spec.tile_k.max(1);
+    while shared_bytes(&spec) > MAX_SHARED && (spec.tile_k > 8 || spec.tile_q > 8) {
+        if spec.tile_k >= spec.tile_q && spec.tile_k > 8 {
+            spec.tile_k /= 2;
+        } else {
+            spec.tile_q /= 2;
+        }
+    }
+    spec
+}
+
 /// The shared memory a kernel of `spec` declares, in bytes.
 pub fn shared_bytes(spec: &GpuAttentionSpec) -> usize {
     4 * (spec.tile_q * spec.d + spec.tile_k * spec.d + spec.tile_k * spec.dv)

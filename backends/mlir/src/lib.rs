@@ -23,6 +23,7 @@ mod context;
 mod cpu;
 mod error;
 mod gpu;
+pub mod host;
 mod jit;
 pub mod program;
 

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use tdl_kernel::ir::{AttentionKernel, BufId, KernelBody, KernelProgram};
 
-use crate::attention::{gpu_func, shared_bytes, GpuAttentionSpec, MAX_SHARED};
+use crate::attention::{fit, gpu_func, GpuAttentionSpec};
 use crate::{extract_ptx, new_context, nvvm_pipeline, parse_module, run_pipeline, verify_module, MlirError};
 
 /// How one kernel of the program fares.
@@ -25,22 +25,6 @@ fn last_dim(p: &KernelProgram, b: BufId) -> Option<(usize, usize)> {
     let buf = p.buffer(b)?;
     let last = usize::try_from(buf.shape.last()?.as_const()?).ok()?;
     Some((buf.shape.len(), last))
-}
-
-/// The tiles the kernel gets: the Kernel IR's, halved (kv-tile first) until
-/// the tiles fit in static workgroup memory and a workgroup has at most
-/// 1024 threads.
-fn fit(mut spec: GpuAttentionSpec) -> GpuAttentionSpec {
-    spec.tile_q = spec.tile_q.clamp(1, 1024);
-    spec.tile_k = spec.tile_k.max(1);
-    while shared_bytes(&spec) > MAX_SHARED && (spec.tile_k > 8 || spec.tile_q > 8) {
-        if spec.tile_k >= spec.tile_q && spec.tile_k > 8 {
-            spec.tile_k /= 2;
-        } else {
-            spec.tile_q /= 2;
-        }
-    }
-    spec
 }
 
 fn attention_spec(p: &KernelProgram, a: &AttentionKernel) -> Result<GpuAttentionSpec, String> {
