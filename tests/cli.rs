@@ -1455,8 +1455,9 @@ fn bench_errors_are_user_errors() {
 }
 
 /// `compile --emit llvm|asm`: the CPU backend's kernels after O3 (vector
-/// code, one section per kernel; the ones it does not compile yet say so),
-/// and a clean error for a GPU target.
+/// code, one section per kernel — loop nests and row functions as an
+/// artifact compiles them; the ones it does not compile yet say so), and a
+/// clean error for a GPU target.
 #[test]
 fn compile_emits_the_cpu_kernels_as_llvm_ir_and_assembly() {
     let dir = tmp();
@@ -1468,6 +1469,10 @@ fn compile_emits_the_cpu_kernels_as_llvm_ir_and_assembly() {
         "define void @tdl_attention_program(",
         "==== kernel `qkv` (matmul) ====",
         "define void @tdl_matmul_rows(",
+        "==== kernel `x2` (elementwise) ====",
+        "define void @tdl_ew(",
+        "==== kernel `h` (rmsnorm) ====",
+        "define void @tdl_rows(",
         "@llvm.fmuladd.v",
         "x float>",
     ] {

@@ -505,6 +505,17 @@ pub fn run_move(
     Some(r.map_err(LlvmError::from))
 }
 
+/// The LLVM IR text of the loop nest of `variant` for elementwise kernel
+/// `k` (a move's copy chain with `k = None`), or `None` when the code
+/// generator does not compile it: what an artifact compiles.
+pub(crate) fn variant_ir(k: Option<&ElementwiseKernel>, variant: &LoopVariant, host: &HostTarget) -> Option<String> {
+    let (body, masks) = match k {
+        Some(k) => (&k.body[..], k.masks.iter().map(|m| &m.expr).collect()),
+        None => (tdl_rt::elementwise::COPY_BODY, Vec::new()),
+    };
+    loop_ir(&LoopSpec { variant: variant.clone(), body, masks }, host)
+}
+
 /// The optimised LLVM IR of an elementwise kernel's loop nest for the host
 /// (to inspect what LLVM made of it), or `None` when it is not supported.
 pub fn elementwise_llvm_text(k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Result<Option<String>, LlvmError> {
