@@ -662,3 +662,126 @@ pub fn loop_variants(p: &KernelProgram, body: &KernelBody) -> Result<Vec<LoopVar
     }
     Ok(variants)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use tdl_ir::{BinaryOp, Dim};
+    use tdl_kernel::ir::{BufId, BufKind, Buffer, Kernel, ViewOp};
+
+    use super::*;
+
+    fn dim(s: &str) -> Dim {
+        s.parse::<i64>().map_or_else(|_| Dim::sym(s), Dim::constant)
+    }
+
+    /// `out = in0 · in1` over `out` (an `i32` output with `int_out`), the
+    /// inputs of the given shapes read through `views`.
+    fn program(ins: &[(&[&str], Vec<ViewOp>)], out: &[&str], int_out: bool) -> (KernelProgram, KernelBody) {
+        let buf = |name: &str, shape: &[&str], kind: BufKind, dtype: DType| Buffer {
+            name: name.into(),
+            dtype,
+            shape: shape.iter().map(|d| dim(d)).collect(),
+            kind,
+        };
+        let mut buffers: Vec<Buffer> =
+            ins.iter().enumerate().map(|(i, (s, _))| buf(&format!("x{i}"), s, BufKind::Input(i), DType::F32)).collect();
+        let out_id = BufId(buffers.len() as u32);
+        let dt = if int_out { DType::I32 } else { DType::F32 };
+        buffers.push(buf("out", out, BufKind::Temp, dt));
+        let inputs: Vec<Access> =
+            ins.iter().enumerate().map(|(i, (_, v))| Access { buf: BufId(i as u32), view: v.clone() }).collect();
+        let f = |op| EwInst { op, dtype: DType::F32 };
+        let mut body: Vec<EwInst> = (0..ins.len()).map(|i| f(EwOp::Load(i))).collect();
+        body.push(f(EwOp::Binary(BinaryOp::Mul, 0, ins.len() - 1)));
+        let kbody = KernelBody::Elementwise(ElementwiseKernel { inputs, masks: Vec::new(), body, out: out_id });
+        let mut symbols: Vec<String> = ins
+            .iter()
+            .flat_map(|(s, _)| s.iter())
+            .chain(out)
+            .filter(|d| d.parse::<i64>().is_err())
+            .map(|d| d.to_string())
+            .collect();
+        symbols.sort();
+        symbols.dedup();
+        let p = KernelProgram {
+            name: "g".into(),
+            symbols,
+            params: (0..ins.len()).map(|i| BufId(i as u32)).collect(),
+            buffers,
+            kernels: vec![Kernel { name: "k".into(), span: None, body: kbody.clone() }],
+            results: vec![out_id],
+            target: String::new(),
+        };
+        (p, kbody)
+    }
+
+    fn v(rank: usize, steps: &[Step]) -> LoopVariant {
+        LoopVariant { rank, inputs: steps.iter().map(|&s| (false, s)).collect() }
+    }
+
+    #[test]
+    fn variants_are_the_nests_of_generic_sizes_simplified_and_as_built() {
+        use Step::{Any, One, Zero};
+        // Contiguous operands: one merged loop, and the nest as built.
+        let (p, k) = program(&[(&["T", "512"], vec![]), (&["T", "512"], vec![])], &["T", "512"], false);
+        assert_eq!(loop_variants(&p, &k).unwrap(), [v(1, &[One, One]), v(2, &[One, One])]);
+        // A broadcast row: nothing merges.
+        let (p, k) = program(&[(&["T", "512"], vec![]), (&["512"], vec![])], &["T", "512"], false);
+        assert_eq!(loop_variants(&p, &k).unwrap(), [v(2, &[One, One])]);
+        // A column broadcast along the last axis: stride 0.
+        let (p, k) = program(&[(&["T", "S"], vec![]), (&["T", "1"], vec![])], &["T", "S"], false);
+        assert_eq!(loop_variants(&p, &k).unwrap(), [v(2, &[One, Zero])]);
+        // A transposed view: any stride.
+        let (p, k) = program(&[(&["S", "T"], vec![ViewOp::Transpose])], &["T", "S"], false);
+        assert_eq!(loop_variants(&p, &k).unwrap(), [v(2, &[Any])]);
+        // An integer output gets no code.
+        let (p, k) = program(&[(&["T"], vec![])], &["T"], true);
+        assert!(loop_variants(&p, &k).unwrap_err().contains("i32"));
+    }
+
+    /// Records the specs it is asked for; has no code.
+    struct Recording {
+        unsimplified_too: bool,
+        asked: RefCell<Vec<LoopVariant>>,
+    }
+
+    impl LoopSource for Recording {
+        fn loop_fn(&self, spec: &LoopSpec<'_>) -> Option<Result<Code, RtError>> {
+            self.asked.borrow_mut().push(spec.variant.clone());
+            None
+        }
+
+        fn unsimplified_too(&self) -> bool {
+            self.unsimplified_too
+        }
+    }
+
+    #[test]
+    fn a_nest_asks_for_its_simplified_form_then_as_built_and_declines_without_code() {
+        use Step::One;
+        // `[T, S] · [T, 1]` at S = 1: `y` is no longer a broadcast.
+        let (p, k) = program(&[(&["T", "S"], vec![]), (&["T", "1"], vec![])], &["T", "S"], false);
+        let KernelBody::Elementwise(ek) = &k else { unreachable!() };
+        fn view(d: &[f32], strides: Vec<usize>) -> StridedView<'_> {
+            StridedView { data: Elems::F32(d), offset: 0, shape: vec![3, 1], strides }
+        }
+        let (x, y) = ([1f32; 3], [2f32; 3]);
+        let bindings = Bindings::new();
+        let args = ElementwiseArgs {
+            shape: &[3, 1],
+            inputs: vec![view(&x, vec![1, 1]), view(&y, vec![1, 1])],
+            masks: Vec::new(),
+            bindings: &bindings,
+        };
+        let aot = Recording { unsimplified_too: true, asked: RefCell::default() };
+        assert!(run_elementwise(ek, &args, 1, &aot).is_none());
+        assert_eq!(*aot.asked.borrow(), [v(1, &[One, One]), v(2, &[One, One])]);
+        let jit = Recording { unsimplified_too: false, asked: RefCell::default() };
+        assert!(run_elementwise(ek, &args, 1, &jit).is_none());
+        assert_eq!(*jit.asked.borrow(), [v(1, &[One, One])]);
+        // Neither is what an artifact compiles for this kernel.
+        assert!(!loop_variants(&p, &k).unwrap().iter().any(|c| aot.asked.borrow().contains(c)));
+    }
+}

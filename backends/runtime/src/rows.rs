@@ -327,3 +327,41 @@ pub fn row_codes(p: &KernelProgram, body: &KernelBody) -> Result<Vec<RowCode>, S
         other => Err(format!("{} kernels are not row kernels", other.kind())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tdl_kernel::ir::{Access, BufId, BufKind, Buffer, Kernel};
+
+    use super::*;
+
+    fn program(x: &[&str], body: impl FnOnce(Access, BufId) -> KernelBody) -> (KernelProgram, KernelBody) {
+        let shape: Vec<Dim> = x.iter().map(|d| d.parse::<i64>().map_or_else(|_| Dim::sym(d), Dim::constant)).collect();
+        let buf =
+            |name: &str, kind| Buffer { name: name.into(), dtype: tdl_ir::DType::F32, shape: shape.clone(), kind };
+        let kbody = body(Access::whole(BufId(0)), BufId(1));
+        let p = KernelProgram {
+            name: "g".into(),
+            symbols: vec!["S".into(), "T".into()],
+            buffers: vec![buf("x", BufKind::Input(0)), buf("out", BufKind::Temp)],
+            params: vec![BufId(0)],
+            kernels: vec![Kernel { name: "k".into(), span: None, body: kbody.clone() }],
+            results: vec![BufId(1)],
+            target: String::new(),
+        };
+        (p, kbody)
+    }
+
+    #[test]
+    fn row_codes_cover_the_axis_forms_the_sizes_allow() {
+        let softmax =
+            |axis| move |x, out| KernelBody::Row(RowKernel { op: RowOp::Softmax { axis }, x, params: vec![], out });
+        // Over an inner axis whose inner size is a symbol (1 when it is).
+        let (p, k) = program(&["T", "S"], softmax(0));
+        assert_eq!(row_codes(&p, &k).unwrap(), [RowCode::Softmax { last: false }, RowCode::Softmax { last: true }]);
+        let (p, k) = program(&["T", "S"], softmax(1));
+        assert_eq!(row_codes(&p, &k).unwrap(), [RowCode::Softmax { last: true }]);
+        let reduce = |x, out| KernelBody::Reduce(ReduceKernel { op: ReduceOp::Sum, axis: 0, keepdims: false, x, out });
+        let (p, k) = program(&["T", "64"], reduce);
+        assert_eq!(row_codes(&p, &k).unwrap(), [RowCode::Reduce { op: ReduceOp::Sum, last: false }]);
+    }
+}
