@@ -3,7 +3,7 @@
 //! sequence lengths against the reference interpreter, one shared library
 //! of the whole transformer block loaded and run at several T with every
 //! kernel in compiled code (the runtime's `tdl_last_run_report` says which
-//! executor ran each), and a library whose compiled loop nest does not
+//! executor ran each) and the JIT's bits, and a library whose compiled loop nest does not
 //! match a call's strides falling back to the runtime's loops.
 //!
 //! These tests need the runtime archive `libtdl_runtime.a` beside the tdlc
@@ -209,8 +209,8 @@ fn graph_inputs(g: &tdl::ir::Graph, b: &Bindings) -> (Vec<Tensor>, Vec<Vec<f32>>
 /// The transformer block's library: every kernel compiled (so says the
 /// header, tdlc prints no note), and at every T — none a multiple of a
 /// tile size (attention 128×64, matmul 64×64×256, loop-nest work items of
-/// 16 K elements) — every kernel runs in the library's compiled code and
-/// the result is the reference's.
+/// 16 K elements) — every kernel runs in the library's compiled code, the
+/// result is the reference's and bit for bit the JIT's.
 #[test]
 fn one_shared_library_runs_the_transformer_block_at_several_lengths() {
     let dir = tempdir();
@@ -246,6 +246,23 @@ fn one_shared_library_runs_the_transformer_block_at_several_lengths() {
         let got: Vec<f64> = out.iter().map(|&x| f64::from(x)).collect();
         let err = max_abs_diff(&got, &want[0].data) / scale;
         assert!(err <= 1e-4, "block at T={t}: error {err:.2e} relative to max |reference|");
+        // The JIT (`tdlc run --backend cpu`) gives the same bits: the same
+        // kernels, the same code.
+        let mut args: Vec<std::ffi::OsString> =
+            ["run".as_ref(), file.as_os_str(), "--backend".as_ref(), "cpu".as_ref()].map(Into::into).to_vec();
+        for (p, x) in g.params().iter().zip(&inputs) {
+            let path = dir.path().join(format!("{}-{t}.npy", p.name));
+            tdl::reference::npy::write_npy(&path, x).unwrap();
+            args.push("--input".into());
+            args.push(format!("{}={}", p.name, path.display()).into());
+        }
+        let jit_out = dir.path().join(format!("jit-{t}.npy"));
+        args.extend(["--output".into(), jit_out.clone().into_os_string()]);
+        assert_ok(&tdlc(&args));
+        let jit = tdl::reference::npy::read_npy(&jit_out).unwrap();
+        assert_eq!(jit.shape, want[0].shape);
+        let same = jit.data.iter().zip(&out).all(|(&j, &a)| (j as f32).to_bits() == a.to_bits());
+        assert!(same, "T={t}: the library's output differs from the JIT's");
         // A short input is refused, nothing written.
         let short: Vec<usize> = lens.iter().map(|&n| n - 1).collect();
         let (rc, _, message) = lib.call(&[t], &data, &short, want[0].data.len());
