@@ -95,7 +95,7 @@ pub(crate) fn static_kernel(p: &KernelProgram, body: &KernelBody, host: &HostTar
         KernelBody::Attention(a) => attention_kernel(p, a, host),
         KernelBody::MatMul(m) => matmul_kernel(p, m, host),
         other => Err(format!(
-            "{} kernels are compiled per variant of their strides (aot::variant_kernel), not here",
+            "{} kernels are compiled per variant of their run-time structure (aot::variant_kernel), not here",
             other.kind()
         )),
     }
