@@ -50,7 +50,7 @@ use crate::RtError;
 
 /// The descriptor format's version; an artifact of another version is
 /// refused (the runtime it links must match the compiler that wrote it).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// What the executor's `--stats` calls the compiled kernels of an artifact.
 pub const EXECUTOR: &str = "cpu (AOT)";
