@@ -1,7 +1,10 @@
 //! Ahead-of-time artifacts: `tdlc compile --emit obj|so|header`, the C
 //! example (`examples/c/run_attention.c`) built, linked and run at several
-//! sequence lengths against the reference interpreter, and one shared
-//! library of the whole transformer block loaded and run at several T.
+//! sequence lengths against the reference interpreter, one shared library
+//! of the whole transformer block loaded and run at several T with every
+//! kernel in compiled code (the runtime's `tdl_last_run_report` says which
+//! executor ran each) and the JIT's bits, and a library whose compiled loop nest does not
+//! match a call's strides falling back to the runtime's loops.
 //!
 //! These tests need the runtime archive `libtdl_runtime.a` beside the tdlc
 //! binary; [`runtime`] builds it with cargo first (a no-op when it is
@@ -60,8 +63,9 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
-/// `tdlc compile FILE --emit so -o DIR/libNAME.so`; returns the library.
-fn compile_so(file: &Path, dir: &Path, name: &str) -> PathBuf {
+/// `tdlc compile FILE --emit so -o DIR/libNAME.so`; returns the library
+/// and what tdlc printed on stderr.
+fn compile_so_noting(file: &Path, dir: &Path, name: &str) -> (PathBuf, String) {
     runtime();
     let so = dir.join(format!("lib{name}.so"));
     let out =
@@ -69,7 +73,11 @@ fn compile_so(file: &Path, dir: &Path, name: &str) -> PathBuf {
     assert_ok(&out);
     assert!(so.is_file(), "no {}", so.display());
     assert!(dir.join(format!("{name}.h")).is_file(), "no header beside {}", so.display());
-    so
+    (so, out.stderr)
+}
+
+fn compile_so(file: &Path, dir: &Path, name: &str) -> PathBuf {
+    compile_so_noting(file, dir, name).0
 }
 
 #[test]
@@ -127,70 +135,176 @@ fn the_c_example_builds_links_and_runs_at_several_lengths() {
 /// The entry point's C signature, called through `libloading`.
 type Entry = unsafe extern "C" fn(*const i64, *const *const u8, *const usize, *const *mut u8, *const usize) -> i32;
 
-/// Runs graph 0 of example `name` (one symbol, `T`) through a shared
-/// library at each length in `ts`, against the reference.
-fn library_matches_the_reference(name: &str, ts: &[i64]) {
-    let dir = tempdir();
-    let file = example(name);
-    let so = compile_so(&file, dir.path(), name);
-    let src = std::fs::read_to_string(&file).unwrap();
-    let checked = tdl::frontend::check(&src).expect("the example checks");
-    let g = checked.graphs[0].graph();
-    let entry_name = format!("tdl_run_{}\0", checked.graphs[0].name);
-    // SAFETY: the library is the one tdlc just wrote; its entry point has
-    // the signature of its header.
-    let lib = unsafe { libloading::Library::new(&so) }.expect("the library loads");
-    let entry: libloading::Symbol<'_, Entry> = unsafe { lib.get(entry_name.as_bytes()) }.expect("the entry point");
-    let last_error: libloading::Symbol<'_, unsafe extern "C" fn() -> *const std::ffi::c_char> =
-        unsafe { lib.get(b"tdl_last_error\0") }.expect("tdl_last_error");
-    for &t in ts {
-        let b: Bindings = [("T".to_string(), t)].into_iter().collect();
-        let inputs: Vec<Tensor> = g
-            .params()
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let shape: Vec<usize> =
-                    p.ty.concrete_shape(&b).unwrap().into_iter().map(|d| usize::try_from(d).unwrap()).collect();
-                tdl::reference::random::random_tensor(p.ty.dtype, &shape, 7 + i as u64)
-            })
-            .collect();
-        let want = reference(&file, &inputs);
-        let data: Vec<Vec<f32>> = inputs.iter().map(|x| x.data.iter().map(|&v| v as f32).collect()).collect();
-        let ptrs: Vec<*const u8> = data.iter().map(|d| d.as_ptr().cast()).collect();
-        let lens: Vec<usize> = data.iter().map(Vec::len).collect();
-        let mut out = vec![0f32; want[0].data.len()];
+/// A loaded artifact: its entry point and C API, called through
+/// `libloading`.
+struct Loaded {
+    lib: libloading::Library,
+    entry: String,
+}
+
+impl Loaded {
+    fn open(so: &Path, graph: &str) -> Loaded {
+        // SAFETY: the library is one tdlc just wrote; its symbols have the
+        // signatures of its header.
+        let lib = unsafe { libloading::Library::new(so) }.expect("the library loads");
+        Loaded { lib, entry: format!("tdl_run_{graph}\0") }
+    }
+
+    fn c_string(&self, symbol: &[u8]) -> String {
+        // SAFETY: `tdl_last_error` and `tdl_last_run_report` return a valid
+        // C string owned by the library's thread-local storage.
+        unsafe {
+            let f: libloading::Symbol<'_, unsafe extern "C" fn() -> *const std::ffi::c_char> =
+                self.lib.get(symbol).expect("the C API");
+            std::ffi::CStr::from_ptr(f()).to_string_lossy().into_owned()
+        }
+    }
+
+    /// Calls the entry with `dims`, the f32 inputs (with lengths `lens`)
+    /// and one output of `n` elements; returns the status, the output and
+    /// `tdl_last_error()`.
+    fn call(&self, dims: &[i64], inputs: &[Vec<f32>], lens: &[usize], n: usize) -> (i32, Vec<f32>, String) {
+        let ptrs: Vec<*const u8> = inputs.iter().map(|d| d.as_ptr().cast()).collect();
+        let mut out = vec![0f32; n];
         let outs = [out.as_mut_ptr().cast::<u8>()];
-        let out_lens = [out.len()];
-        let dims = [t];
-        // SAFETY: every pointer addresses as many f32s as its length says.
-        let rc = unsafe { entry(dims.as_ptr(), ptrs.as_ptr(), lens.as_ptr(), outs.as_ptr(), out_lens.as_ptr()) };
-        let message = unsafe { std::ffi::CStr::from_ptr(last_error()) }.to_string_lossy().into_owned();
-        assert_eq!(rc, 0, "{name} at T={t}: {message}");
+        let out_lens = [n];
+        // SAFETY: every pointer addresses as many f32s as its length says
+        // (the runtime checks the lengths against the shapes first).
+        let rc = unsafe {
+            let entry: libloading::Symbol<'_, Entry> = self.lib.get(self.entry.as_bytes()).expect("the entry point");
+            entry(dims.as_ptr(), ptrs.as_ptr(), lens.as_ptr(), outs.as_ptr(), out_lens.as_ptr())
+        };
+        (rc, out, self.c_string(b"tdl_last_error\0"))
+    }
+
+    /// `tdl_last_run_report()` as `(kernel, kind, executor)` rows.
+    fn report(&self) -> Vec<(String, String, String)> {
+        self.c_string(b"tdl_last_run_report\0")
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                assert_eq!(f.len(), 3, "a report line: {l:?}");
+                (f[0].to_string(), f[1].to_string(), f[2].to_string())
+            })
+            .collect()
+    }
+}
+
+/// Random inputs of graph `g` under `b` (the reference's and as f32).
+fn graph_inputs(g: &tdl::ir::Graph, b: &Bindings) -> (Vec<Tensor>, Vec<Vec<f32>>) {
+    let inputs: Vec<Tensor> = g
+        .params()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let shape: Vec<usize> =
+                p.ty.concrete_shape(b).unwrap().into_iter().map(|d| usize::try_from(d).unwrap()).collect();
+            tdl::reference::random::random_tensor(p.ty.dtype, &shape, 7 + i as u64)
+        })
+        .collect();
+    let data = inputs.iter().map(|x| x.data.iter().map(|&v| v as f32).collect()).collect();
+    (inputs, data)
+}
+
+/// The transformer block's library: every kernel compiled (so says the
+/// header, tdlc prints no note), and at every T — none a multiple of a
+/// tile size (attention 128×64, matmul 64×64×256, loop-nest work items of
+/// 16 K elements) — every kernel runs in the library's compiled code, the
+/// result is the reference's and bit for bit the JIT's.
+#[test]
+fn one_shared_library_runs_the_transformer_block_at_several_lengths() {
+    let dir = tempdir();
+    let file = example("block");
+    let (so, stderr) = compile_so_noting(&file, dir.path(), "block");
+    assert!(!stderr.contains("note:"), "a kernel of block.tdl is not compiled:\n{stderr}");
+    let header = std::fs::read_to_string(dir.path().join("block.h")).unwrap();
+    let kernel_lines: Vec<&str> = header.lines().filter(|l| l.contains("): ") && l.starts_with(" *     ")).collect();
+    assert_eq!(kernel_lines.len(), 16, "block.tdl's 16 kernels in the header:\n{header}");
+    for l in &kernel_lines {
+        assert!(l.contains("): compiled: "), "{l}");
+    }
+    for kind in ["(rmsnorm)", "(rope)", "(copy)", "(elementwise)", "(matmul)", "(attention)"] {
+        assert!(kernel_lines.iter().any(|l| l.contains(kind)), "no {kind} kernel in\n{header}");
+    }
+    let src = std::fs::read_to_string(&file).unwrap();
+    let checked = tdl::frontend::check(&src).expect("block.tdl checks");
+    let g = checked.graphs[0].graph();
+    let lib = Loaded::open(&so, "block");
+    for t in [1i64, 5, 70, 131] {
+        let b: Bindings = [("T".to_string(), t)].into_iter().collect();
+        let (inputs, data) = graph_inputs(g, &b);
+        let want = reference(&file, &inputs);
+        let lens: Vec<usize> = data.iter().map(Vec::len).collect();
+        let (rc, out, message) = lib.call(&[t], &data, &lens, want[0].data.len());
+        assert_eq!(rc, 0, "T={t}: {message}");
+        let report = lib.report();
+        assert_eq!(report.len(), 16, "T={t}: {report:?}");
+        for (name, kind, executor) in &report {
+            assert_eq!(executor, "cpu (AOT)", "T={t}: kernel `{name}` ({kind}) did not run compiled code");
+        }
         let scale = want[0].data.iter().fold(0f64, |m, x| m.max(x.abs())).max(1.0);
         let got: Vec<f64> = out.iter().map(|&x| f64::from(x)).collect();
         let err = max_abs_diff(&got, &want[0].data) / scale;
-        assert!(err <= 1e-4, "{name} at T={t}: error {err:.2e} relative to max |reference|");
+        assert!(err <= 1e-4, "block at T={t}: error {err:.2e} relative to max |reference|");
+        // The JIT (`tdlc run --backend cpu`) gives the same bits: the same
+        // kernels, the same code.
+        let mut args: Vec<std::ffi::OsString> =
+            ["run".as_ref(), file.as_os_str(), "--backend".as_ref(), "cpu".as_ref()].map(Into::into).to_vec();
+        for (p, x) in g.params().iter().zip(&inputs) {
+            let path = dir.path().join(format!("{}-{t}.npy", p.name));
+            tdl::reference::npy::write_npy(&path, x).unwrap();
+            args.push("--input".into());
+            args.push(format!("{}={}", p.name, path.display()).into());
+        }
+        let jit_out = dir.path().join(format!("jit-{t}.npy"));
+        args.extend(["--output".into(), jit_out.clone().into_os_string()]);
+        assert_ok(&tdlc(&args));
+        let jit = tdl::reference::npy::read_npy(&jit_out).unwrap();
+        assert_eq!(jit.shape, want[0].shape);
+        let same = jit.data.iter().zip(&out).all(|(&j, &a)| (j as f32).to_bits() == a.to_bits());
+        assert!(same, "T={t}: the library's output differs from the JIT's");
         // A short input is refused, nothing written.
         let short: Vec<usize> = lens.iter().map(|&n| n - 1).collect();
-        let rc = unsafe { entry(dims.as_ptr(), ptrs.as_ptr(), short.as_ptr(), outs.as_ptr(), out_lens.as_ptr()) };
-        let message = unsafe { std::ffi::CStr::from_ptr(last_error()) }.to_string_lossy().into_owned();
+        let (rc, _, message) = lib.call(&[t], &data, &short, want[0].data.len());
         assert_eq!(rc, 1);
         assert!(message.contains("must have") && message.contains("the buffer has"), "{message}");
     }
 }
 
+/// A library compiled for the strides of generic sizes, called at sizes
+/// where an operand's strides differ: `y: [T, 1]` is broadcast along the
+/// last axis of `[T, S]` (stride 0) unless `S = 1`, where it is read with
+/// stride 1. The kernel falls back to the runtime's loops there — and the
+/// result is still the reference's.
 #[test]
-fn one_shared_library_runs_the_transformer_block_at_several_lengths() {
-    library_matches_the_reference("block", &[5, 70]);
-}
-
-/// A mask lambda reading a per-head constant array (MoA), compiled into
-/// the artifact, and grouped-query attention with a sliding window.
-#[test]
-fn shared_libraries_of_lambda_masks_and_gqa() {
-    library_matches_the_reference("moa", &[1, 45, 130]);
-    library_matches_the_reference("gqa_window", &[1, 77]);
+fn a_call_whose_strides_match_no_compiled_variant_runs_in_the_runtime() {
+    let dir = tempdir();
+    let file = dir.path().join("scale.tdl");
+    std::fs::write(&file, "graph scale(x: f32[T, S], y: f32[T, 1]) -> f32[T, S] {\n    return x * y + x\n}\n").unwrap();
+    let (so, stderr) = compile_so_noting(&file, dir.path(), "scale");
+    assert!(!stderr.contains("note:"), "{stderr}");
+    let header = std::fs::read_to_string(dir.path().join("scale.h")).unwrap();
+    assert!(header.contains("(elementwise): compiled: strided loop nest"), "{header}");
+    let src = std::fs::read_to_string(&file).unwrap();
+    let checked = tdl::frontend::check(&src).expect("scale.tdl checks");
+    let g = checked.graphs[0].graph();
+    let lib = Loaded::open(&so, "scale");
+    for (s, t, compiled) in [(5i64, 3i64, true), (1, 3, false), (1, 1, false), (37, 1, true), (2, 70, true)] {
+        let b: Bindings = [("S".to_string(), s), ("T".to_string(), t)].into_iter().collect();
+        let (inputs, data) = graph_inputs(g, &b);
+        let want = reference(&file, &inputs);
+        let lens: Vec<usize> = data.iter().map(Vec::len).collect();
+        // The entry takes the dimensions in sorted order: S, T.
+        let (rc, out, message) = lib.call(&[s, t], &data, &lens, want[0].data.len());
+        assert_eq!(rc, 0, "S={s} T={t}: {message}");
+        let report = lib.report();
+        assert_eq!(report.len(), 1, "{report:?}");
+        let want_executor = if compiled { "cpu (AOT)" } else { "interpreter" };
+        assert_eq!(report[0].2, want_executor, "S={s} T={t}: {report:?}");
+        let got: Vec<f64> = out.iter().map(|&x| f64::from(x)).collect();
+        let err = max_abs_diff(&got, &want[0].data);
+        assert!(err <= 1e-5, "S={s} T={t}: max abs error {err:.2e}");
+    }
 }
 
 #[test]
@@ -210,5 +324,36 @@ fn emit_obj_and_header_and_their_errors() {
     for emit in ["obj", "so"] {
         let out = tdlc(["compile".as_ref(), file.as_os_str(), "--emit".as_ref(), emit.as_ref()]);
         assert_user_error_says(&out, &["write binary files", "-o FILE"]);
+    }
+}
+
+/// A mask lambda reading a per-head constant array (MoA) and grouped-query
+/// attention with a sliding window, compiled into libraries and run at
+/// several T against the reference, every kernel in compiled code.
+#[test]
+fn shared_libraries_of_lambda_masks_and_gqa() {
+    for (name, ts) in [("moa", &[1i64, 45, 130][..]), ("gqa_window", &[1, 77])] {
+        let dir = tempdir();
+        let file = example(name);
+        let so = compile_so(&file, dir.path(), name);
+        let src = std::fs::read_to_string(&file).unwrap();
+        let checked = tdl::frontend::check(&src).expect("the example checks");
+        let g = checked.graphs[0].graph();
+        let lib = Loaded::open(&so, name);
+        for &t in ts {
+            let b: Bindings = [("T".to_string(), t)].into_iter().collect();
+            let (inputs, data) = graph_inputs(g, &b);
+            let want = reference(&file, &inputs);
+            let lens: Vec<usize> = data.iter().map(Vec::len).collect();
+            let (rc, out, message) = lib.call(&[t], &data, &lens, want[0].data.len());
+            assert_eq!(rc, 0, "{name} at T={t}: {message}");
+            for (k, kind, executor) in lib.report() {
+                assert_eq!(executor, "cpu (AOT)", "{name} at T={t}: kernel `{k}` ({kind})");
+            }
+            let scale = want[0].data.iter().fold(0f64, |m, x| m.max(x.abs())).max(1.0);
+            let got: Vec<f64> = out.iter().map(|&x| f64::from(x)).collect();
+            let err = max_abs_diff(&got, &want[0].data) / scale;
+            assert!(err <= 1e-4, "{name} at T={t}: error {err:.2e} relative to max |reference|");
+        }
     }
 }

@@ -792,7 +792,7 @@ fn compile_emits_the_graph_text() {
         assert!(out.stdout.starts_with(&format!("graph {name}(")), "{}", out.describe());
         assert!(out.stdout.contains("return"), "{}", out.describe());
     }
-    let out = tdlc_in(dir.path(), ["compile", "two.tdl", "--emit", "ptx"]);
+    let out = tdlc_in(dir.path(), ["compile", "two.tdl", "--emit", "cubin"]);
     assert_no_panic(&out);
     assert_ne!(out.code, Some(0), "an unknown stage is refused:\n{}", out.describe());
 }
@@ -1459,8 +1459,9 @@ fn bench_errors_are_user_errors() {
 }
 
 /// `compile --emit llvm|asm`: the CPU backend's kernels after O3 (vector
-/// code, one section per kernel; the ones it does not compile yet say so),
-/// and a clean error for a GPU target.
+/// code, one section per kernel — loop nests and row functions as an
+/// artifact compiles them; the ones it does not compile yet say so), and a
+/// clean error for a GPU target.
 #[test]
 fn compile_emits_the_cpu_kernels_as_llvm_ir_and_assembly() {
     let dir = tmp();
@@ -1472,6 +1473,10 @@ fn compile_emits_the_cpu_kernels_as_llvm_ir_and_assembly() {
         "define void @tdl_attention_program(",
         "==== kernel `qkv` (matmul) ====",
         "define void @tdl_matmul_rows(",
+        "==== kernel `x2` (elementwise) ====",
+        "define void @tdl_ew(",
+        "==== kernel `h` (rmsnorm) ====",
+        "define void @tdl_rows(",
         "@llvm.fmuladd.v",
         "x float>",
     ] {

@@ -23,12 +23,22 @@ use tdl::reference::{npy, random_tensor, Tensor};
 const TOL: f64 = 1e-4;
 const SEED: u64 = 7;
 
-/// Runs `tdlc run FILE --random --seed 7 --bind ... --output OUT.npy` and
-/// returns the output tensor and the wall time of the run.
+/// Runs `tdlc run FILE --backend reference --random --seed 7 --bind ...
+/// --output OUT.npy` and returns the output tensor and the wall time of the
+/// run. The reference (f64) is what these formulas check, element by
+/// element; the backends are checked against it norm-wise elsewhere
+/// (`tdlc selftest`, the corpus tests).
 fn run_random(file: &Path, binds: &[(&str, usize)], dir: &Path) -> (Tensor, Duration) {
     let out_path = dir.join("out.npy");
-    let mut args: Vec<String> =
-        vec!["run".into(), file.display().to_string(), "--random".into(), "--seed".into(), SEED.to_string()];
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        file.display().to_string(),
+        "--backend".into(),
+        "reference".into(),
+        "--random".into(),
+        "--seed".into(),
+        SEED.to_string(),
+    ];
     for (sym, n) in binds {
         args.push("--bind".into());
         args.push(format!("{sym}={n}"));

@@ -335,7 +335,8 @@ fn dims_text(d: &[tdl_ir::Dim]) -> String {
     d.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
-fn eval_shape(shape: &[tdl_ir::Dim], b: &Bindings) -> Result<Vec<usize>, InterpError> {
+/// A symbolic shape under `b`: every dimension evaluated and non-negative.
+pub fn eval_shape(shape: &[tdl_ir::Dim], b: &Bindings) -> Result<Vec<usize>, InterpError> {
     shape
         .iter()
         .map(|d| {
@@ -408,11 +409,11 @@ fn from_tensor(t: &Tensor) -> Val {
 
 /// An access resolved under the bindings: element `idx` of the view is
 /// `data[offset + Σ idx[a]·strides[a]]`.
-#[derive(Clone, Debug)]
-struct Resolved {
-    offset: usize,
-    shape: Vec<usize>,
-    strides: Vec<usize>,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    pub strides: Vec<usize>,
 }
 
 impl Resolved {
@@ -421,7 +422,7 @@ impl Resolved {
     }
 
     /// Strides for reading this view broadcast (right-aligned) to `out`.
-    fn broadcast_to(&self, out: &[usize]) -> Result<Vec<usize>, InterpError> {
+    pub fn broadcast_to(&self, out: &[usize]) -> Result<Vec<usize>, InterpError> {
         if self.shape.len() > out.len() {
             return Err(err(format!("an operand of shape {:?} does not broadcast to {:?}", self.shape, out)));
         }
@@ -436,6 +437,57 @@ impl Resolved {
         }
         Ok(st)
     }
+}
+
+/// Access `a` of a row-major buffer of shape `buf_shape`, resolved under
+/// `bindings` (what the interpreter reads; backends derive the same views
+/// from it ahead of time).
+pub fn resolve_access(a: &Access, buf_shape: &[usize], bindings: &Bindings) -> Result<Resolved, InterpError> {
+    let shape = buf_shape.to_vec();
+    let mut r = Resolved { offset: 0, strides: strides(&shape), shape };
+    for op in &a.view {
+        let rank = r.shape.len();
+        match op {
+            ViewOp::Transpose if rank >= 2 => {
+                r.shape.swap(rank - 2, rank - 1);
+                r.strides.swap(rank - 2, rank - 1);
+            }
+            ViewOp::Permute(perm) if perm.len() == rank && perm.iter().all(|&x| x < rank) => {
+                r.shape = perm.iter().map(|&x| r.shape[x]).collect();
+                r.strides = perm.iter().map(|&x| r.strides[x]).collect();
+            }
+            ViewOp::Slice { axis, start, end } if *axis < rank => {
+                let (s, e) = (usize::try_from(*start), usize::try_from(*end));
+                let (Ok(s), Ok(e)) = (s, e) else {
+                    return Err(err(format!("slice {start}..{end} has a negative bound")));
+                };
+                if s > e || e > r.shape[*axis] {
+                    return Err(err(format!(
+                        "slice {start}..{end} of axis {axis} (size {}) is out of range",
+                        r.shape[*axis]
+                    )));
+                }
+                r.offset += s * r.strides[*axis];
+                r.shape[*axis] = e - s;
+            }
+            ViewOp::Reshape(dims) => {
+                let shape = eval_shape(dims, bindings)?;
+                if shape.iter().try_fold(1usize, |x, &d| x.checked_mul(d)) != Some(r.numel()) {
+                    return Err(err(format!("reshape of {:?} into {:?}: element counts differ", r.shape, shape)));
+                }
+                r.strides = if r.strides == strides(&r.shape) {
+                    strides(&shape)
+                } else {
+                    split_strides(&r.shape, &r.strides, &shape).ok_or_else(|| {
+                        err(format!("a reshape of a non-contiguous view of {:?} into {:?}", r.shape, shape))
+                    })?
+                };
+                r.shape = shape;
+            }
+            other => return Err(err(format!("view {other:?} does not apply to rank {rank}"))),
+        }
+    }
+    Ok(r)
 }
 
 struct Ctx<'a> {
@@ -472,51 +524,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn resolve(&self, a: &Access) -> Result<Resolved, InterpError> {
-        let shape = self.val(a.buf)?.shape().to_vec();
-        let mut r = Resolved { offset: 0, strides: strides(&shape), shape };
-        for op in &a.view {
-            let rank = r.shape.len();
-            match op {
-                ViewOp::Transpose if rank >= 2 => {
-                    r.shape.swap(rank - 2, rank - 1);
-                    r.strides.swap(rank - 2, rank - 1);
-                }
-                ViewOp::Permute(perm) if perm.len() == rank && perm.iter().all(|&x| x < rank) => {
-                    r.shape = perm.iter().map(|&x| r.shape[x]).collect();
-                    r.strides = perm.iter().map(|&x| r.strides[x]).collect();
-                }
-                ViewOp::Slice { axis, start, end } if *axis < rank => {
-                    let (s, e) = (usize::try_from(*start), usize::try_from(*end));
-                    let (Ok(s), Ok(e)) = (s, e) else {
-                        return Err(err(format!("slice {start}..{end} has a negative bound")));
-                    };
-                    if s > e || e > r.shape[*axis] {
-                        return Err(err(format!(
-                            "slice {start}..{end} of axis {axis} (size {}) is out of range",
-                            r.shape[*axis]
-                        )));
-                    }
-                    r.offset += s * r.strides[*axis];
-                    r.shape[*axis] = e - s;
-                }
-                ViewOp::Reshape(dims) => {
-                    let shape = eval_shape(dims, self.bindings)?;
-                    if shape.iter().try_fold(1usize, |x, &d| x.checked_mul(d)) != Some(r.numel()) {
-                        return Err(err(format!("reshape of {:?} into {:?}: element counts differ", r.shape, shape)));
-                    }
-                    r.strides = if r.strides == strides(&r.shape) {
-                        strides(&shape)
-                    } else {
-                        split_strides(&r.shape, &r.strides, &shape).ok_or_else(|| {
-                            err(format!("a reshape of a non-contiguous view of {:?} into {:?}", r.shape, shape))
-                        })?
-                    };
-                    r.shape = shape;
-                }
-                other => return Err(err(format!("view {other:?} does not apply to rank {rank}"))),
-            }
-        }
-        Ok(r)
+        resolve_access(a, self.val(a.buf)?.shape(), self.bindings)
     }
 
     fn kernel(

@@ -5,6 +5,12 @@
 //! * the kernels whose code does not depend on the sizes — attention
 //!   programs and matmul row blocks, the same LLVM IR the JIT compiles —
 //!   each renamed `tdl_aot_<g>_<i>` (its helpers made internal);
+//! * the kernels whose code the JIT specialises for the run-time strides
+//!   and sizes — elementwise chains and copy/concat/repeat (a strided loop
+//!   nest per [`tdl_rt::elementwise::LoopVariant`]), softmax/layernorm/rmsnorm/rope rows and
+//!   reductions (a row function per [`tdl_rt::rows::RowCode`]) — compiled for the
+//!   variants the program's symbolic shapes give ([`variant_kernel`]), the
+//!   same IR the JIT generates for them;
 //! * the graph's Kernel IR program and which kernels were compiled, as a
 //!   postcard-serialized [`AotProgram`] (`@tdl_desc_<g>`), and a table of
 //!   the compiled functions' addresses (`@tdl_fns_<g>`);
@@ -17,10 +23,16 @@
 //! Kernel IR executor, the attention/matmul drivers, the thread pool, no
 //! LLVM) into a shared library; [`header_text`] is its C header.
 //!
-//! Kernels of other kinds (elementwise chains, reductions, norms, moves)
-//! are specialised by the JIT for their operands' run-time strides; in an
-//! artifact they run in the runtime's Kernel IR executor loops for now, and
-//! [`AotGraph::report`] says so per kernel.
+//! Loop-nest variants: the nests the runtime's driver builds at generic
+//! sizes (every symbol bound to a large value), simplified and as built
+//! ([`tdl_rt::elementwise::loop_variants`]); row functions: the last-axis
+//! and inner-axis forms a softmax or reduction can need
+//! ([`tdl_rt::rows::row_codes`]). At run time the runtime runs a kernel's
+//! code when the call's nest matches a compiled variant and the executor's
+//! loops otherwise (a symbol bound to 1 can turn an operand into a
+//! broadcast, say), so a result is never wrong. What each kernel got is
+//! [`AotGraph::report`]'s; the kernels no code generator compiles (lambda
+//! masks, score modifiers, integer outputs) run in the executor's loops.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -31,11 +43,21 @@ use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::FileType;
 use inkwell::OptimizationLevel;
+use std::collections::HashMap;
+
 use tdl_ir::DType;
-use tdl_kernel::ir::KernelProgram;
-use tdl_rt::aot::{AotKernel, AotProgram, FORMAT_VERSION};
+use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
+use tdl_kernel::ir::{
+    AttentionKernel, ElementwiseKernel, KernelBody, KernelProgram, MatMulKernel, MoveKernel, ReduceKernel, RowKernel,
+};
+use tdl_rt::aot::{AotHooks, AotKernel, AotProgram, FORMAT_VERSION};
+
+/// What the executor's run report calls an artifact's compiled kernels.
+pub use tdl_rt::aot::EXECUTOR;
+use tdl_rt::rows::RowCode;
 
 use crate::emit::static_kernel;
+use crate::jit::Jitted;
 use crate::{HostTarget, LlvmError};
 
 /// How one kernel of a graph runs in the artifact.
@@ -86,6 +108,151 @@ fn parse<'ctx>(ctx: &'ctx Context, text: &str, name: &str) -> Result<Module<'ctx
     ctx.create_module_from_ir(buf).map_err(|e| LlvmError::Verify(format!("{name}: {e}")))
 }
 
+/// Kernel module `text` with its function `entry` renamed `fname` and
+/// everything else it defines made internal (so modules link together).
+fn renamed<'ctx>(ctx: &'ctx Context, text: &str, entry: &str, fname: &str) -> Result<Module<'ctx>, LlvmError> {
+    let m = parse(ctx, text, fname)?;
+    for f in m.get_functions() {
+        if f.count_basic_blocks() == 0 {
+            continue;
+        }
+        if f.get_name().to_bytes() == entry.as_bytes() {
+            f.as_global_value().set_name(fname);
+        } else {
+            f.set_linkage(Linkage::Internal);
+        }
+    }
+    for gv in m.get_globals() {
+        if gv.get_initializer().is_some() && gv.get_linkage() != Linkage::Appending {
+            gv.set_linkage(Linkage::Internal);
+        }
+    }
+    Ok(m)
+}
+
+/// Sets the function-table index of a compiled kernel.
+fn set_function(aot: &mut AotKernel, function: usize) {
+    match aot {
+        AotKernel::Attention { function: f, .. }
+        | AotKernel::MatMul { function: f, .. }
+        | AotKernel::Loop { function: f, .. }
+        | AotKernel::Rows { function: f, .. } => *f = function,
+    }
+}
+
+/// A kernel compiled as one function per variant of its run-time
+/// structure: what the report says, and per function its LLVM IR text, its
+/// entry function and what the runtime needs to call it (`function` still
+/// 0).
+pub(crate) struct VariantKernel {
+    pub(crate) what: String,
+    pub(crate) functions: Vec<(String, &'static str, AotKernel)>,
+}
+
+/// Elementwise, move, row or reduce kernel `body` of `p` compiled for
+/// `host` for the variants its symbolic shapes give, or why it is not (the
+/// reason, for `--emit` and the artifact's report).
+pub(crate) fn variant_kernel(p: &KernelProgram, body: &KernelBody, host: &HostTarget) -> Result<VariantKernel, String> {
+    let out = body.out();
+    match body {
+        KernelBody::Elementwise(_) | KernelBody::Move(_) => {
+            let ek = match body {
+                KernelBody::Elementwise(k) => Some(k),
+                _ => None,
+            };
+            let variants = tdl_rt::elementwise::loop_variants(p, body)?;
+            let mut functions = Vec::new();
+            let mut texts = Vec::new();
+            for v in variants {
+                if let Some(text) = crate::elementwise::variant_ir(ek, &v, host) {
+                    texts.push(v.text());
+                    functions.push((
+                        text,
+                        crate::elementwise::FN_NAME,
+                        AotKernel::Loop { out, variant: v, function: 0 },
+                    ));
+                }
+            }
+            if functions.is_empty() {
+                return Err(
+                    "not supported yet: the loop-nest code generator does not compile this chain (lambda masks, \
+                            integer exp-like functions)"
+                        .into(),
+                );
+            }
+            Ok(VariantKernel {
+                what: format!(
+                    "strided loop nest{} for {} (other strides run in the runtime's executor)",
+                    if texts.len() > 1 { "s" } else { "" },
+                    texts.join(" / ")
+                ),
+                functions,
+            })
+        }
+        KernelBody::Row(_) | KernelBody::Reduce(_) => {
+            let codes = tdl_rt::rows::row_codes(p, body)?;
+            let what: Vec<String> = codes.iter().map(RowCode::text).collect();
+            let functions = codes
+                .into_iter()
+                .map(|code| {
+                    (crate::rows::row_ir(&code, host), crate::rows::FN_NAME, AotKernel::Rows { out, code, function: 0 })
+                })
+                .collect();
+            let s = if what.len() > 1 { "s" } else { "" };
+            Ok(VariantKernel { what: format!("row function{s}: {}", what.join(" / ")), functions })
+        }
+        other => Err(format!("{} kernels are compiled whatever the sizes (see emit::static_kernel)", other.kind())),
+    }
+}
+
+/// What an artifact compiles for one graph: the distinct functions (their
+/// LLVM IR text and entry function), the compiled kernels (indexing the
+/// functions) and the report.
+struct GraphCode {
+    functions: Vec<(String, &'static str)>,
+    compiled: Vec<AotKernel>,
+    report: Vec<KernelReport>,
+}
+
+fn graph_code(p: &KernelProgram, host: &HostTarget) -> GraphCode {
+    let mut functions: Vec<(String, &'static str)> = Vec::new();
+    // The function of each distinct IR text (kernels of one chain and
+    // variant share it).
+    let mut by_text: HashMap<String, usize> = HashMap::new();
+    let mut add = |text: String, entry: &'static str| -> usize {
+        if let Some(&f) = by_text.get(&text) {
+            return f;
+        }
+        let function = functions.len();
+        by_text.insert(text.clone(), function);
+        functions.push((text, entry));
+        function
+    };
+    let mut compiled: Vec<AotKernel> = Vec::new();
+    let mut report = Vec::new();
+    for k in &p.kernels {
+        let how = match &k.body {
+            KernelBody::Attention(_) | KernelBody::MatMul(_) => static_kernel(p, &k.body, host).map(|sk| {
+                let mut aot = sk.aot;
+                set_function(&mut aot, add(sk.text, sk.entry));
+                if !compiled.contains(&aot) {
+                    compiled.push(aot);
+                }
+                sk.what
+            }),
+            _ => variant_kernel(p, &k.body, host).map(|vk| {
+                for (text, entry, mut aot) in vk.functions {
+                    set_function(&mut aot, add(text, entry));
+                    compiled.push(aot);
+                }
+                vk.what
+            }),
+        };
+        report.push(KernelReport { name: k.name.clone(), kind: k.body.kind(), how });
+    }
+    GraphCode { functions, compiled, report }
+}
+
 /// Compiles every graph of `programs` into one object file for `host`.
 pub fn compile(programs: &[KernelProgram], host: &HostTarget) -> Result<Artifact, LlvmError> {
     let tm = host.target_machine(OptimizationLevel::Aggressive)?;
@@ -104,56 +271,12 @@ pub fn compile(programs: &[KernelProgram], host: &HostTarget) -> Result<Artifact
             )));
         }
         entries.push(entry.clone());
-        let mut compiled: Vec<AotKernel> = Vec::new();
-        let mut functions: Vec<String> = Vec::new();
-        let mut report = Vec::new();
-        for k in &p.kernels {
-            let how = match static_kernel(p, &k.body, host) {
-                Ok(sk) => {
-                    let same = |c: &AotKernel| match (c, &sk.aot) {
-                        (
-                            AotKernel::Attention { spec: a, tkp: ta, .. },
-                            AotKernel::Attention { spec: b, tkp: tb, .. },
-                        ) => a == b && ta == tb,
-                        (AotKernel::MatMul { tiles: a, nr: na, .. }, AotKernel::MatMul { tiles: b, nr: nb, .. }) => {
-                            a == b && na == nb
-                        }
-                        _ => false,
-                    };
-                    if !compiled.iter().any(same) {
-                        let function = compiled.len();
-                        let fname = format!("tdl_aot_{g}_{function}");
-                        let m = parse(&ctx, &sk.text, &fname)?;
-                        for f in m.get_functions() {
-                            if f.count_basic_blocks() == 0 {
-                                continue;
-                            }
-                            if f.get_name().to_bytes() == sk.entry.as_bytes() {
-                                f.as_global_value().set_name(&fname);
-                            } else {
-                                f.set_linkage(Linkage::Internal);
-                            }
-                        }
-                        for gv in m.get_globals() {
-                            if gv.get_initializer().is_some() && gv.get_linkage() != Linkage::Appending {
-                                gv.set_linkage(Linkage::Internal);
-                            }
-                        }
-                        kernels.push(m);
-                        functions.push(fname);
-                        let mut aot = sk.aot.clone();
-                        match &mut aot {
-                            AotKernel::Attention { function: f, .. } | AotKernel::MatMul { function: f, .. } => {
-                                *f = function
-                            }
-                        }
-                        compiled.push(aot);
-                    }
-                    Ok(sk.what)
-                }
-                Err(why) => Err(why),
-            };
-            report.push(KernelReport { name: k.name.clone(), kind: k.body.kind(), how });
+        let GraphCode { functions: code, compiled, report } = graph_code(p, host);
+        let mut functions: Vec<String> = Vec::with_capacity(code.len());
+        for (i, (text, entry)) in code.iter().enumerate() {
+            let fname = format!("tdl_aot_{g}_{i}");
+            kernels.push(renamed(&ctx, text, entry, &fname)?);
+            functions.push(fname);
         }
         let desc = AotProgram { version: FORMAT_VERSION, program: p.clone(), compiled }.to_bytes()?;
         for f in &functions {
@@ -214,6 +337,65 @@ pub fn compile(programs: &[KernelProgram], host: &HostTarget) -> Result<Artifact
     Ok(Artifact { object: buf.as_slice().to_vec(), graphs })
 }
 
+/// One graph of an artifact loaded in this process: the functions an
+/// object file of it holds, JIT-compiled from the same IR instead, behind
+/// the runtime's own [`AotHooks`] built from the descriptor (serialized and
+/// read back) — what `tdl_rt_run` runs for the graph, without the object
+/// file and the C boundary. Tests run the ahead-of-time path on whole
+/// corpora this way.
+pub struct InProcess {
+    hooks: AotHooks,
+    /// Keeps the machine code of the hooks' functions alive.
+    _code: Vec<Jitted>,
+    /// How each kernel runs (as [`Artifact::graphs`] reports it).
+    pub report: Vec<KernelReport>,
+}
+
+impl InProcess {
+    /// Compiles graph `p` for `host` (which must be this machine's CPU:
+    /// the code runs here), its kernels run on `threads` threads.
+    pub fn load(p: &KernelProgram, host: &HostTarget, threads: usize) -> Result<InProcess, LlvmError> {
+        let GraphCode { functions, compiled, report } = graph_code(p, host);
+        let code = functions
+            .iter()
+            .map(|(text, entry)| Jitted::compile(text, "tdl_aot", entry, host))
+            .collect::<Result<Vec<_>, _>>()?;
+        let addrs: Vec<usize> = code.iter().map(|c| c.addr).collect();
+        let desc = AotProgram { version: FORMAT_VERSION, program: p.clone(), compiled }.to_bytes()?;
+        let read = AotProgram::from_bytes(&desc)?;
+        // SAFETY: `addrs[i]` is function `i` of `graph_code`, which the
+        // descriptor's kernels index; `_code` keeps it alive with the hooks.
+        let hooks = unsafe { AotHooks::new(&read.program, &read.compiled, &addrs, threads)? };
+        Ok(InProcess { hooks, _code: code, report })
+    }
+}
+
+impl Hooks for InProcess {
+    fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
+        self.hooks.attention(k, args)
+    }
+
+    fn matmul(&self, k: &MatMulKernel, args: &MatMulArgs<'_>) -> Option<Result<(Vec<f32>, &'static str), String>> {
+        self.hooks.matmul(k, args)
+    }
+
+    fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
+        self.hooks.elementwise(k, args)
+    }
+
+    fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        self.hooks.reduce(k, args)
+    }
+
+    fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        self.hooks.row(k, args)
+    }
+
+    fn movement(&self, k: &MoveKernel, args: &MoveArgs<'_>) -> Option<Result<F32Run, String>> {
+        self.hooks.movement(k, args)
+    }
+}
+
 /// The C type of a buffer element.
 fn c_type(d: DType) -> &'static str {
     match d {
@@ -253,6 +435,12 @@ pub fn header_text(graphs: &[AotGraph], source: &str, guard: &str) -> String {
     h.push_str("#include <stddef.h>\n#include <stdint.h>\n\n#ifdef __cplusplus\nextern \"C\" {\n#endif\n\n");
     h.push_str("/* The message of the last failed call on this thread (\"\" after a success). */\n");
     h.push_str("const char *tdl_last_error(void);\n\n");
+    h.push_str(
+        "/* What ran each kernel of the last successful call on this thread: one line\n \
+         * per kernel, \"name<TAB>kind<TAB>executor\"; the executor is \"cpu (AOT)\" for\n \
+         * the library's compiled code, \"interpreter\" for the runtime's loops. */\n",
+    );
+    h.push_str("const char *tdl_last_run_report(void);\n\n");
     h.push_str("/* Worker threads of later calls; n <= 0 restores the default. */\nvoid tdl_set_threads(int n);\n");
     for g in graphs {
         let p = &g.program;
@@ -277,7 +465,7 @@ pub fn header_text(graphs: &[AotGraph], source: &str, guard: &str) -> String {
         for k in &g.report {
             let how = match &k.how {
                 Ok(what) => format!("compiled: {what}"),
-                Err(_) => "runs in the runtime's Kernel IR executor".to_string(),
+                Err(why) => format!("runs in the runtime's Kernel IR executor ({why})"),
             };
             let _ = writeln!(h, " *     {} ({}): {how}", k.name, k.kind);
         }
@@ -300,7 +488,8 @@ const NATIVE_LIBS: [&str; 6] = ["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm",
 
 /// The symbols a shared library exports: the entry points and the C API
 /// (the runtime's Rust symbols stay local, and unused code is dropped).
-const VERSION_SCRIPT: &str = "{\n  global: tdl_run_*; tdl_last_error; tdl_set_threads;\n  local: *;\n};\n";
+const VERSION_SCRIPT: &str =
+    "{\n  global: tdl_run_*; tdl_last_error; tdl_last_run_report; tdl_set_threads;\n  local: *;\n};\n";
 
 /// Links `object` and the runtime archive `runtime` into the shared library
 /// `out` with the C compiler (`$CC`, else `cc`); only the C API is

@@ -13,6 +13,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use tdl_rt::rows::RopeTables;
+
 use crate::jit::Jitted;
 use crate::{HostTarget, LlvmError};
 
@@ -22,16 +24,12 @@ struct Entries {
     order: VecDeque<String>,
 }
 
-/// A rope `(cos, sin)` table and what it was built for: `(base bits,
-/// positions, d)`.
-type RopeEntry = ((u64, usize, usize), Arc<(Vec<f32>, Vec<f32>)>);
-
 /// The compiled kernels of one [`crate::cpu::CpuHooks`], and the last few
 /// rope tables (computing one costs more than applying it).
 #[derive(Default)]
 pub struct KernelCache {
     entries: Mutex<Entries>,
-    rope: Mutex<VecDeque<RopeEntry>>,
+    rope: RopeTables,
 }
 
 impl std::fmt::Debug for KernelCache {
@@ -79,18 +77,8 @@ impl KernelCache {
         Ok(c)
     }
 
-    /// The rope table for `positions × d` at `base` (the last 8 are kept).
-    pub(crate) fn rope_table(&self, base: f64, positions: usize, d: usize) -> Arc<(Vec<f32>, Vec<f32>)> {
-        let key = (base.to_bits(), positions, d);
-        let mut r = self.rope.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, t)) = r.iter().find(|(k, _)| *k == key) {
-            return t.clone();
-        }
-        let t = Arc::new(crate::rows::rope_table(base, positions, d));
-        if r.len() >= 8 {
-            r.pop_front();
-        }
-        r.push_back((key, t.clone()));
-        t
+    /// The last few rope tables.
+    pub(crate) fn rope_tables(&self) -> &RopeTables {
+        &self.rope
     }
 }

@@ -10,13 +10,15 @@
 //! axes have stride 0, views (transpose, permute, slice, split reshapes)
 //! are just strides, so nothing is copied first. Sizes and strides are
 //! run-time arguments; what the code is specialised for (and what keys the
-//! [`KernelCache`]) is the rank, the instructions, the masks and, per
-//! operand, whether its last-axis stride is 0, 1 or anything — so the
-//! inner loop over contiguous operands is a plain unit-stride loop that
-//! LLVM vectorises (the row function takes its operands as `noalias`
-//! pointers). Without masks, size-1 axes are dropped and axes every operand
-//! walks contiguously are merged first (`[T, 512] + [T, 512]` is one loop
-//! of `512·T`).
+//! [`KernelCache`]) is a [`LoopSpec`]: the instructions, the masks, the
+//! rank and, per operand, whether its last-axis stride is 0, 1 or anything
+//! — so the inner loop over contiguous operands is a plain unit-stride loop
+//! that LLVM vectorises (the row function takes its operands as `noalias`
+//! pointers). This module generates the code ([`loop_ir`]); the nests, the
+//! checks and the work items are the runtime's
+//! ([`tdl_rt::elementwise`], which ahead-of-time artifacts share): without
+//! masks, size-1 axes are dropped and axes every operand walks contiguously
+//! are merged first (`[T, 512] + [T, 512]` is one loop of `512·T`).
 //!
 //! Numerics are the interpreter's: the same `f32` operations in the same
 //! order, no fast-math flags, so `+ - · /`, `neg`, `abs`, `relu`, `sqrt`,
@@ -34,60 +36,30 @@
 //! row) of about 16 K elements, run on the worker threads; a kernel of one
 //! work item runs on the calling thread.
 //!
+//! The JIT ([`run_elementwise`], [`run_move`]) compiles the code of the
+//! nest each call builds, on demand, through the [`KernelCache`].
+//!
 //! Declined (the interpreter runs them): outputs that are not
 //! floating-point, lambda masks, integer `exp`-like functions (an
 //! interpreter error), and `i32`/`bool` sources of moves.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use tdl_ir::{ArrayRef, BinaryOp, DType, MaskExpr, UnaryOp};
-use tdl_kernel::interp::{ElementwiseArgs, Elems, MoveArgs, StridedView};
-use tdl_kernel::ir::{ElementwiseKernel, EwInst, EwOp, MoveKernel, MoveOp};
-use tdl_passes::tiles::MaskData;
+use tdl_ir::{BinaryOp, DType, MaskExpr, UnaryOp};
+use tdl_kernel::interp::{ElementwiseArgs, Elems, MoveArgs};
+use tdl_kernel::ir::{ElementwiseKernel, EwOp, MoveKernel};
+use tdl_rt::code::Code;
+use tdl_rt::elementwise::{LoopSource, LoopSpec, LoopVariant, Step};
+use tdl_rt::RtError;
 
-use crate::attention::{float_text, mask_ir, mask_slots, Ir, MaskSlot};
+use crate::attention::{float_text, mask_ir, mask_slots, Ir};
 use crate::cache::KernelCache;
-use crate::jit::{self, Shared};
+use crate::jit;
 use crate::{HostTarget, LlvmError};
 
-const FN_NAME: &str = "tdl_ew";
-
-/// Elements per work item.
-pub(crate) const GRAIN: usize = 1 << 14;
-
-/// `(ins, in_strides, out, out_strides, shape, row0, row1, j0, j1, mask
-/// arrays, mask array column counts)`.
-type LoopFn = unsafe extern "C" fn(
-    *const *const u8,
-    *const i64,
-    *mut f32,
-    *const i64,
-    *const i64,
-    i64,
-    i64,
-    i64,
-    i64,
-    *const *const i32,
-    *const i64,
-);
-
-/// An operand's stride along the last axis, as the code is specialised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
-    Zero,
-    One,
-    Any,
-}
-
-impl Step {
-    fn of(stride: usize) -> Step {
-        match stride {
-            0 => Step::Zero,
-            1 => Step::One,
-            _ => Step::Any,
-        }
-    }
-}
+/// The entry point of a loop nest's module.
+pub(crate) const FN_NAME: &str = "tdl_ew";
 
 /// The value classes of the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,15 +87,6 @@ impl Ty {
     }
 }
 
-/// What one compiled loop nest is specialised for.
-struct LoopSpec<'k> {
-    rank: usize,
-    /// Per input: whether it holds `i32` (else `f32`), its last-axis step.
-    inputs: Vec<(bool, Step)>,
-    body: &'k [EwInst],
-    masks: Vec<&'k MaskExpr>,
-}
-
 /// Where each mask's arrays start among the kernel's (in [`mask_slots`] order).
 fn slot_bases(masks: &[&MaskExpr]) -> Vec<usize> {
     let mut at = 0;
@@ -137,72 +100,6 @@ fn slot_bases(masks: &[&MaskExpr]) -> Vec<usize> {
         .collect()
 }
 
-/// An operand of the loop nest: element `idx` is `data[offset + Σ idx·strides]`.
-struct Operand<'x> {
-    data: Elems<'x>,
-    offset: usize,
-    strides: Vec<usize>,
-}
-
-/// The loop nest to run: the iteration shape, the operands, where the
-/// output goes (offset and strides into the output buffer).
-struct Nest<'x> {
-    shape: Vec<usize>,
-    inputs: Vec<Operand<'x>>,
-    out_offset: usize,
-    out_strides: Vec<usize>,
-}
-
-fn row_major(shape: &[usize]) -> Vec<usize> {
-    tdl_ir::layout::strides(shape)
-}
-
-impl Nest<'_> {
-    /// Drops size-1 axes and merges axes every operand (and the output)
-    /// walks contiguously; at least one axis remains.
-    fn simplify(&mut self) {
-        let keep: Vec<usize> = (0..self.shape.len()).filter(|&a| self.shape[a] != 1).collect();
-        let pick = |v: &[usize]| keep.iter().map(|&a| v[a]).collect::<Vec<_>>();
-        self.shape = pick(&self.shape);
-        self.out_strides = pick(&self.out_strides);
-        for op in &mut self.inputs {
-            op.strides = pick(&op.strides);
-        }
-        let mut a = self.shape.len();
-        while a >= 2 {
-            a -= 1;
-            // Merge axis a-1 into axis a when stride[a-1] == stride[a]·shape[a] everywhere.
-            let n = self.shape[a];
-            let fits = |st: &[usize]| st[a].checked_mul(n) == Some(st[a - 1]);
-            if fits(&self.out_strides) && self.inputs.iter().all(|op| fits(&op.strides)) {
-                // The merged axis steps like the inner one.
-                self.shape[a - 1] *= n;
-                self.shape.remove(a);
-                self.out_strides.remove(a - 1);
-                for op in &mut self.inputs {
-                    op.strides.remove(a - 1);
-                }
-            }
-        }
-        if self.shape.is_empty() {
-            self.shape.push(1);
-            self.out_strides.push(0);
-            for op in &mut self.inputs {
-                op.strides.push(0);
-            }
-        }
-    }
-}
-
-/// The last element a view reaches, if it has any, checked.
-fn reach(offset: usize, shape: &[usize], strides: &[usize]) -> Option<usize> {
-    let mut r = offset;
-    for (&n, &s) in shape.iter().zip(strides) {
-        r = r.checked_add(n.checked_sub(1)?.checked_mul(s)?)?;
-    }
-    Some(r)
-}
-
 /// `i32` from an `f64` constant, as the interpreter converts it: non-finite
 /// gives 0, else truncation, wrapped modulo 2³².
 fn wrap_i32(v: f64) -> i32 {
@@ -211,63 +108,6 @@ fn wrap_i32(v: f64) -> i32 {
     }
     let m = v.trunc().rem_euclid(4_294_967_296.0);
     (m as u64 as u32) as i32
-}
-
-/// Whether the code generator compiles `m` at `t × s` (everything but
-/// lambdas; the arrays `document` and `blocks` read are checked by
-/// [`mask_arrays`]).
-fn mask_supported(m: &MaskExpr, t: usize, s: usize) -> bool {
-    let small = |x: i64| x.unsigned_abs() < 1 << 40;
-    match m {
-        MaskExpr::Causal => true,
-        MaskExpr::Local { left, right } => small(*left) && small(*right),
-        MaskExpr::Window { w } => small(*w),
-        MaskExpr::Dilated { w, d } => *d > 0 && small(*w) && small(*d) && w.checked_mul(*d).is_some(),
-        MaskExpr::Sink { n } => small(*n),
-        MaskExpr::Strided { stride, offset } => *stride > 0 && small(*stride) && small(*offset),
-        MaskExpr::Neighborhood { kernel, grid, dilation, causal } => {
-            let (Ok(ti), Ok(si)) = (i64::try_from(t), i64::try_from(s)) else { return false };
-            tdl_ir::mask::check_neighborhood(kernel, grid, dilation, causal, ti, si).is_ok()
-        }
-        MaskExpr::And(a, b) | MaskExpr::Or(a, b) => mask_supported(a, t, s) && mask_supported(b, t, s),
-        MaskExpr::Not(a) => mask_supported(a, t, s),
-        MaskExpr::Blocks { block: [bq, bk], .. } => *bq > 0 && *bk > 0,
-        MaskExpr::Document { .. } => true,
-        MaskExpr::Lambda(_) => false,
-    }
-}
-
-/// The run-time arrays of mask `m` (document ids, block layouts) as `i32`
-/// with their column counts, in [`mask_slots`] order, checked as the
-/// reference checks them: `None` when they do not cover `t × s`.
-fn mask_arrays(m: &MaskExpr, data: &MaskData<'_>, t: usize, s: usize) -> Option<Vec<(Vec<i32>, i64)>> {
-    mask_slots(m)
-        .iter()
-        .map(|slot| match slot {
-            MaskSlot::Document(i) => {
-                let x = data.operands.get(*i)?;
-                let ok = x.shape.len() == 1 && x.dtype == DType::I32 && x.data.len() >= t.max(s);
-                ok.then(|| (x.data.iter().map(|&v| v as i32).collect(), 0))
-            }
-            MaskSlot::Blocks { layout, bq, bk } => {
-                let (shape, values): (&[usize], &[f64]) = match layout {
-                    ArrayRef::Const(c) => (&c.shape, &c.data),
-                    ArrayRef::Operand(i) => {
-                        let x = data.operands.get(*i)?;
-                        (&x.shape, x.data)
-                    }
-                };
-                let (bq, bk) = (usize::try_from(*bq).ok()?, usize::try_from(*bk).ok()?);
-                let ok = shape.len() == 2
-                    && bq > 0
-                    && bk > 0
-                    && shape[0].checked_mul(shape[1]) == Some(values.len())
-                    && shape[0] >= t.div_ceil(bq)
-                    && shape[1] >= s.div_ceil(bk);
-                ok.then(|| (values.iter().map(|&v| i32::from(v != 0.0)).collect(), shape[1] as i64))
-            }
-        })
-        .collect()
 }
 
 fn attrs(host: &HostTarget) -> String {
@@ -304,7 +144,7 @@ fn chain_ir(ir: &mut Ir, spec: &LoopSpec<'_>) -> Option<String> {
         let arg = |i: usize| -> Option<&(String, Ty)> { vals.get(i).filter(|_| i < pc) };
         let v = match &inst.op {
             EwOp::Load(i) => {
-                let &(is_int, step) = spec.inputs.get(*i)?;
+                let &(is_int, step) = spec.variant.inputs.get(*i)?;
                 if is_int == (ty == Ty::F) {
                     return None;
                 }
@@ -494,7 +334,7 @@ fn floor_div_i32(ir: &mut Ir, x: &str, y: &str) -> String {
 /// The LLVM IR of the loop nest, or `None` when it holds something the
 /// code generator does not compile.
 fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
-    let (r, n_in) = (spec.rank, spec.inputs.len());
+    let (r, n_in) = (spec.variant.rank, spec.variant.inputs.len());
     if r == 0 || r > 16 || n_in > 64 || spec.body.is_empty() || spec.body.len() > 4096 {
         return None;
     }
@@ -576,7 +416,7 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
         let oo = offset(ir, &out_st);
         let po = ir.gep("float", "%out", &oo);
         let mut args = vec![format!("ptr {po}")];
-        for (i, &(is_int, _)) in spec.inputs.iter().enumerate() {
+        for (i, &(is_int, _)) in spec.variant.inputs.iter().enumerate() {
             let off = offset(ir, &in_st[i]);
             let p = ir.gep(if is_int { "i32" } else { "float" }, &ptrs[i], &off);
             args.push(format!("ptr {p}"));
@@ -620,146 +460,23 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
     Some(text)
 }
 
-/// How a loop nest of `rows × w` elements is cut into work items: `(items,
-/// rows per item, columns per item)`; an item covers either whole rows or
-/// one column range of one row.
-pub(crate) fn plan(rows: usize, w: usize, threads: usize) -> (usize, usize, usize) {
-    let total = rows.saturating_mul(w);
-    if threads <= 1 || total <= GRAIN || rows == 0 || w == 0 {
-        return (1, rows, w);
-    }
-    if rows < 2 * threads && w >= 2 * GRAIN {
-        let chunks = w.div_ceil(GRAIN);
-        let cw = w.div_ceil(chunks).next_multiple_of(64);
-        return (rows * w.div_ceil(cw), 1, cw);
-    }
-    let rpi = (GRAIN / w).max(1);
-    (rows.div_ceil(rpi), rpi, w)
+/// The JIT's loop nests: generated for the spec and compiled on demand
+/// through the cache (keyed by the IR text).
+struct JitLoops<'a> {
+    host: &'a HostTarget,
+    cache: &'a KernelCache,
 }
 
-/// Runs `work(i)` for `i < items`: on the calling thread when there is one
-/// item or one thread, else on worker threads.
-pub(crate) fn par_for(items: usize, threads: usize, work: impl Fn(usize) + Sync) -> Result<(), LlvmError> {
-    if items <= 1 || threads <= 1 {
-        (0..items).for_each(work);
-        return Ok(());
+impl LoopSource for JitLoops<'_> {
+    fn loop_fn(&self, spec: &LoopSpec<'_>) -> Option<Result<Code, RtError>> {
+        let text = loop_ir(spec, self.host)?;
+        Some(match self.cache.get(&text, "tdl_elementwise", FN_NAME, self.host) {
+            // SAFETY: `loop_ir` generated a `LoopFn` for exactly `spec`; the
+            // cache entry keeps its code alive.
+            Ok(c) => Ok(unsafe { Code::new(c.addr, Some(c as Arc<_>)) }),
+            Err(e) => Err(RtError::new(e.to_string())),
+        })
     }
-    jit::run_parallel(items, threads, 1 << 20, work).map(|_| ()).map_err(LlvmError::from)
-}
-
-/// Compiles (or finds) and runs the nests, all writing into `out` (of
-/// `n_out` elements), on `threads` threads. `None` when the code generator
-/// does not support the chain.
-#[allow(clippy::too_many_arguments)]
-fn run_nests(
-    nests: &[Nest<'_>],
-    body: &[EwInst],
-    masks: &[&MaskExpr],
-    arrays: &[(Vec<i32>, i64)],
-    n_out: usize,
-    host: &HostTarget,
-    cache: &KernelCache,
-    threads: usize,
-) -> Option<Result<Vec<f32>, LlvmError>> {
-    // Every nest's code first, so a decline never leaves half an output.
-    let mut texts = Vec::with_capacity(nests.len());
-    for nest in nests {
-        let spec = LoopSpec {
-            rank: nest.shape.len(),
-            inputs: nest
-                .inputs
-                .iter()
-                .map(|op| Some((matches!(op.data, Elems::I32(_)), Step::of(*op.strides.last()?))))
-                .collect::<Option<_>>()?,
-            body,
-            masks: masks.to_vec(),
-        };
-        texts.push(loop_ir(&spec, host)?);
-    }
-    Some(run_checked(nests, &texts, arrays, n_out, host, cache, threads))
-}
-
-fn run_checked(
-    nests: &[Nest<'_>],
-    texts: &[String],
-    arrays: &[(Vec<i32>, i64)],
-    n_out: usize,
-    host: &HostTarget,
-    cache: &KernelCache,
-    threads: usize,
-) -> Result<Vec<f32>, LlvmError> {
-    let oob = |what: &str| LlvmError::Internal(format!("{what} reaches outside its buffer"));
-    let mut out = vec![0f32; n_out];
-    let array_ptrs: Vec<Shared<i32>> = arrays.iter().map(|(a, _)| Shared(a.as_ptr().cast_mut())).collect();
-    let mcols: Vec<i64> = arrays.iter().map(|(_, c)| *c).collect();
-    for (nest, text) in nests.iter().zip(texts) {
-        let r = nest.shape.len();
-        if nest.shape.contains(&0) {
-            continue;
-        }
-        // Every element the code reads or writes is inside its buffer.
-        if reach(nest.out_offset, &nest.shape, &nest.out_strides).is_none_or(|x| x >= n_out) {
-            return Err(oob("the output"));
-        }
-        for op in &nest.inputs {
-            if op.strides.len() != r || reach(op.offset, &nest.shape, &op.strides).is_none_or(|x| x >= op.data.len()) {
-                return Err(oob("an operand"));
-            }
-        }
-        let compiled = cache.get(text, "tdl_elementwise", FN_NAME, host)?;
-        // SAFETY: generated by `loop_ir` with exactly this signature; the
-        // code lives as long as `compiled`.
-        let f = unsafe { std::mem::transmute::<usize, LoopFn>(compiled.addr) };
-        let ptrs: Vec<Shared<u8>> = nest
-            .inputs
-            .iter()
-            .map(|op| match op.data {
-                // SAFETY: offset ≤ reach < len (checked above).
-                Elems::F32(d) => Shared(unsafe { d.as_ptr().add(op.offset) }.cast::<u8>().cast_mut()),
-                Elems::I32(d) => Shared(unsafe { d.as_ptr().add(op.offset) }.cast::<u8>().cast_mut()),
-            })
-            .collect();
-        let ist: Vec<i64> = nest.inputs.iter().flat_map(|op| op.strides.iter().map(|&s| s as i64)).collect();
-        let ost: Vec<i64> = nest.out_strides.iter().map(|&s| s as i64).collect();
-        let shape: Vec<i64> = nest.shape.iter().map(|&s| s as i64).collect();
-        let w = nest.shape[r - 1];
-        let rows: usize = nest.shape[..r - 1].iter().product();
-        let (items, rpi, cw) = plan(rows, w, threads);
-        // SAFETY: out_offset ≤ reach < n_out.
-        let outp = Shared(unsafe { out.as_mut_ptr().add(nest.out_offset) });
-        let cols = w.div_ceil(cw.max(1)).max(1);
-        par_for(items, threads, |i| {
-            let (r0, r1, j0, j1) = if rpi == 1 && cw < w {
-                let (row, c) = (i / cols, i % cols);
-                (row, row + 1, c * cw, ((c + 1) * cw).min(w))
-            } else {
-                (i * rpi, ((i + 1) * rpi).min(rows), 0, w)
-            };
-            let raw: Vec<*const u8> = ptrs.iter().map(|p| p.ptr().cast_const()).collect();
-            let mops: Vec<*const i32> = array_ptrs.iter().map(|p| p.ptr().cast_const()).collect();
-            // SAFETY: the reads stay inside the operands and the mask
-            // arrays (checked by `mask_arrays` to cover T × S) and the writes
-            // inside `out` (the reaches checked above); work items write
-            // disjoint elements (distinct rows or columns of the nest,
-            // whose output strides map distinct indices apart).
-            unsafe {
-                f(
-                    raw.as_ptr(),
-                    ist.as_ptr(),
-                    outp.ptr(),
-                    ost.as_ptr(),
-                    shape.as_ptr(),
-                    r0 as i64,
-                    r1 as i64,
-                    j0 as i64,
-                    j1 as i64,
-                    mops.as_ptr(),
-                    mcols.as_ptr(),
-                )
-            };
-        })?;
-    }
-    Ok(out)
 }
 
 /// Runs an elementwise kernel, or `None` when the code generator does not
@@ -771,107 +488,8 @@ pub fn run_elementwise(
     cache: &KernelCache,
     threads: usize,
 ) -> Option<Result<Vec<f32>, LlvmError>> {
-    let shape = args.shape.to_vec();
-    let r = shape.len();
-    if args.inputs.len() != k.inputs.len() || args.masks.len() != k.masks.len() {
-        return None;
-    }
-    let (t, s) = if r >= 2 { (shape[r - 2], shape[r - 1]) } else { (1, 1) };
-    if !k.masks.iter().all(|m| mask_supported(&m.expr, t, s)) {
-        return None;
-    }
-    let inputs: Vec<Operand<'_>> = args
-        .inputs
-        .iter()
-        .map(|v| (v.strides.len() == r).then(|| Operand { data: v.data, offset: v.offset, strides: v.strides.clone() }))
-        .collect::<Option<_>>()?;
-    let mut nest = Nest { out_strides: row_major(&shape), shape, inputs, out_offset: 0 };
-    // Masks read the output's own last two indices: keep its axes then.
-    if k.body.iter().any(|i| matches!(i.op, EwOp::Mask(_))) {
-        if r < 2 {
-            return None;
-        }
-    } else {
-        nest.simplify();
-    }
-    let n_out: usize = args.shape.iter().product();
-    let masks: Vec<&MaskExpr> = k.masks.iter().map(|m| &m.expr).collect();
-    let mut arrays = Vec::new();
-    for (m, data) in masks.iter().zip(&args.masks) {
-        arrays.extend(mask_arrays(m, data, t, s)?);
-    }
-    run_nests(&[nest], &k.body, &masks, &arrays, n_out, host, cache, threads)
-}
-
-/// The iteration nests of a data-movement kernel writing `out` (row-major),
-/// or `None` when the sources do not fit it.
-fn move_nests<'x>(k: &MoveKernel, out: &[usize], srcs: &[StridedView<'x>]) -> Option<Vec<Nest<'x>>> {
-    let r = out.len();
-    let ost = row_major(out);
-    let ok = |v: &StridedView<'_>| v.shape.len() == r && v.strides.len() == r && matches!(v.data, Elems::F32(_));
-    if srcs.is_empty() || !srcs.iter().all(ok) {
-        return None;
-    }
-    let op = |v: &StridedView<'x>, strides: Vec<usize>| Operand { data: v.data, offset: v.offset, strides };
-    Some(match &k.op {
-        MoveOp::Copy => {
-            let [src] = srcs else { return None };
-            if src.shape != out {
-                return None;
-            }
-            vec![Nest {
-                shape: out.to_vec(),
-                inputs: vec![op(src, src.strides.clone())],
-                out_offset: 0,
-                out_strides: ost,
-            }]
-        }
-        MoveOp::Repeat { times, axis } => {
-            let [src] = srcs else { return None };
-            let t = usize::try_from(*times).ok().filter(|&t| t >= 1)?;
-            let a = *axis;
-            if a >= r || src.shape[a].checked_mul(t) != Some(out[a]) || (0..r).any(|b| b != a && src.shape[b] != out[b])
-            {
-                return None;
-            }
-            // out[.., i·t + u, ..] = src[.., i, ..]: split the axis into (i, u).
-            let mut shape = out.to_vec();
-            shape[a] = src.shape[a];
-            shape.insert(a + 1, t);
-            let mut st = src.strides.clone();
-            st.insert(a + 1, 0);
-            vec![Nest { out_strides: row_major(&shape), shape, inputs: vec![op(src, st)], out_offset: 0 }]
-        }
-        MoveOp::Concat { axis } => {
-            let a = *axis;
-            if a >= r {
-                return None;
-            }
-            let mut at = 0usize;
-            let mut nests = Vec::with_capacity(srcs.len());
-            for src in srcs {
-                if (0..r).any(|b| b != a && src.shape[b] != out[b]) {
-                    return None;
-                }
-                nests.push(Nest {
-                    shape: src.shape.clone(),
-                    inputs: vec![op(src, src.strides.clone())],
-                    out_offset: at.checked_mul(ost[a])?,
-                    out_strides: ost.clone(),
-                });
-                at = at.checked_add(src.shape[a])?;
-            }
-            if at != out[a] {
-                return None;
-            }
-            nests
-        }
-    })
-}
-
-/// The chain of a move: one `f32` load.
-fn copy_body() -> [EwInst; 1] {
-    [EwInst { op: EwOp::Load(0), dtype: DType::F32 }]
+    let r = tdl_rt::elementwise::run_elementwise(k, args, threads, &JitLoops { host, cache })?;
+    Some(r.map_err(LlvmError::from))
 }
 
 /// Runs a data-movement kernel, or `None` when the code generator does not
@@ -883,10 +501,19 @@ pub fn run_move(
     cache: &KernelCache,
     threads: usize,
 ) -> Option<Result<Vec<f32>, LlvmError>> {
-    let mut nests = move_nests(k, args.shape, &args.srcs)?;
-    nests.iter_mut().for_each(Nest::simplify);
-    let n_out: usize = args.shape.iter().product();
-    run_nests(&nests, &copy_body(), &[], &[], n_out, host, cache, threads)
+    let r = tdl_rt::elementwise::run_move(k, args, threads, &JitLoops { host, cache })?;
+    Some(r.map_err(LlvmError::from))
+}
+
+/// The LLVM IR text of the loop nest of `variant` for elementwise kernel
+/// `k` (a move's copy chain with `k = None`), or `None` when the code
+/// generator does not compile it: what an artifact compiles.
+pub(crate) fn variant_ir(k: Option<&ElementwiseKernel>, variant: &LoopVariant, host: &HostTarget) -> Option<String> {
+    let (body, masks) = match k {
+        Some(k) => (&k.body[..], k.masks.iter().map(|m| &m.expr).collect()),
+        None => (tdl_rt::elementwise::COPY_BODY, Vec::new()),
+    };
+    loop_ir(&LoopSpec { variant: variant.clone(), body, masks }, host)
 }
 
 /// The optimised LLVM IR of an elementwise kernel's loop nest for the host
@@ -900,7 +527,7 @@ pub fn elementwise_llvm_text(k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) 
         .map(|v| (matches!(v.data, Elems::I32(_)), Step::of(v.strides.last().copied().unwrap_or(0))))
         .collect();
     let masks: Vec<&MaskExpr> = k.masks.iter().map(|m| &m.expr).collect();
-    let spec = LoopSpec { rank: shape.len().max(1), inputs, body: &k.body, masks };
+    let spec = LoopSpec { variant: LoopVariant { rank: shape.len().max(1), inputs }, body: &k.body, masks };
     let Some(text) = loop_ir(&spec, &host) else { return Ok(None) };
     let ctx = inkwell::context::Context::create();
     let module = jit::optimised_module(&ctx, &text, "tdl_elementwise", &host)?;

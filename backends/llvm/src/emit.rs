@@ -2,9 +2,11 @@
 //! IR program, as LLVM IR after the O3 pipeline or as host assembly.
 //!
 //! One section per kernel, in program order. Attention and matmul kernels
-//! are shown; the other kinds (generated at run time, when their operands'
-//! strides are known) and kernels the CPU backend does not compile get a
-//! one-line comment saying so and why.
+//! are shown; elementwise, move, row and reduce kernels are shown as an
+//! artifact compiles them (one function per variant its symbolic shapes
+//! give, [`crate::aot`]; the JIT generates the same code for the strides
+//! it meets); kernels the CPU backend does not compile get a one-line
+//! comment saying so and why.
 
 use std::fmt::Write as _;
 
@@ -44,10 +46,19 @@ pub fn program_text_for(p: &KernelProgram, kind: EmitKind, host: &HostTarget) ->
     );
     for k in &p.kernels {
         let _ = writeln!(out, "\n{comment} ==== kernel `{}` ({}) ====", k.name, k.body.kind());
-        match static_kernel(p, &k.body, host) {
-            Ok(sk) => {
-                let _ = writeln!(out, "{comment} {}", sk.what);
-                out.push_str(&jit::emit_text(&sk.text, &k.name, host, kind == EmitKind::Asm)?);
+        let code = match &k.body {
+            KernelBody::Attention(_) | KernelBody::MatMul(_) => {
+                static_kernel(p, &k.body, host).map(|sk| (sk.what, vec![sk.text]))
+            }
+            _ => crate::aot::variant_kernel(p, &k.body, host)
+                .map(|vk| (vk.what, vk.functions.into_iter().map(|(text, _, _)| text).collect())),
+        };
+        match code {
+            Ok((what, texts)) => {
+                let _ = writeln!(out, "{comment} {what}");
+                for text in texts {
+                    out.push_str(&jit::emit_text(&text, &k.name, host, kind == EmitKind::Asm)?);
+                }
             }
             Err(why) => {
                 let _ = writeln!(out, "{comment} {why}");
@@ -84,7 +95,7 @@ pub(crate) fn static_kernel(p: &KernelProgram, body: &KernelBody, host: &HostTar
         KernelBody::Attention(a) => attention_kernel(p, a, host),
         KernelBody::MatMul(m) => matmul_kernel(p, m, host),
         other => Err(format!(
-            "{} kernels are generated at run time for their operands' strides; not compiled ahead of time yet",
+            "{} kernels are compiled per variant of their run-time structure (aot::variant_kernel), not here",
             other.kind()
         )),
     }

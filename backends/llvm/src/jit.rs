@@ -13,7 +13,7 @@ use inkwell::OptimizationLevel;
 
 use crate::{HostTarget, LlvmError};
 
-pub(crate) use tdl_rt::pool::{run_parallel, Shared};
+pub(crate) use tdl_rt::pool::run_parallel;
 
 const PIPELINE: &str = "default<O3>";
 

@@ -1,7 +1,10 @@
 //! The CPU row and reduction kernels: the Kernel IR's [`RowKernel`]
 //! (softmax over any axis, layernorm, rmsnorm, rope) and [`ReduceKernel`]
 //! (sum, mean, max over one axis) compiled through LLVM, one function per
-//! kind, run over blocks of rows on the worker threads.
+//! [`RowCode`] ([`row_ir`]), run over blocks of rows on the worker threads
+//! by the runtime's driver ([`tdl_rt::rows`], which ahead-of-time
+//! artifacts share); the JIT compiles each on demand through the
+//! [`KernelCache`].
 //!
 //! They compute exactly what the interpreter computes, in the same order:
 //!
@@ -24,25 +27,25 @@
 //!   rounded to `f32`; cached per `(positions, d, base)`), then
 //!   `x₁·cos - x₂·sin`, `x₂·cos + x₁·sin`.
 
+use std::sync::Arc;
+
 use tdl_ir::ReduceOp;
 use tdl_kernel::interp::RowArgs;
 use tdl_kernel::ir::{ReduceKernel, RowKernel, RowOp};
+use tdl_rt::code::Code;
+use tdl_rt::rows::{RopeTables, RowCode, RowSource};
+use tdl_rt::RtError;
 
 use crate::attention::{float_text, Ir};
 use crate::cache::KernelCache;
-use crate::elementwise::{finish_module, par_for, prelude, GRAIN};
-use crate::jit::Shared;
+use crate::elementwise::{finish_module, prelude};
 use crate::{HostTarget, LlvmError};
 
 const NEG_INF: &str = "0xFFF0000000000000";
 const NAN: &str = "0x7FF8000000000000";
 
-/// `(x, out, p0, p1, n, inner, r0, r1, j0, j1)`: the kernel's rows
-/// `r0..r1` (columns `j0..j1` of an inner-axis reduction); `p0`, `p1` are
-/// the gain and bias (norms) or the cos and sin tables (rope).
-type RowFn = unsafe extern "C" fn(*const f32, *mut f32, *const f32, *const f32, i64, i64, i64, i64, i64, i64);
-
-const FN_NAME: &str = "tdl_rows";
+/// The entry point of a row function's module (a [`tdl_rt::rows::RowFn`]).
+pub(crate) const FN_NAME: &str = "tdl_rows";
 
 fn header() -> String {
     format!(
@@ -344,71 +347,37 @@ fn rope_ir(host: &HostTarget) -> String {
     finish(ir, host)
 }
 
-/// Everything one call of the row function needs.
-struct Call<'x> {
-    text: String,
-    x: &'x [f32],
-    p0: &'x [f32],
-    p1: &'x [f32],
-    n: usize,
-    inner: usize,
-    /// Rows (or, for an inner-axis reduction, outer indices) and the
-    /// columns each covers.
-    rows: usize,
-    cols: usize,
-    n_out: usize,
-    /// Elements one row reads.
-    row_elems: usize,
+/// The LLVM IR text of the row function of `code`.
+pub(crate) fn row_ir(code: &RowCode, host: &HostTarget) -> String {
+    match *code {
+        RowCode::Reduce { op, last } => reduce_ir(op, last, host),
+        RowCode::Softmax { last } => softmax_ir(last, host),
+        RowCode::Norm { layer, eps_bits } => norm_ir(layer, f32::from_bits(eps_bits), host),
+        RowCode::Rope => rope_ir(host),
+    }
 }
 
-fn run_call(call: &Call<'_>, host: &HostTarget, cache: &KernelCache, threads: usize) -> Result<Vec<f32>, LlvmError> {
-    let mut out = vec![0f32; call.n_out];
-    if call.rows == 0 || call.cols == 0 || call.n_out == 0 {
-        return Ok(out);
+/// The JIT's row functions: compiled on demand through the cache (keyed by
+/// the IR text).
+struct JitRows<'a> {
+    host: &'a HostTarget,
+    cache: &'a KernelCache,
+}
+
+impl RowSource for JitRows<'_> {
+    fn row_fn(&self, code: &RowCode) -> Option<Result<Code, RtError>> {
+        let text = row_ir(code, self.host);
+        Some(match self.cache.get(&text, "tdl_rows", FN_NAME, self.host) {
+            // SAFETY: `row_ir` generated a `RowFn` for exactly `code`; the
+            // cache entry keeps its code alive.
+            Ok(c) => Ok(unsafe { Code::new(c.addr, Some(c as Arc<_>)) }),
+            Err(e) => Err(RtError::new(e.to_string())),
+        })
     }
-    let compiled = cache.get(&call.text, "tdl_rows", FN_NAME, host)?;
-    // SAFETY: generated with exactly this signature; the code lives as
-    // long as `compiled`.
-    let f = unsafe { std::mem::transmute::<usize, RowFn>(compiled.addr) };
-    // Rows per item, and column blocks when there are few rows.
-    let per_row = call.row_elems.max(1);
-    let (items, rpi, cw) = if call.cols > 1 && call.rows < 2 * threads && call.cols >= 128 {
-        let cw = (GRAIN / call.n.max(1)).max(64).next_multiple_of(64).min(call.cols);
-        (call.rows * call.cols.div_ceil(cw), 1, cw)
-    } else {
-        let rpi = (GRAIN / per_row).max(1);
-        (call.rows.div_ceil(rpi), rpi, call.cols)
-    };
-    let nblocks = call.cols.div_ceil(cw);
-    let outp = Shared(out.as_mut_ptr());
-    let ptr = |s: &[f32]| Shared(s.as_ptr().cast_mut());
-    let (xp, p0, p1) = (ptr(call.x), ptr(call.p0), ptr(call.p1));
-    par_for(items, threads, |i| {
-        let (r0, r1, j0, j1) = if cw < call.cols {
-            let (r, b) = (i / nblocks, i % nblocks);
-            (r, r + 1, b * cw, ((b + 1) * cw).min(call.cols))
-        } else {
-            (i * rpi, ((i + 1) * rpi).min(call.rows), 0, call.cols)
-        };
-        // SAFETY: the callers checked that the rows' reads stay inside `x`
-        // and the parameters and the writes inside `out`; items write
-        // disjoint rows (or disjoint columns of one row).
-        unsafe {
-            f(
-                xp.ptr().cast_const(),
-                outp.ptr(),
-                p0.ptr().cast_const(),
-                p1.ptr().cast_const(),
-                call.n as i64,
-                call.inner as i64,
-                r0 as i64,
-                r1 as i64,
-                j0 as i64,
-                j1 as i64,
-            )
-        };
-    })?;
-    Ok(out)
+
+    fn rope_tables(&self) -> &RopeTables {
+        self.cache.rope_tables()
+    }
 }
 
 /// Runs a reduction, or `None` when it is not supported.
@@ -419,28 +388,8 @@ pub fn run_reduce(
     cache: &KernelCache,
     threads: usize,
 ) -> Option<Result<Vec<f32>, LlvmError>> {
-    let shape = args.shape;
-    let &n = shape.get(k.axis)?;
-    let outer: usize = shape[..k.axis].iter().product();
-    let inner: usize = shape[k.axis + 1..].iter().product();
-    let total = outer.checked_mul(n)?.checked_mul(inner)?;
-    if total != args.x.len() || (k.op == ReduceOp::Max && n == 0) {
-        return None;
-    }
-    let last = inner == 1;
-    let call = Call {
-        text: reduce_ir(k.op, last, host),
-        x: args.x,
-        p0: &[],
-        p1: &[],
-        n,
-        inner,
-        rows: outer,
-        cols: inner,
-        n_out: outer * inner,
-        row_elems: n * inner,
-    };
-    Some(run_call(&call, host, cache, threads))
+    let r = tdl_rt::rows::run_reduce(k, args, threads, &JitRows { host, cache })?;
+    Some(r.map_err(LlvmError::from))
 }
 
 /// Runs a row kernel, or `None` when it is not supported.
@@ -451,73 +400,8 @@ pub fn run_row(
     cache: &KernelCache,
     threads: usize,
 ) -> Option<Result<Vec<f32>, LlvmError>> {
-    let shape = args.shape;
-    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
-    if numel != args.x.len() {
-        return None;
-    }
-    let r = shape.len();
-    let d = shape.last().copied().unwrap_or(1);
-    let rows = numel.checked_div(d).unwrap_or(0);
-    let base = Call {
-        text: String::new(),
-        x: args.x,
-        p0: &[],
-        p1: &[],
-        n: d,
-        inner: 1,
-        rows,
-        cols: 1,
-        n_out: numel,
-        row_elems: d,
-    };
-    let params_ok = |want: usize| args.params.len() == want && args.params.iter().all(|p| p.len() == d);
-    let call = match &k.op {
-        RowOp::Softmax { axis } => {
-            let &n = shape.get(*axis)?;
-            let inner: usize = shape[*axis + 1..].iter().product();
-            let rows = numel.checked_div(n).unwrap_or(0);
-            Call { text: softmax_ir(inner == 1, host), n, inner, rows, row_elems: n, ..base }
-        }
-        RowOp::LayerNorm { eps } if params_ok(2) => {
-            Call { text: norm_ir(true, *eps as f32, host), p0: args.params[0], p1: args.params[1], ..base }
-        }
-        RowOp::RmsNorm { eps } if params_ok(1) => {
-            Call { text: norm_ir(false, *eps as f32, host), p0: args.params[0], ..base }
-        }
-        RowOp::Rope { base: b } => {
-            if r < 2 || d % 2 != 0 || !args.params.is_empty() {
-                return None;
-            }
-            if numel == 0 {
-                return Some(Ok(Vec::new()));
-            }
-            let p = shape[r - 2].max(1);
-            let table = cache.rope_table(*b, p, d);
-            let text = rope_ir(host);
-            let call = Call { text, p0: &table.0, p1: &table.1, inner: p, ..base };
-            return Some(run_call(&call, host, cache, threads));
-        }
-        _ => return None,
-    };
-    Some(run_call(&call, host, cache, threads))
-}
-
-/// The interpreter's rope table: `theta = pos · base^(-2i/d)` in `f64`,
-/// `(cos, sin)` rounded to `f32`, `[positions, d/2]` each.
-pub(crate) fn rope_table(base: f64, positions: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = d / 2;
-    let n = positions * half;
-    let (mut cs, mut sn) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for pos in 0..positions {
-        for i in 0..half {
-            let theta = pos as f64 * base.powf(-((2 * i) as f64) / d as f64);
-            let (s, c) = theta.sin_cos();
-            cs.push(c as f32);
-            sn.push(s as f32);
-        }
-    }
-    (cs, sn)
+    let r = tdl_rt::rows::run_row(k, args, threads, &JitRows { host, cache })?;
+    Some(r.map_err(LlvmError::from))
 }
 
 /// The optimised LLVM IR of a row kernel's function for the host (to

@@ -14,30 +14,43 @@
 //!    never an out-of-bounds access;
 //! 3. runs the program with the Kernel IR executor
 //!    ([`tdl_kernel::interp::run_with_hooks`]), the compiled kernels as its
-//!    hooks ([`AotHooks`]): attention and matmul run the artifact's machine
-//!    code through the same drivers as the JIT ([`crate::attention`],
-//!    [`crate::matmul`]); the other kernels run in the executor's loops;
+//!    hooks ([`AotHooks`]), through the same drivers as the JIT: attention
+//!    and matmul ([`crate::attention`], [`crate::matmul`]), elementwise
+//!    chains and moves ([`crate::elementwise`]: the loop nest of the
+//!    call's strides, run when it matches a variant the artifact holds),
+//!    row and reduce kernels ([`crate::rows`]); a kernel without matching
+//!    code runs in the executor's loops;
 //! 4. converts the results into the caller's output buffers.
 //!
 //! Symbolic dimensions stay symbolic: the compiled functions take sizes as
 //! arguments and the iteration spaces are derived per call, so one artifact
-//! serves every sequence length.
+//! serves every sequence length. Which executor ran each kernel of the
+//! last call is [`run`]'s answer (`tdl_last_run_report` in C).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tdl_ir::{Bindings, DType};
-use tdl_kernel::interp::{self, AttentionArgs, HookRun, Hooks, MatMulArgs};
-use tdl_kernel::ir::{AttentionKernel, KernelProgram, MatMulKernel};
+use tdl_kernel::interp::{
+    self, AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, KernelRun, MatMulArgs, MoveArgs, RowArgs,
+};
+use tdl_kernel::ir::{
+    AttentionKernel, BufId, ElementwiseKernel, KernelBody, KernelProgram, MatMulKernel, MoveKernel, ReduceKernel,
+    RowKernel,
+};
 use tdl_reference::{Limits, Tensor};
 
 use crate::attention::{AttentionRunner, AttentionSpec, ProgramFn};
+use crate::code::Code;
+use crate::elementwise::{LoopSource, LoopSpec, LoopVariant};
 use crate::matmul::{MatMulRunner, RowsFn};
+use crate::rows::{RopeTables, RowCode, RowSource};
 use crate::RtError;
 
 /// The descriptor format's version; an artifact of another version is
 /// refused (the runtime it links must match the compiler that wrote it).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// What the executor's `--stats` calls the compiled kernels of an artifact.
 pub const EXECUTOR: &str = "cpu (AOT)";
@@ -52,6 +65,12 @@ pub enum AotKernel {
     /// A matmul row-block function ([`RowsFn`]) with micro-panels of `nr`
     /// columns.
     MatMul { tiles: (usize, usize, usize), nr: usize, function: usize },
+    /// The loop nest ([`crate::elementwise::LoopFn`]) of the elementwise or
+    /// move kernel writing buffer `out`, specialised for `variant`.
+    Loop { out: BufId, variant: LoopVariant, function: usize },
+    /// The row function ([`crate::rows::RowFn`]) of the row or reduce
+    /// kernel writing buffer `out`, specialised for `code`.
+    Rows { out: BufId, code: RowCode, function: usize },
 }
 
 /// One graph of an artifact.
@@ -81,27 +100,89 @@ impl AotProgram {
     }
 }
 
+/// The compiled loop nests of one elementwise or move kernel.
+struct LoopEntry {
+    kernel: KernelBody,
+    variants: Vec<(LoopVariant, usize)>,
+}
+
+impl LoopSource for LoopEntry {
+    fn loop_fn(&self, spec: &LoopSpec<'_>) -> Option<Result<Code, RtError>> {
+        let &(_, addr) = self.variants.iter().find(|(v, _)| *v == spec.variant)?;
+        // SAFETY: `AotHooks::new`'s contract: the function compiled for this
+        // kernel's chain and this variant, alive while the artifact is.
+        Some(Ok(unsafe { Code::new(addr, None) }))
+    }
+
+    fn unsimplified_too(&self) -> bool {
+        true
+    }
+}
+
+/// The compiled row functions of one row or reduce kernel.
+struct RowEntry {
+    kernel: KernelBody,
+    codes: Vec<(RowCode, usize)>,
+}
+
+struct RowLookup<'a> {
+    entry: &'a RowEntry,
+    tables: &'a RopeTables,
+}
+
+impl RowSource for RowLookup<'_> {
+    fn row_fn(&self, code: &RowCode) -> Option<Result<Code, RtError>> {
+        let &(_, addr) = self.entry.codes.iter().find(|(c, _)| c == code)?;
+        // SAFETY: as for `LoopEntry`.
+        Some(Ok(unsafe { Code::new(addr, None) }))
+    }
+
+    fn rope_tables(&self) -> &RopeTables {
+        self.tables
+    }
+}
+
 /// The compiled kernels of an artifact as the executor's hooks.
 pub struct AotHooks {
     attention: Vec<AttentionRunner>,
     matmul: Vec<MatMulRunner>,
+    loops: HashMap<BufId, LoopEntry>,
+    rows: HashMap<BufId, RowEntry>,
+    rope: RopeTables,
     pub threads: usize,
 }
 
+/// A hook's answer from a driver's: `None` declines.
+fn answer(r: Option<Result<Vec<f32>, RtError>>) -> Option<Result<F32Run, String>> {
+    r.map(|r| r.map(|out| (out, EXECUTOR)).map_err(|e| e.to_string()))
+}
+
 impl AotHooks {
-    /// The runners of `compiled`, calling `functions[i]` for function `i`.
+    /// The runners of `compiled` (the kernels of `program`), calling
+    /// `functions[i]` for function `i`.
     ///
     /// # Safety
     /// Each `functions[i]` must be the machine code `compiled` says it is
-    /// (the table the same compiler wrote beside the descriptor), valid as
-    /// long as the hooks are used.
-    pub unsafe fn new(compiled: &[AotKernel], functions: &[usize], threads: usize) -> Result<AotHooks, RtError> {
+    /// (the table the same compiler wrote beside the descriptor, for this
+    /// program), valid as long as the hooks are used.
+    pub unsafe fn new(
+        program: &KernelProgram,
+        compiled: &[AotKernel],
+        functions: &[usize],
+        threads: usize,
+    ) -> Result<AotHooks, RtError> {
         let f = |i: usize| {
             functions.get(i).copied().filter(|&a| a != 0).ok_or_else(|| {
                 RtError::new(format!("the artifact's function table has no function {i} ({} entries)", functions.len()))
             })
         };
+        let kernel = |out: BufId| {
+            program.kernels.iter().find(|k| k.body.out() == out).map(|k| k.body.clone()).ok_or_else(|| {
+                RtError::new(format!("the artifact compiled a kernel writing {out}, which the program does not have"))
+            })
+        };
         let (mut attention, mut matmul) = (Vec::new(), Vec::new());
+        let (mut loops, mut rows) = (HashMap::<BufId, LoopEntry>::new(), HashMap::<BufId, RowEntry>::new());
         for c in compiled {
             match c {
                 AotKernel::Attention { spec, tkp, function } => {
@@ -114,9 +195,36 @@ impl AotHooks {
                     let p = unsafe { std::mem::transmute::<usize, RowsFn>(f(*function)?) };
                     matmul.push(unsafe { MatMulRunner::new(*tiles, p, *nr) });
                 }
+                AotKernel::Loop { out, variant, function } => {
+                    let addr = f(*function)?;
+                    let e = match loops.entry(*out) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(LoopEntry { kernel: kernel(*out)?, variants: Vec::new() }),
+                    };
+                    e.variants.push((variant.clone(), addr));
+                }
+                AotKernel::Rows { out, code, function } => {
+                    let addr = f(*function)?;
+                    let e = match rows.entry(*out) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(RowEntry { kernel: kernel(*out)?, codes: Vec::new() }),
+                    };
+                    e.codes.push((*code, addr));
+                }
             }
         }
-        Ok(AotHooks { attention, matmul, threads: threads.max(1) })
+        Ok(AotHooks { attention, matmul, loops, rows, rope: RopeTables::default(), threads: threads.max(1) })
+    }
+
+    /// The compiled loop nests of kernel `k` (the program's kernel writing
+    /// `out`, checked to be `k`).
+    fn loop_entry(&self, out: BufId, is: impl Fn(&KernelBody) -> bool) -> Option<&LoopEntry> {
+        self.loops.get(&out).filter(|e| is(&e.kernel))
+    }
+
+    fn row_lookup(&self, out: BufId, is: impl Fn(&KernelBody) -> bool) -> Option<RowLookup<'_>> {
+        let entry = self.rows.get(&out).filter(|e| is(&e.kernel))?;
+        Some(RowLookup { entry, tables: &self.rope })
     }
 }
 
@@ -130,6 +238,26 @@ impl Hooks for AotHooks {
     fn matmul(&self, k: &MatMulKernel, args: &MatMulArgs<'_>) -> Option<Result<(Vec<f32>, &'static str), String>> {
         let runner = self.matmul.iter().find(|r| r.tiles() == (k.tile_m.max(1), k.tile_n, k.tile_k))?;
         Some(runner.run(args, self.threads).map(|out| (out, EXECUTOR)).map_err(|e| e.to_string()))
+    }
+
+    fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
+        let e = self.loop_entry(k.out, |b| matches!(b, KernelBody::Elementwise(x) if x == k))?;
+        answer(crate::elementwise::run_elementwise(k, args, self.threads, e))
+    }
+
+    fn movement(&self, k: &MoveKernel, args: &MoveArgs<'_>) -> Option<Result<F32Run, String>> {
+        let e = self.loop_entry(k.out, |b| matches!(b, KernelBody::Move(x) if x == k))?;
+        answer(crate::elementwise::run_move(k, args, self.threads, e))
+    }
+
+    fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        let l = self.row_lookup(k.out, |b| matches!(b, KernelBody::Reduce(x) if x == k))?;
+        answer(crate::rows::run_reduce(k, args, self.threads, &l))
+    }
+
+    fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        let l = self.row_lookup(k.out, |b| matches!(b, KernelBody::Row(x) if x == k))?;
+        answer(crate::rows::run_row(k, args, self.threads, &l))
     }
 }
 
@@ -259,13 +387,13 @@ fn loaded(desc: &'static [u8], functions: &[usize], threads: usize) -> Result<Ar
     let program = AotProgram::from_bytes(desc)?;
     // SAFETY: the artifact's entry function passes the table its compiler
     // wrote beside this descriptor (see `run`'s contract).
-    let hooks = unsafe { AotHooks::new(&program.compiled, functions, threads)? };
+    let hooks = unsafe { AotHooks::new(&program.program, &program.compiled, functions, threads)? };
     let l = Arc::new(Loaded { program, hooks });
     cache.lock().map_err(|_| RtError::new("runtime cache poisoned"))?.insert(key, l.clone());
     Ok(l)
 }
 
-/// Runs one graph of an artifact.
+/// Runs one graph of an artifact; returns what ran each kernel.
 ///
 /// # Safety
 /// `desc` and `functions` must be a descriptor and the function table the
@@ -281,7 +409,7 @@ pub unsafe fn run(
     inputs: &[RawBuf],
     outputs: &[RawBuf],
     threads: usize,
-) -> Result<(), RtError> {
+) -> Result<Vec<KernelRun>, RtError> {
     let l = loaded(desc, functions, threads)?;
     let p = &l.program.program;
     let b = bindings(p, dims)?;
@@ -345,7 +473,7 @@ pub unsafe fn run(
         // SAFETY: `r.data.len() == x.len` (the shape equals the checked one).
         unsafe { write_elems(x.ptr, &r.data, dtype) };
     }
-    Ok(())
+    Ok(out.kernels)
 }
 
 /// The worker threads an artifact uses: `TDL_THREADS` if set to a positive

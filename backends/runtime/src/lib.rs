@@ -4,6 +4,10 @@
 //! * [`attention`], [`matmul`]: the drivers of the compiled attention and
 //!   matmul kernels (iteration spaces from the mask formula, packing,
 //!   work items, the KV-split merge).
+//! * [`elementwise`], [`rows`]: the drivers of the compiled elementwise,
+//!   move, row and reduce kernels (strided loop nests, mask arrays, work
+//!   items), with the code from a source ([`code::Code`]): the JIT compiles
+//!   it on demand, an artifact looks it up among the variants it holds.
 //! * [`aot`]: the entry point of ahead-of-time artifacts (`tdlc compile
 //!   --emit so`): a serialized Kernel IR program run by the Kernel IR
 //!   executor, with the kernels compiled into the artifact as hooks.
@@ -13,9 +17,12 @@
 
 pub mod aot;
 pub mod attention;
+pub mod code;
+pub mod elementwise;
 mod error;
 pub mod matmul;
 pub mod pool;
+pub mod rows;
 
 pub use error::RtError;
 

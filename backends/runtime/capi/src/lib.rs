@@ -2,8 +2,8 @@
 //!
 //! Every shared library `tdlc compile --emit so` writes links this archive.
 //! Its generated entry points (`tdl_run_<graph>`) call [`tdl_rt_run`]; the
-//! generated header declares [`tdl_last_error`] and [`tdl_set_threads`]
-//! for the caller. Nothing here panics across the C boundary: a panic is
+//! generated header declares [`tdl_last_error`], [`tdl_last_run_report`]
+//! and [`tdl_set_threads`] for the caller. Nothing here panics across the C boundary: a panic is
 //! caught and reported as an error.
 
 use std::cell::RefCell;
@@ -14,6 +14,7 @@ use tdl_rt::aot::{self, RawBuf};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_REPORT: RefCell<CString> = RefCell::new(CString::default());
 }
 
 /// Threads set by `tdl_set_threads` (0: the default).
@@ -29,6 +30,16 @@ fn set_error(message: &str) {
 #[no_mangle]
 pub extern "C" fn tdl_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// What ran each kernel of the last successful call on this thread ("" if
+/// none): one line per kernel, `name<TAB>kind<TAB>executor`, where the
+/// executor is `cpu (AOT)` for the artifact's compiled code and
+/// `interpreter` for the runtime's Kernel IR executor loops. Valid until
+/// the next call on this thread.
+#[no_mangle]
+pub extern "C" fn tdl_last_run_report() -> *const c_char {
+    LAST_REPORT.with(|e| e.borrow().as_ptr())
 }
 
 /// Sets the worker threads of later calls; `n <= 0` restores the default
@@ -77,7 +88,7 @@ pub unsafe extern "C" fn tdl_rt_run(
     output_lens: *const usize,
     n_outputs: usize,
 ) -> i32 {
-    let result = std::panic::catch_unwind(|| -> Result<(), String> {
+    let result = std::panic::catch_unwind(|| -> Result<String, String> {
         // SAFETY: the generated entry passes its static descriptor and table.
         let desc: &'static [u8] = unsafe { slice(desc, desc_len, "the descriptor")? };
         let functions = unsafe { slice(functions, n_functions, "the function table")? };
@@ -94,11 +105,14 @@ pub unsafe extern "C" fn tdl_rt_run(
             n => n,
         };
         // SAFETY: forwarded from this function's contract.
-        unsafe { aot::run(desc, functions, dims, &ins, &outs, threads) }.map_err(|e| e.to_string())
+        let runs = unsafe { aot::run(desc, functions, dims, &ins, &outs, threads) }.map_err(|e| e.to_string())?;
+        Ok(runs.iter().map(|k| format!("{}\t{}\t{}\n", k.name, k.kind, k.executor)).collect())
     });
     match result {
-        Ok(Ok(())) => {
+        Ok(Ok(report)) => {
             set_error("");
+            let c = CString::new(report.replace('\0', " ")).unwrap_or_default();
+            LAST_REPORT.with(|e| *e.borrow_mut() = c);
             0
         }
         Ok(Err(message)) => {
