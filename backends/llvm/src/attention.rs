@@ -69,8 +69,7 @@
 
 use std::fmt::Write as _;
 
-use tdl_ir::{Bindings, MaskExpr};
-use tdl_passes::tiles::MaskData;
+use tdl_ir::MaskExpr;
 
 use crate::gemm::{self, BlockGemm, RowDot, MR};
 use crate::jit::{self, Jitted};
@@ -719,22 +718,24 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                             let x = ir.load("float", &sp);
                             ir.line(format!("store float {ninf}, ptr {lres}"));
                             let inside = ir.op("icmp slt", "i64", j, &bk);
+                            // What the mask's lambdas see; the score modifier's differ in `s`
+                            // and in their operands.
+                            let lam = LambdaCtx {
+                                q: &qi,
+                                k: &ki,
+                                h: "%h",
+                                s: None,
+                                symbols: &symbols,
+                                syms: "%lsyms",
+                                operands: &mask_slots_l,
+                                arrays: "%larr",
+                                shapes: "%lshape",
+                                err: "%lerr",
+                            };
                             ir.if_then(&inside, |ir| {
                                 ir.line(format!("store i1 true, ptr {lhold}"));
                                 if let Some(mk) = &spec.mask {
                                     ir.if_then(&partial, |ir| {
-                                        let lam = LambdaCtx {
-                                            q: &qi,
-                                            k: &ki,
-                                            h: "%h",
-                                            s: None,
-                                            symbols: &symbols,
-                                            syms: "%lsyms",
-                                            operands: &mask_slots_l,
-                                            arrays: "%larr",
-                                            shapes: "%lshape",
-                                            err: "%lerr",
-                                        };
                                         match mask_ir_lambda(ir, mk, &qi, &ki, "%Tm", "%S", &lam) {
                                             Ok(h) => ir.line(format!("store i1 {h}, ptr {lhold}")),
                                             Err(e) => result = Err(e),
@@ -745,18 +746,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                                 ir.if_then(&hold, |ir| {
                                     let y = match &spec.score {
                                         Some(e) => {
-                                            let lam = LambdaCtx {
-                                                q: &qi,
-                                                k: &ki,
-                                                h: "%h",
-                                                s: Some(&x),
-                                                symbols: &symbols,
-                                                syms: "%lsyms",
-                                                operands: &score_slots,
-                                                arrays: "%larr",
-                                                shapes: "%lshape",
-                                                err: "%lerr",
-                                            };
+                                            let lam = LambdaCtx { s: Some(&x), operands: &score_slots, ..lam };
                                             match crate::lambda::lambda_ir(ir, e, &lam) {
                                                 Ok((v, Ty::Float)) => v,
                                                 Ok((v, Ty::Int)) => {
@@ -1026,6 +1016,16 @@ pub fn attention_llvm_text(spec: &AttentionSpec) -> Result<String, LlvmError> {
     jit::emit_text(&attention_ir(spec, &host)?, "tdl_attention", &host, false)
 }
 
+/// The runtime's calls (`run`, `run_with`, `run_scored`) on the compiled
+/// function.
+impl std::ops::Deref for CompiledAttention {
+    type Target = AttentionRunner;
+
+    fn deref(&self) -> &AttentionRunner {
+        &self.runner
+    }
+}
+
 impl CompiledAttention {
     /// Generates, optimises and JIT-compiles `spec` for the host.
     pub fn new(spec: &AttentionSpec) -> Result<CompiledAttention, LlvmError> {
@@ -1051,36 +1051,5 @@ impl CompiledAttention {
     /// The runtime around the compiled function.
     pub fn runner(&self) -> &AttentionRunner {
         &self.runner
-    }
-
-    /// [`AttentionRunner::run`] (no KV split).
-    #[allow(clippy::too_many_arguments)]
-    pub fn run(
-        &self,
-        q: (&[usize], &[f32]),
-        k: (&[usize], &[f32]),
-        v: (&[usize], &[f32]),
-        mask_data: &MaskData<'_>,
-        bindings: &Bindings,
-        out: &mut Vec<f32>,
-        threads: usize,
-    ) -> Result<CpuRunStats, LlvmError> {
-        Ok(self.runner.run(q, k, v, mask_data, bindings, out, threads)?)
-    }
-
-    /// [`AttentionRunner::run_with`]: runs the attention on row-major `f32`
-    /// data, `q: [..., T, d]`, `k: [..., S, d]`, `v: [..., S, dv]`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_with(
-        &self,
-        q: (&[usize], &[f32]),
-        k: (&[usize], &[f32]),
-        v: (&[usize], &[f32]),
-        mask_data: &MaskData<'_>,
-        bindings: &Bindings,
-        out: &mut Vec<f32>,
-        opts: &RunOptions,
-    ) -> Result<CpuRunStats, LlvmError> {
-        Ok(self.runner.run_with(q, k, v, mask_data, bindings, out, opts)?)
     }
 }
