@@ -184,17 +184,7 @@ fn bench(c: &mut Criterion) {
             .ok()
             .and_then(|v| v.split_once(',').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))))
             .unwrap_or_else(|| tdl::kernel::lower::attention_tiles(&host, Some(d), Some(d), 4, mask.as_ref()));
-        let spec = AttentionSpec {
-            d,
-            dv: d,
-            tile_q: tq,
-            tile_k: tk,
-            scale: None,
-            mask: mask.clone(),
-            score: None,
-            mask_operands: Vec::new(),
-            score_operands: Vec::new(),
-        };
+        let spec = AttentionSpec::new(d, d, tq, tk, None, mask.clone());
         let kern = CompiledAttention::new(&spec).expect("compiles");
         let q = F32Tensor { shape: vec![hq, t, d], data: random(&[hq, t, d], 1, 1.0) };
         let k = F32Tensor { shape: vec![hk, s, d], data: random(&[hk, s, d], 2, 1.0) };

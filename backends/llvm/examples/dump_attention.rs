@@ -6,17 +6,7 @@ fn main() {
         [a, b, c] => (*a, *b, *c),
         _ => (128, 64, 64),
     };
-    let spec = tdl_llvm::attention::AttentionSpec {
-        d,
-        dv: d,
-        tile_q: tq,
-        tile_k: tk,
-        scale: None,
-        mask: Some(tdl_ir::MaskExpr::Causal),
-        score: None,
-        mask_operands: Vec::new(),
-        score_operands: Vec::new(),
-    };
+    let spec = tdl_llvm::attention::AttentionSpec::new(d, d, tq, tk, None, Some(tdl_ir::MaskExpr::Causal));
     match tdl_llvm::attention::attention_llvm_text(&spec) {
         Ok(t) => print!("{t}"),
         Err(e) => eprintln!("{e}"),

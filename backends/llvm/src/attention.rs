@@ -705,19 +705,21 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             // With lambdas every tile takes the pass (the score modifier
             // applies to every visible score).
             let needs = if spec.score.is_some() { "true".to_string() } else { needs };
-            if lambdas {
-                ir.if_then(&needs, |ir| {
-                    ir.for_range(ci, "0", &bq, |ir, i| {
-                        let row = ir.op("add", "i64", &q0, i);
-                        let qi = ir.op("udiv", "i64", &row, "%qdiv");
-                        let srow0 = ir.op("mul", "i64", i, &tkp.to_string());
-                        ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
-                            let ki = ir.op("add", "i64", &k0, j);
-                            let sidx = ir.op("add", "i64", &srow0, j);
-                            let sp = ir.gep("float", &st, &sidx);
+            ir.if_then(&needs, |ir| {
+                ir.for_range(ci, "0", &bq, |ir, i| {
+                    // The row's query index for the mask (rows of `qdiv` packed heads
+                    // share it).
+                    let row = ir.op("add", "i64", &q0, i);
+                    let qi = ir.op("udiv", "i64", &row, "%qdiv");
+                    let srow0 = ir.op("mul", "i64", i, &tkp.to_string());
+                    ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
+                        let ki = ir.op("add", "i64", &k0, j);
+                        let sidx = ir.op("add", "i64", &srow0, j);
+                        let sp = ir.gep("float", &st, &sidx);
+                        let inside = ir.op("icmp slt", "i64", j, &bk);
+                        if lambdas {
                             let x = ir.load("float", &sp);
                             ir.line(format!("store float {ninf}, ptr {lres}"));
-                            let inside = ir.op("icmp slt", "i64", j, &bk);
                             // What the mask's lambdas see; the score modifier's differ in `s`
                             // and in their operands.
                             let lam = LambdaCtx {
@@ -772,22 +774,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                             });
                             let y = ir.load("float", &lres);
                             ir.line(format!("store float {y}, ptr {sp}"));
-                        });
-                    });
-                });
-            } else {
-                ir.if_then(&needs, |ir| {
-                    ir.for_range(ci, "0", &bq, |ir, i| {
-                        // The row's query index for the mask (rows of `qdiv`
-                        // packed heads share it).
-                        let row = ir.op("add", "i64", &q0, i);
-                        let qi = ir.op("udiv", "i64", &row, "%qdiv");
-                        let srow0 = ir.op("mul", "i64", i, &tkp.to_string());
-                        ir.for_range(cj, "0", &tk.to_string(), |ir, j| {
-                            let ki = ir.op("add", "i64", &k0, j);
-                            let sidx = ir.op("add", "i64", &srow0, j);
-                            let sp = ir.gep("float", &st, &sidx);
-                            let inside = ir.op("icmp slt", "i64", j, &bk);
+                        } else {
                             let holds = match &spec.mask {
                                 Some(mk) => match mask_ir(ir, mk, &qi, &ki, "%Tm", "%S") {
                                     Ok(h) => {
@@ -806,10 +793,10 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                             let y = ir.tmp();
                             ir.line(format!("{y} = select i1 {keep}, float {x}, float {ninf}"));
                             ir.line(format!("store float {y}, ptr {sp}"));
-                        });
+                        }
                     });
                 });
-            }
+            });
             // Online softmax row by row: P = exp(S - m) in place, O and l
             // rescaled when the max grows; a row with no visible key gets P = 0.
             ir.for_range(ci, "0", &bq, |ir, i| {

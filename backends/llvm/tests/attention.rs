@@ -58,17 +58,7 @@ fn jit_attention_neighborhood_matches_the_interpreter() {
     let none = MaskData::none();
     for (mask, n) in neighborhood_masks() {
         for (tq, tk) in [(16, 16), (13, 7)] {
-            let spec = AttentionSpec {
-                d: 8,
-                dv: 8,
-                tile_q: tq,
-                tile_k: tk,
-                scale: None,
-                mask: Some(mask.clone()),
-                score: None,
-                mask_operands: Vec::new(),
-                score_operands: Vec::new(),
-            };
+            let spec = AttentionSpec::new(8, 8, tq, tk, None, Some(mask.clone()));
             let (q, kk, v) = (random(&[2, n, 8], 7), random(&[2, n, 8], 8), random(&[2, n, 8], 9));
             let want = attention_tiled(
                 &q,
@@ -100,17 +90,7 @@ fn jit_attention_matches_the_interpreter() {
     let mut cases = 0;
     for mask in masks() {
         for (tq, tk) in [(16, 16), (13, 7), (64, 32)] {
-            let spec = AttentionSpec {
-                d: 24,
-                dv: 16,
-                tile_q: tq,
-                tile_k: tk,
-                scale: None,
-                mask: mask.clone(),
-                score: None,
-                mask_operands: Vec::new(),
-                score_operands: Vec::new(),
-            };
+            let spec = AttentionSpec::new(24, 16, tq, tk, None, mask.clone());
             with_attention(&spec, |k| {
                 for (hq, hk, t, s) in [(2, 2, 1, 1), (2, 1, 17, 17), (4, 2, 65, 40), (1, 1, 30, 130), (3, 3, 100, 100)]
                 {
@@ -163,17 +143,7 @@ fn jit_attention_decode_packs_heads_and_splits_the_kv_range() {
     let mut split_runs = 0;
     for mask in masks() {
         for (tq, tk) in [(16, 16), (13, 7)] {
-            let spec = AttentionSpec {
-                d: 24,
-                dv: 16,
-                tile_q: tq,
-                tile_k: tk,
-                scale: None,
-                mask: mask.clone(),
-                score: None,
-                mask_operands: Vec::new(),
-                score_operands: Vec::new(),
-            };
+            let spec = AttentionSpec::new(24, 16, tq, tk, None, mask.clone());
             let k = CompiledAttention::new(&spec).unwrap();
             for (hq, hk, t, s) in
                 [(8, 2, 1, 300), (4, 1, 1, 77), (6, 3, 1, 1), (2, 2, 1, 1000), (32, 1, 1, 50), (4, 2, 9, 200)]
@@ -234,34 +204,14 @@ fn unsupported_masks_say_so() {
         ScalarExpr::Var(tdl_ir::LambdaVar::K),
         ScalarExpr::Var(tdl_ir::LambdaVar::Q),
     ));
-    let spec = AttentionSpec {
-        d: 8,
-        dv: 8,
-        tile_q: 16,
-        tile_k: 16,
-        scale: None,
-        mask: Some(lambda),
-        score: None,
-        mask_operands: Vec::new(),
-        score_operands: Vec::new(),
-    };
+    let spec = AttentionSpec::new(8, 8, 16, 16, None, Some(lambda));
     let e = with_attention(&spec, |_| ()).expect_err("refused");
     assert!(e.to_string().contains("not supported yet"), "{e}");
 }
 
 #[test]
 fn optimised_ir_is_vectorised() {
-    let spec = AttentionSpec {
-        d: 64,
-        dv: 64,
-        tile_q: 64,
-        tile_k: 64,
-        scale: None,
-        mask: Some(MaskExpr::Causal),
-        score: None,
-        mask_operands: Vec::new(),
-        score_operands: Vec::new(),
-    };
+    let spec = AttentionSpec::new(64, 64, 64, 64, None, Some(MaskExpr::Causal));
     let text = tdl_llvm::attention::attention_llvm_text(&spec).unwrap();
     assert!(
         text.contains("<8 x float>") || text.contains("<16 x float>") || text.contains("<4 x float>"),
@@ -316,17 +266,7 @@ fn jit_attention_with_document_ids_and_block_layouts() {
     for (mask, ops) in cases {
         let data = MaskData { operands: ops };
         for (tq, tk) in [(16, 16), (13, 7)] {
-            let spec = AttentionSpec {
-                d: 16,
-                dv: 8,
-                tile_q: tq,
-                tile_k: tk,
-                scale: Some(0.3),
-                mask: Some(mask.clone()),
-                score: None,
-                mask_operands: Vec::new(),
-                score_operands: Vec::new(),
-            };
+            let spec = AttentionSpec::new(16, 8, tq, tk, Some(0.3), Some(mask.clone()));
             let q = random(&[2, t, 16], 4);
             let kk = random(&[2, s, 16], 5);
             let v = random(&[2, s, 8], 6);
@@ -354,17 +294,7 @@ fn jit_attention_with_document_ids_and_block_layouts() {
     // Ids that do not cover the keys are an error, not a read out of bounds.
     let short: Vec<f64> = vec![0.0; 10];
     let data = MaskData { operands: vec![OperandData { dtype: DType::I32, shape: vec![10], data: &short }] };
-    let spec = AttentionSpec {
-        d: 16,
-        dv: 8,
-        tile_q: 16,
-        tile_k: 16,
-        scale: None,
-        mask: Some(MaskExpr::Document { ids: 0 }),
-        score: None,
-        mask_operands: Vec::new(),
-        score_operands: Vec::new(),
-    };
+    let spec = AttentionSpec::new(16, 8, 16, 16, None, Some(MaskExpr::Document { ids: 0 }));
     let (q, kk, v) = (random(&[1, t, 16], 1), random(&[1, s, 16], 2), random(&[1, s, 8], 3));
     let r = with_attention(&spec, |k| {
         let mut out = Vec::new();

@@ -138,7 +138,6 @@ fn body(spec: &GpuAttentionSpec) -> Result<String, MlirError> {
         b,
         "    %c0 = arith.constant 0 : index
     %c1 = arith.constant 1 : index
-    %c2 = arith.constant 2 : index
     %ctq = arith.constant {tq} : index
     %ctk = arith.constant {tk} : index
     %cd = arith.constant {d} : index
@@ -376,7 +375,7 @@ pub fn gpu_module(spec: &GpuAttentionSpec, module: &str, kernel: &str) -> Result
 /// phases are `scf.forall` loops over the threads.
 pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirError> {
     check(spec)?;
-    let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
+    let (tq, dv) = (spec.tile_q, spec.dv);
     let body = body(spec)?.replace("PHASE{", &format!("scf.forall (%t) in ({tq}) {{")).replace("}PHASE", "}");
     let mut out = types(spec, "");
     let _ = write!(
@@ -409,7 +408,6 @@ func.func @{name}({SIG}) attributes {{llvm.emit_c_interface}} {{
 }}
 "
     );
-    let _ = (tk, d);
     Ok(out)
 }
 

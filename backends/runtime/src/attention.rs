@@ -46,6 +46,23 @@ pub struct AttentionSpec {
     pub score_operands: Vec<Option<(DType, usize)>>,
 }
 
+impl AttentionSpec {
+    /// A kernel without lambdas' operands or a score modifier.
+    pub fn new(d: usize, dv: usize, tile_q: usize, tile_k: usize, scale: Option<f64>, mask: Option<MaskExpr>) -> Self {
+        AttentionSpec {
+            d,
+            dv,
+            tile_q,
+            tile_k,
+            scale,
+            mask,
+            score: None,
+            mask_operands: Vec::new(),
+            score_operands: Vec::new(),
+        }
+    }
+}
+
 /// Whether `m` holds an index lambda.
 pub fn mask_has_lambda(m: &MaskExpr) -> bool {
     match m {
