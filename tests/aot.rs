@@ -357,3 +357,84 @@ fn shared_libraries_of_lambda_masks_and_gqa() {
         }
     }
 }
+
+/// Element bytes of `t` in its C type (`f16`/`bf16` bits, `int32_t`,
+/// `uint8_t` for `bool`), as a caller of the C entry passes them.
+fn c_bytes(t: &Tensor) -> Vec<u8> {
+    t.data
+        .iter()
+        .flat_map(|&x| match t.dtype {
+            DType::F32 => (x as f32).to_ne_bytes().to_vec(),
+            DType::F16 => half::f16::from_f64(x).to_bits().to_ne_bytes().to_vec(),
+            DType::BF16 => half::bf16::from_f64(x).to_bits().to_ne_bytes().to_vec(),
+            DType::I32 => (x as i32).to_ne_bytes().to_vec(),
+            DType::Bool => vec![u8::from(x != 0.0)],
+        })
+        .collect()
+}
+
+/// Values of C-typed bytes of `dtype`, as `f64`.
+fn from_c_bytes(b: &[u8], dtype: DType) -> Vec<f64> {
+    match dtype {
+        DType::F32 => b.chunks(4).map(|c| f64::from(f32::from_ne_bytes(c.try_into().unwrap()))).collect(),
+        DType::F16 => {
+            b.chunks(2).map(|c| half::f16::from_bits(u16::from_ne_bytes(c.try_into().unwrap())).to_f64()).collect()
+        }
+        DType::BF16 => {
+            b.chunks(2).map(|c| half::bf16::from_bits(u16::from_ne_bytes(c.try_into().unwrap())).to_f64()).collect()
+        }
+        DType::I32 => b.chunks(4).map(|c| f64::from(i32::from_ne_bytes(c.try_into().unwrap()))).collect(),
+        DType::Bool => b.iter().map(|&x| f64::from(x)).collect(),
+    }
+}
+
+/// A library of graphs with every element type at the C boundary (f16 and
+/// bf16 bits, int32, bool bytes): the buffers pass through as their C
+/// types, and every output is the reference's (integers and bools exactly,
+/// halves to their rounding).
+#[test]
+fn c_buffers_of_every_element_type_pass_through() {
+    let dir = tempdir();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("testsuite/corpus/dtypes.tdl");
+    let so = compile_so(&file, dir.path(), "dtypes");
+    let src = std::fs::read_to_string(&file).unwrap();
+    let checked = tdl::frontend::check(&src).expect("dtypes.tdl checks");
+    for t in [1usize, 19, 70] {
+        for g in &checked.graphs {
+            let mut b = Bindings::new();
+            for s in ["H", "S", "T"] {
+                b.insert(s.into(), if s == "H" { 2 } else { t as i64 });
+            }
+            let (inputs, _) = graph_inputs(g, &b);
+            let want = run_with_limits(g, &inputs, &Limits::default()).expect("the reference runs");
+            let lib = Loaded::open(&so, &g.name);
+            let mut symbols: Vec<String> = g.params().iter().flat_map(|p| p.ty.symbols()).collect();
+            symbols.sort_unstable();
+            symbols.dedup();
+            let dims: Vec<i64> = symbols.iter().map(|s| b[s.as_str()]).collect();
+            let bytes: Vec<Vec<u8>> = inputs.iter().map(c_bytes).collect();
+            let ptrs: Vec<*const u8> = bytes.iter().map(|d| d.as_ptr()).collect();
+            let lens: Vec<usize> = inputs.iter().map(|x| x.data.len()).collect();
+            let mut outs: Vec<Vec<u8>> = want.iter().map(|w| vec![0u8; c_bytes(w).len()]).collect();
+            let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|o| o.as_mut_ptr()).collect();
+            let out_lens: Vec<usize> = want.iter().map(|w| w.data.len()).collect();
+            // SAFETY: every buffer holds as many elements of its C type as
+            // its length says.
+            let rc = unsafe {
+                let entry: libloading::Symbol<'_, Entry> = lib.lib.get(lib.entry.as_bytes()).expect("the entry point");
+                entry(dims.as_ptr(), ptrs.as_ptr(), lens.as_ptr(), out_ptrs.as_ptr(), out_lens.as_ptr())
+            };
+            assert_eq!(rc, 0, "`{}` at T={t}: {}", g.name, lib.c_string(b"tdl_last_error\0"));
+            for (i, (o, w)) in outs.iter().zip(&want).enumerate() {
+                let got = from_c_bytes(o, w.dtype);
+                if matches!(w.dtype, DType::I32 | DType::Bool) {
+                    assert_eq!(got, w.data, "`{}` output {i} at T={t}", g.name);
+                } else {
+                    let scale = w.data.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+                    let err = max_abs_diff(&got, &w.data);
+                    assert!(err <= 1e-2 * scale, "`{}` output {i} at T={t}: max abs error {err:.2e}", g.name);
+                }
+            }
+        }
+    }
+}

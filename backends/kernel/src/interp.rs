@@ -53,17 +53,18 @@ fn err(message: impl Into<String>) -> InterpError {
     InterpError { kernel: None, span: None, message: message.into() }
 }
 
-/// A buffer's contents.
-#[derive(Clone, Debug)]
-enum Val {
-    /// `f32`, `f16`, `bf16`.
+/// A buffer's contents as the executor holds them: what
+/// [`run_values`] takes and gives back (no `f64` detour).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Val {
+    /// `f32`, `f16`, `bf16` (values already rounded to the type).
     F(F32Tensor),
     /// `i32` and `bool` (0/1).
     I(Vec<usize>, Vec<i32>),
 }
 
 impl Val {
-    fn shape(&self) -> &[usize] {
+    pub fn shape(&self) -> &[usize] {
         match self {
             Val::F(t) => &t.shape,
             Val::I(s, _) => s,
@@ -77,21 +78,31 @@ impl Val {
         }
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         match self {
             Val::F(t) => t.data.len(),
             Val::I(_, d) => d.len(),
         }
     }
 
-    fn elems(&self) -> Elems<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this holds floating-point (`f32`) values.
+    pub fn is_float(&self) -> bool {
+        matches!(self, Val::F(_))
+    }
+
+    pub fn elems(&self) -> Elems<'_> {
         match self {
             Val::F(t) => Elems::F32(&t.data),
             Val::I(_, d) => Elems::I32(d),
         }
     }
 
-    fn to_tensor(&self, dtype: DType) -> Tensor {
+    /// The values as a reference tensor of `dtype`.
+    pub fn to_tensor(&self, dtype: DType) -> Tensor {
         let data = (0..self.len()).map(|i| self.get_f64(i)).collect();
         Tensor { dtype, shape: self.shape().to_vec(), data }
     }
@@ -277,6 +288,12 @@ pub fn run(p: &KernelProgram, inputs: &[Tensor]) -> Result<RunOutput, InterpErro
 /// Binds the dimension symbols from the input shapes and checks every
 /// input against its parameter's type.
 pub fn bind(p: &KernelProgram, inputs: &[Tensor]) -> Result<Bindings, InterpError> {
+    let typed: Vec<(DType, &[usize])> = inputs.iter().map(|t| (t.dtype, t.shape.as_slice())).collect();
+    bind_shapes(p, &typed)
+}
+
+/// [`bind`] from each input's type and shape.
+pub fn bind_shapes(p: &KernelProgram, inputs: &[(DType, &[usize])]) -> Result<Bindings, InterpError> {
     if inputs.len() != p.params.len() {
         return Err(err(format!("`{}` takes {} input(s), {} given", p.name, p.params.len(), inputs.len())));
     }
@@ -284,18 +301,18 @@ pub fn bind(p: &KernelProgram, inputs: &[Tensor]) -> Result<Bindings, InterpErro
     let param = |i: usize| -> Result<&Buffer, InterpError> {
         p.params.get(i).and_then(|&id| p.buffer(id)).ok_or_else(|| err(format!("parameter {i} has no buffer")))
     };
-    for (i, t) in inputs.iter().enumerate() {
+    for (i, &(dtype, shape)) in inputs.iter().enumerate() {
         let buf = param(i)?;
-        if t.dtype != buf.dtype || t.shape.len() != buf.shape.len() {
+        if dtype != buf.dtype || shape.len() != buf.shape.len() {
             return Err(err(format!(
                 "input `{}` must be {}[{}], found {}",
                 buf.name,
                 buf.dtype.name(),
                 dims_text(&buf.shape),
-                tdl_ir::layout::type_text(t.dtype, &t.shape)
+                tdl_ir::layout::type_text(dtype, shape)
             )));
         }
-        for (d, &n) in buf.shape.iter().zip(&t.shape) {
+        for (d, &n) in buf.shape.iter().zip(shape) {
             if let Some(sym) = d.as_sym() {
                 let n = i64::try_from(n).map_err(|_| err("an input dimension does not fit in 64 bits"))?;
                 if let Some(&old) = b.get(sym) {
@@ -310,16 +327,16 @@ pub fn bind(p: &KernelProgram, inputs: &[Tensor]) -> Result<Bindings, InterpErro
             }
         }
     }
-    for (i, t) in inputs.iter().enumerate() {
+    for (i, &(_, shape)) in inputs.iter().enumerate() {
         let buf = param(i)?;
         let want = eval_shape(&buf.shape, &b)?;
-        if want != t.shape {
+        if want != shape {
             return Err(err(format!(
                 "input `{}` must have shape [{}] = {:?} under the bound symbols, found {:?}",
                 buf.name,
                 dims_text(&buf.shape),
                 want,
-                t.shape
+                shape
             )));
         }
     }
@@ -359,12 +376,55 @@ pub fn run_with_hooks(
     limits: &Limits,
     hooks: &dyn Hooks,
 ) -> Result<RunOutput, InterpError> {
-    let bindings = bind(p, inputs)?;
-    let mut vals: Vec<Option<Val>> = vec![None; p.buffers.len()];
+    bind(p, inputs)?;
+    let mut vals = Vec::with_capacity(inputs.len());
     for (i, t) in inputs.iter().enumerate() {
         t.check_values().map_err(|e| err(format!("input {i}: {e}")))?;
-        let id = p.params[i];
-        vals[id.index()] = Some(from_tensor(t));
+        vals.push(from_tensor(t));
+    }
+    let out = run_values(p, vals, limits, hooks)?;
+    let results = out.results.iter().zip(&p.results).map(|(v, &r)| v.to_tensor(p.buffers[r.index()].dtype)).collect();
+    Ok(RunOutput { results, kernels: out.kernels, bindings: out.bindings })
+}
+
+/// What [`run_values`] gives back.
+#[derive(Clone, Debug)]
+pub struct ValuesOutput {
+    pub results: Vec<Val>,
+    pub kernels: Vec<KernelRun>,
+    pub bindings: Bindings,
+}
+
+/// [`run_with_hooks`] on values the caller already holds as the executor
+/// does (`f32` for floating-point parameters, already rounded to `f16` or
+/// `bf16` where the parameter has that type; `i32` for `i32`, 0/1 for
+/// `bool`), giving the results the same way: a compiled artifact passes
+/// its callers' buffers through without converting them to `f64`.
+pub fn run_values(
+    p: &KernelProgram,
+    inputs: Vec<Val>,
+    limits: &Limits,
+    hooks: &dyn Hooks,
+) -> Result<ValuesOutput, InterpError> {
+    let mut typed = Vec::with_capacity(inputs.len());
+    for (i, v) in inputs.iter().enumerate() {
+        let dtype = p.params.get(i).and_then(|&id| p.buffer(id)).map_or(DType::F32, |b| b.dtype);
+        let ok = match v {
+            Val::F(_) => dtype.is_float(),
+            Val::I(_, d) => !dtype.is_float() && (dtype != DType::Bool || d.iter().all(|&x| x == 0 || x == 1)),
+        };
+        if !ok {
+            return Err(err(format!("input {i} does not hold {} values", dtype.name())));
+        }
+        if v.len() != v.shape().iter().product::<usize>() {
+            return Err(err(format!("input {i} has {} elements for shape {:?}", v.len(), v.shape())));
+        }
+        typed.push((dtype, v.shape()));
+    }
+    let bindings = bind_shapes(p, &typed)?;
+    let mut vals: Vec<Option<Val>> = vec![None; p.buffers.len()];
+    for (i, v) in inputs.into_iter().enumerate() {
+        vals[p.params[i].index()] = Some(v);
     }
     for (i, b) in p.buffers.iter().enumerate() {
         if let BufKind::Const(c) = &b.kind {
@@ -388,14 +448,19 @@ pub fn run_with_hooks(
         vals[out.index()] = Some(val);
         runs.push(KernelRun { name: k.name.clone(), kind: k.body.kind(), executor, attention: stats });
     }
-    let mut results = Vec::with_capacity(p.results.len());
-    for &r in &p.results {
-        let (Some(Some(v)), Some(b)) = (vals.get(r.index()), p.buffer(r)) else {
-            return Err(err(format!("result {r} has no value")));
+    // Results move out of the buffers; a buffer returned twice is cloned.
+    let mut results: Vec<Val> = Vec::with_capacity(p.results.len());
+    for (i, &r) in p.results.iter().enumerate() {
+        let v = match vals.get_mut(r.index()).and_then(Option::take) {
+            Some(v) => v,
+            None => match p.results[..i].iter().position(|&e| e == r) {
+                Some(j) => results[j].clone(),
+                None => return Err(err(format!("result {r} has no value"))),
+            },
         };
-        results.push(v.to_tensor(b.dtype));
+        results.push(v);
     }
-    Ok(RunOutput { results, kernels: runs, bindings })
+    Ok(ValuesOutput { results, kernels: runs, bindings })
 }
 
 fn from_tensor(t: &Tensor) -> Val {

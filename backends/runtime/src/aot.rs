@@ -33,13 +33,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tdl_ir::{Bindings, DType};
 use tdl_kernel::interp::{
-    self, AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, KernelRun, MatMulArgs, MoveArgs, RowArgs,
+    self, AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, KernelRun, MatMulArgs, MoveArgs, RowArgs, Val,
 };
 use tdl_kernel::ir::{
     AttentionKernel, BufId, ElementwiseKernel, KernelBody, KernelProgram, MatMulKernel, MoveKernel, ReduceKernel,
     RowKernel,
 };
-use tdl_reference::{Limits, Tensor};
+use tdl_kernel::F32Tensor;
+use tdl_reference::Limits;
 
 use crate::attention::{AttentionRunner, AttentionSpec, ProgramFn};
 use crate::code::Code;
@@ -310,60 +311,76 @@ fn shape_of(
     Ok(shape)
 }
 
-/// Reads `n` elements of `dtype` at `ptr` as `f64`.
+/// Reads `shape`'s elements of `dtype` at `ptr` as the executor holds
+/// them: `f32` straight through (a copy), `f16`/`bf16` widened to `f32`
+/// (exact), `i32` as is, `bool` bytes as 0/1.
 ///
 /// # Safety
-/// `ptr` must point to `n` readable elements of `dtype`'s C type.
-unsafe fn read_elems(ptr: usize, n: usize, dtype: DType) -> Vec<f64> {
+/// `ptr` must point to `shape.iter().product()` readable elements of
+/// `dtype`'s C type.
+unsafe fn read_val(ptr: usize, shape: Vec<usize>, dtype: DType) -> Val {
+    let n = shape.iter().product();
+    if n == 0 {
+        return if dtype.is_float() {
+            Val::F(F32Tensor { shape, data: Vec::new() })
+        } else {
+            Val::I(shape, Vec::new())
+        };
+    }
     // SAFETY: the caller guarantees `n` elements of this type at `ptr`.
     unsafe {
         match dtype {
-            DType::F32 => std::slice::from_raw_parts(ptr as *const f32, n).iter().map(|&x| f64::from(x)).collect(),
-            DType::I32 => std::slice::from_raw_parts(ptr as *const i32, n).iter().map(|&x| f64::from(x)).collect(),
-            DType::Bool => {
-                std::slice::from_raw_parts(ptr as *const u8, n).iter().map(|&x| f64::from(u8::from(x != 0))).collect()
-            }
-            DType::F16 => std::slice::from_raw_parts(ptr as *const u16, n)
-                .iter()
-                .map(|&x| half::f16::from_bits(x).to_f64())
-                .collect(),
-            DType::BF16 => std::slice::from_raw_parts(ptr as *const u16, n)
-                .iter()
-                .map(|&x| half::bf16::from_bits(x).to_f64())
-                .collect(),
+            DType::F32 => Val::F(F32Tensor { shape, data: std::slice::from_raw_parts(ptr as *const f32, n).to_vec() }),
+            DType::I32 => Val::I(shape, std::slice::from_raw_parts(ptr as *const i32, n).to_vec()),
+            DType::Bool => Val::I(
+                shape,
+                std::slice::from_raw_parts(ptr as *const u8, n).iter().map(|&x| i32::from(x != 0)).collect(),
+            ),
+            DType::F16 => Val::F(F32Tensor {
+                shape,
+                data: std::slice::from_raw_parts(ptr as *const u16, n)
+                    .iter()
+                    .map(|&x| half::f16::from_bits(x).to_f32())
+                    .collect(),
+            }),
+            DType::BF16 => Val::F(F32Tensor {
+                shape,
+                data: std::slice::from_raw_parts(ptr as *const u16, n)
+                    .iter()
+                    .map(|&x| half::bf16::from_bits(x).to_f32())
+                    .collect(),
+            }),
         }
     }
 }
 
-/// Writes `data` as `dtype` at `ptr`.
+/// Writes `v` as `dtype` at `ptr` (`f16`/`bf16` values are already rounded
+/// to the type by the executor, so narrowing them is exact).
 ///
 /// # Safety
-/// `ptr` must point to `data.len()` writable elements of `dtype`'s C type.
-unsafe fn write_elems(ptr: usize, data: &[f64], dtype: DType) {
-    // SAFETY: the caller guarantees `data.len()` elements of this type at `ptr`.
+/// `ptr` must point to `v.len()` writable elements of `dtype`'s C type.
+unsafe fn write_val(ptr: usize, v: &Val, dtype: DType) {
+    let n = v.len();
+    if n == 0 {
+        return;
+    }
+    // SAFETY: the caller guarantees `n` elements of this type at `ptr`.
     unsafe {
-        let n = data.len();
-        match dtype {
-            DType::F32 => {
-                let out = std::slice::from_raw_parts_mut(ptr as *mut f32, n);
-                out.iter_mut().zip(data).for_each(|(o, &x)| *o = x as f32);
+        match (v, dtype) {
+            (Val::F(t), DType::F32) => std::slice::from_raw_parts_mut(ptr as *mut f32, n).copy_from_slice(&t.data),
+            (Val::F(t), DType::F16) => {
+                let out = std::slice::from_raw_parts_mut(ptr as *mut u16, n);
+                out.iter_mut().zip(&t.data).for_each(|(o, &x)| *o = half::f16::from_f32(x).to_bits());
             }
-            DType::I32 => {
-                let out = std::slice::from_raw_parts_mut(ptr as *mut i32, n);
-                out.iter_mut().zip(data).for_each(|(o, &x)| *o = x as i32);
+            (Val::F(t), _) => {
+                let out = std::slice::from_raw_parts_mut(ptr as *mut u16, n);
+                out.iter_mut().zip(&t.data).for_each(|(o, &x)| *o = half::bf16::from_f32(x).to_bits());
             }
-            DType::Bool => {
+            (Val::I(_, d), DType::Bool) => {
                 let out = std::slice::from_raw_parts_mut(ptr as *mut u8, n);
-                out.iter_mut().zip(data).for_each(|(o, &x)| *o = u8::from(x != 0.0));
+                out.iter_mut().zip(d).for_each(|(o, &x)| *o = u8::from(x != 0));
             }
-            DType::F16 => {
-                let out = std::slice::from_raw_parts_mut(ptr as *mut u16, n);
-                out.iter_mut().zip(data).for_each(|(o, &x)| *o = half::f16::from_f64(x).to_bits());
-            }
-            DType::BF16 => {
-                let out = std::slice::from_raw_parts_mut(ptr as *mut u16, n);
-                out.iter_mut().zip(data).for_each(|(o, &x)| *o = half::bf16::from_f64(x).to_bits());
-            }
+            (Val::I(_, d), _) => std::slice::from_raw_parts_mut(ptr as *mut i32, n).copy_from_slice(d),
         }
     }
 }
@@ -425,7 +442,7 @@ pub unsafe fn run(
         )));
     }
     // Every size is checked before anything is read or written.
-    let mut tensors = Vec::with_capacity(inputs.len());
+    let mut values = Vec::with_capacity(inputs.len());
     let mut in_shapes = Vec::with_capacity(inputs.len());
     for (&id, x) in p.params.iter().zip(inputs) {
         let shape = shape_of(p, id, &b, &limits)?;
@@ -461,17 +478,21 @@ pub unsafe fn run(
     for ((&id, x), shape) in p.params.iter().zip(inputs).zip(in_shapes) {
         let dtype = p.buffers[id.index()].dtype;
         // SAFETY: the length was checked above; the caller guarantees the type.
-        let data = unsafe { read_elems(x.ptr, x.len, dtype) };
-        tensors.push(Tensor::new(dtype, shape, data).map_err(|e| RtError::new(e.to_string()))?);
+        values.push(unsafe { read_val(x.ptr, shape, dtype) });
     }
-    let out = interp::run_with_hooks(p, &tensors, &limits, &l.hooks).map_err(|e| RtError::new(e.to_string()))?;
+    let out = interp::run_values(p, values, &limits, &l.hooks).map_err(|e| RtError::new(e.to_string()))?;
     for (i, ((r, x), shape)) in out.results.iter().zip(outputs).zip(&out_shapes).enumerate() {
-        if r.shape != *shape {
-            return Err(RtError::new(format!("result {i} has shape {:?}, expected {shape:?}", r.shape)));
-        }
         let dtype = p.buffers[p.results[i].index()].dtype;
-        // SAFETY: `r.data.len() == x.len` (the shape equals the checked one).
-        unsafe { write_elems(x.ptr, &r.data, dtype) };
+        if r.shape() != shape.as_slice() || r.is_float() != dtype.is_float() {
+            return Err(RtError::new(format!(
+                "result {i} has shape {:?}, expected {}",
+                r.shape(),
+                tdl_ir::layout::type_text(dtype, shape)
+            )));
+        }
+        // SAFETY: `r.len() == x.len` (the shape equals the checked one) and
+        // the value class matches the type.
+        unsafe { write_val(x.ptr, r, dtype) };
     }
     Ok(out.kernels)
 }
