@@ -164,7 +164,7 @@ pub(crate) fn variant_kernel(p: &KernelProgram, body: &KernelBody, host: &HostTa
             let mut functions = Vec::new();
             let mut texts = Vec::new();
             for v in variants {
-                if let Some(text) = crate::elementwise::variant_ir(ek, &v, host) {
+                if let Some(text) = crate::elementwise::variant_ir(p, ek, &v, host) {
                     texts.push(v.text());
                     functions.push((
                         text,
@@ -174,11 +174,9 @@ pub(crate) fn variant_kernel(p: &KernelProgram, body: &KernelBody, host: &HostTa
                 }
             }
             if functions.is_empty() {
-                return Err(
-                    "not supported yet: the loop-nest code generator does not compile this chain (lambda masks, \
-                            integer exp-like functions)"
-                        .into(),
-                );
+                return Err("not supported yet: the loop-nest code generator does not compile this chain (an integer \
+                            output, integer exp-like functions, a lambda it declines)"
+                    .into());
             }
             Ok(VariantKernel {
                 what: format!(

@@ -307,7 +307,7 @@ pub(crate) fn mask_ir(ir: &mut Ir, m: &MaskExpr, q: &str, k: &str, t: &str, s: &
 /// [`mask_ir`] with index lambdas compiled in `lam` (and the combinators
 /// around them lazy, as the reference evaluates them).
 #[allow(clippy::too_many_arguments)]
-fn mask_ir_lambda(
+pub(crate) fn mask_ir_lambda(
     ir: &mut Ir,
     m: &MaskExpr,
     q: &str,

@@ -39,23 +39,29 @@
 //! The JIT ([`run_elementwise`], [`run_move`]) compiles the code of the
 //! nest each call builds, on demand, through the [`KernelCache`].
 //!
+//! Index-lambda masks compile through [`crate::lambda`] (the mask
+//! function gets `h`, the index along axis -3, the symbol table, the
+//! masks' operand arrays and the error flag, as the attention kernel's).
+//!
 //! Declined (the interpreter runs them): outputs that are not
-//! floating-point, lambda masks, integer `exp`-like functions (an
-//! interpreter error), and `i32`/`bool` sources of moves.
+//! floating-point, lambdas the lambda compiler declines, integer
+//! `exp`-like functions (an interpreter error), and `i32`/`bool` sources
+//! of moves.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use tdl_ir::{BinaryOp, DType, MaskExpr, UnaryOp};
 use tdl_kernel::interp::{ElementwiseArgs, Elems, MoveArgs};
-use tdl_kernel::ir::{ElementwiseKernel, EwOp, MoveKernel};
+use tdl_kernel::ir::{ElementwiseKernel, EwOp, KernelProgram, MoveKernel};
 use tdl_rt::code::Code;
 use tdl_rt::elementwise::{LoopSource, LoopSpec, LoopVariant, Step};
 use tdl_rt::RtError;
 
-use crate::attention::{float_text, mask_ir, mask_slots, Ir};
+use crate::attention::{float_text, has_lambda, mask_ir, mask_ir_lambda, mask_slots, Ir};
 use crate::cache::KernelCache;
 use crate::jit;
+use crate::lambda::{LambdaCtx, OperandSlot};
 use crate::{HostTarget, LlvmError};
 
 /// The entry point of a loop nest's module.
@@ -130,6 +136,13 @@ pub(crate) fn prelude() -> String {
 pub(crate) fn finish_module(text: &mut String, host: &HostTarget) {
     if text.contains("@tdl_m_") {
         text.push_str(&crate::math::math_ir());
+    }
+    // What compiled lambdas call and the prelude does not declare.
+    for decl in crate::lambda::DECLARATIONS.lines() {
+        let name = decl.split('@').nth(1).and_then(|x| x.split('(').next()).unwrap_or_default();
+        if text.contains(&format!("@{name}(")) && !text.contains(&format!("declare float @{name}(")) {
+            let _ = writeln!(text, "{}", decl.trim());
+        }
     }
     let a = attrs(host);
     let _ = write!(text, "attributes #0 = {{ nounwind {a} }}\nattributes #1 = {{ alwaysinline nounwind {a} }}\n");
@@ -240,7 +253,10 @@ fn chain_ir(ir: &mut Ir, spec: &LoopSpec<'_>) -> Option<String> {
                 let ops = ir.gep("ptr", "%mops", &base.to_string());
                 let cols = ir.gep("i64", "%mcols", &base.to_string());
                 let t = ir.tmp();
-                ir.line(format!("{t} = call i1 @tdl_mask{m}(i64 %q, i64 %j, i64 %T, i64 %S, ptr {ops}, ptr {cols})"));
+                ir.line(format!(
+                    "{t} = call i1 @tdl_mask{m}(i64 %q, i64 %j, i64 %T, i64 %S, ptr {ops}, ptr {cols}, i64 %h, \
+                     ptr %lsyms, ptr %larr, ptr %lshape, ptr %lerr)"
+                ));
                 t
             }
         };
@@ -357,17 +373,58 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
     params.extend((0..n_in).map(|i| format!("i64 %s{i}")));
     params.extend(["i64 %j0", "i64 %j1", "i64 %q", "i64 %T", "i64 %S"].map(String::from));
     params.extend(["ptr noalias readonly %mops", "ptr noalias readonly %mcols"].map(String::from));
+    params.extend(["i64 %h", "ptr %lsyms", "ptr %larr", "ptr %lshape", "ptr %lerr"].map(String::from));
     let mut text = prelude();
-    // One predicate function per mask, reading its own arrays.
+    // One predicate function per mask, reading its own arrays; index
+    // lambdas read the symbol table and their operands (every mask's in
+    // turn in the array and dimension tables).
+    let symbols = tdl_rt::elementwise::mask_lambda_symbols(&spec.masks);
+    let (mut slot, mut dims_at) = (0, 0);
+    let mut globals = String::new();
     for (i, m) in spec.masks.iter().enumerate() {
         let mut mi = Ir::new();
-        let v = mask_ir(&mut mi, m, "%q", "%k", "%T", "%S").ok()?;
+        let v = if has_lambda(m) {
+            let types = spec.mask_operands.get(i)?;
+            let operands: Vec<Option<OperandSlot>> = types
+                .iter()
+                .map(|&(dtype, rank)| {
+                    let o = OperandSlot { dtype, rank, slot, dims_at };
+                    slot += 1;
+                    dims_at += rank;
+                    Some(o)
+                })
+                .collect();
+            let lam = LambdaCtx {
+                q: "%q",
+                k: "%k",
+                h: "%h",
+                s: None,
+                symbols: &symbols,
+                syms: "%lsyms",
+                operands: &operands,
+                arrays: "%larr",
+                shapes: "%lshape",
+                err: "%lerr",
+            };
+            let v = mask_ir_lambda(&mut mi, m, "%q", "%k", "%T", "%S", &lam).ok()?;
+            if !mi.metadata().is_empty() {
+                return None;
+            }
+            v
+        } else {
+            mask_ir(&mut mi, m, "%q", "%k", "%T", "%S").ok()?
+        };
+        // Constant arrays get names of their own mask.
+        let own = format!("@tdl_lconst_m{i}_");
+        globals.push_str(&mi.globals.replace("@tdl_lconst", &own));
         let _ = writeln!(
             text,
-            "define internal i1 @tdl_mask{i}(i64 %q, i64 %k, i64 %T, i64 %S, ptr %mops, ptr %mcols) #1 {{\nentry:\n{}  ret i1 {v}\n}}\n",
-            mi.text
+            "define internal i1 @tdl_mask{i}(i64 %q, i64 %k, i64 %T, i64 %S, ptr %mops, ptr %mcols, i64 %h, \
+             ptr %lsyms, ptr %larr, ptr %lshape, ptr %lerr) #1 {{\nentry:\n{}  ret i1 {v}\n}}\n",
+            mi.text.replace("@tdl_lconst", &own)
         );
     }
+    text.push_str(&globals);
     let _ = writeln!(text, "define internal void @tdl_ew_row({}) #1 {{\nentry:", params.join(", "));
     text.push_str(&row.text);
     text.push_str("}\n\n");
@@ -427,6 +484,10 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
         args.extend(["i64 %j0".to_string(), "i64 %j1".to_string(), format!("i64 {q}"), format!("i64 {t}")]);
         args.push(format!("i64 {}", dims[r - 1]));
         args.extend(["ptr %mops".to_string(), "ptr %mcols".to_string()]);
+        // `h`: the index along axis -3 (0 below rank 3), as the interpreter's.
+        let h = if r >= 3 { iv[r - 3].clone() } else { "0".into() };
+        args.push(format!("i64 {h}"));
+        args.extend(["ptr %lsyms", "ptr %larr", "ptr %lshape", "ptr %lerr"].map(String::from));
         ir.line(format!("call void @tdl_ew_row({})", args.join(", ")));
         // idx += 1, carrying.
         if lead > 0 {
@@ -452,7 +513,8 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
         text,
         "define void @{FN_NAME}(ptr noalias readonly %ins, ptr noalias readonly %ist, ptr noalias %out, \
          ptr noalias readonly %ost, ptr noalias readonly %shape, i64 %row0, i64 %row1, i64 %j0, i64 %j1, \
-         ptr noalias readonly %mops, ptr noalias readonly %mcols) #0 {{\nentry:"
+         ptr noalias readonly %mops, ptr noalias readonly %mcols, ptr noalias readonly %lsyms, \
+         ptr noalias readonly %larr, ptr noalias readonly %lshape, ptr %lerr) #0 {{\nentry:"
     );
     text.push_str(&ir.text);
     text.push_str("}\n\n");
@@ -506,14 +568,27 @@ pub fn run_move(
 }
 
 /// The LLVM IR text of the loop nest of `variant` for elementwise kernel
-/// `k` (a move's copy chain with `k = None`), or `None` when the code
-/// generator does not compile it: what an artifact compiles.
-pub(crate) fn variant_ir(k: Option<&ElementwiseKernel>, variant: &LoopVariant, host: &HostTarget) -> Option<String> {
-    let (body, masks) = match k {
-        Some(k) => (&k.body[..], k.masks.iter().map(|m| &m.expr).collect()),
-        None => (tdl_rt::elementwise::COPY_BODY, Vec::new()),
+/// `k` of `p` (a move's copy chain with `k = None`), or `None` when the
+/// code generator does not compile it: what an artifact compiles.
+pub(crate) fn variant_ir(
+    p: &KernelProgram,
+    k: Option<&ElementwiseKernel>,
+    variant: &LoopVariant,
+    host: &HostTarget,
+) -> Option<String> {
+    let (body, masks, mask_operands) = match k {
+        Some(k) => {
+            // The masks' operands as the program types them.
+            let ops = k
+                .masks
+                .iter()
+                .map(|m| m.operands.iter().map(|&b| p.buffer(b).map(|b| (b.dtype, b.shape.len()))).collect())
+                .collect::<Option<Vec<Vec<_>>>>()?;
+            (&k.body[..], k.masks.iter().map(|m| &m.expr).collect(), ops)
+        }
+        None => (tdl_rt::elementwise::COPY_BODY, Vec::new(), Vec::new()),
     };
-    loop_ir(&LoopSpec { variant: variant.clone(), body, masks }, host)
+    loop_ir(&LoopSpec { variant: variant.clone(), body, masks, mask_operands }, host)
 }
 
 /// The optimised LLVM IR of an elementwise kernel's loop nest for the host
@@ -527,7 +602,10 @@ pub fn elementwise_llvm_text(k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) 
         .map(|v| (matches!(v.data, Elems::I32(_)), Step::of(v.strides.last().copied().unwrap_or(0))))
         .collect();
     let masks: Vec<&MaskExpr> = k.masks.iter().map(|m| &m.expr).collect();
-    let spec = LoopSpec { variant: LoopVariant { rank: shape.len().max(1), inputs }, body: &k.body, masks };
+    let mask_operands =
+        args.masks.iter().map(|d| d.operands.iter().map(|o| (o.dtype, o.shape.len())).collect()).collect();
+    let spec =
+        LoopSpec { variant: LoopVariant { rank: shape.len().max(1), inputs }, body: &k.body, masks, mask_operands };
     let Some(text) = loop_ir(&spec, &host) else { return Ok(None) };
     let ctx = inkwell::context::Context::create();
     let module = jit::optimised_module(&ctx, &text, "tdl_elementwise", &host)?;

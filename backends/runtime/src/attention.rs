@@ -74,20 +74,22 @@ pub fn mask_has_lambda(m: &MaskExpr) -> bool {
 }
 
 /// Calls `f` on every lambda of `spec` (the mask's, then the score modifier).
-fn each_lambda(spec: &AttentionSpec, f: &mut dyn FnMut(&ScalarExpr)) {
-    fn walk(m: &MaskExpr, f: &mut dyn FnMut(&ScalarExpr)) {
-        match m {
-            MaskExpr::Lambda(e) => f(e),
-            MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
-                walk(a, f);
-                walk(b, f);
-            }
-            MaskExpr::Not(a) => walk(a, f),
-            _ => {}
+/// Calls `f` on every index lambda of mask `m`.
+pub fn each_mask_lambda(m: &MaskExpr, f: &mut dyn FnMut(&ScalarExpr)) {
+    match m {
+        MaskExpr::Lambda(e) => f(e),
+        MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
+            each_mask_lambda(a, f);
+            each_mask_lambda(b, f);
         }
+        MaskExpr::Not(a) => each_mask_lambda(a, f),
+        _ => {}
     }
+}
+
+fn each_lambda(spec: &AttentionSpec, f: &mut dyn FnMut(&ScalarExpr)) {
     if let Some(m) = &spec.mask {
-        walk(m, f);
+        each_mask_lambda(m, f);
     }
     if let Some(e) = &spec.score {
         f(e);
@@ -108,8 +110,13 @@ fn any_expr(e: &ScalarExpr, p: &dyn Fn(&ScalarExpr) -> bool) -> bool {
 /// The dimension symbols the lambdas of `spec` read, sorted: the order of
 /// the program's `%lsyms` table.
 pub fn lambda_symbols(spec: &AttentionSpec) -> Vec<String> {
+    symbols_of(&mut |f| each_lambda(spec, f))
+}
+
+/// The dimension symbols the lambdas `each` visits read, sorted.
+pub fn symbols_of(each: &mut dyn FnMut(&mut dyn FnMut(&ScalarExpr))) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    each_lambda(spec, &mut |e| {
+    each(&mut |e| {
         let mut stack = vec![e];
         while let Some(x) = stack.pop() {
             match x {

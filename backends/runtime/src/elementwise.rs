@@ -37,7 +37,9 @@ use tdl_kernel::interp::{self, ElementwiseArgs, Elems, MoveArgs, StridedView};
 use tdl_kernel::ir::{Access, ElementwiseKernel, EwInst, EwOp, KernelBody, KernelProgram, MoveKernel, MoveOp};
 use tdl_passes::tiles::MaskData;
 
-use crate::attention::{mask_slots, MaskSlot};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::attention::{each_mask_lambda, mask_has_lambda, mask_slots, MaskSlot};
 use crate::code::Code;
 use crate::pool::{run_parallel, Shared};
 use crate::RtError;
@@ -46,10 +48,14 @@ use crate::RtError;
 pub const GRAIN: usize = 1 << 14;
 
 /// `(ins, in_strides, out, out_strides, shape, row0, row1, j0, j1, mask
-/// arrays, mask array column counts)`: rows `row0..row1` of the nest's
+/// arrays, mask array column counts, lambda symbols, lambda arrays, lambda
+/// array dimensions, lambda error flag)`: rows `row0..row1` of the nest's
 /// leading axes (columns `j0..j1` of each), operand `i` starting at
 /// `ins[i]` with strides `in_strides[i·rank..]`, the output at `out` with
-/// `out_strides`.
+/// `out_strides`. The masks' index lambdas read the dimension symbols
+/// ([`mask_lambda_symbols`] order) and their operands' `f64` values (every
+/// mask's operands in turn, each array's dimensions in the dimension
+/// table), and set the flag when an index is out of range.
 pub type LoopFn = unsafe extern "C" fn(
     *const *const u8,
     *const i64,
@@ -62,7 +68,25 @@ pub type LoopFn = unsafe extern "C" fn(
     i64,
     *const *const i32,
     *const i64,
+    *const i64,
+    *const *const f64,
+    *const i64,
+    *const AtomicI32,
 );
+
+/// The tables the masks' index lambdas read (empty without lambdas).
+#[derive(Default)]
+struct LambdaTables {
+    syms: Vec<i64>,
+    arrays: Vec<*const f64>,
+    dims: Vec<i64>,
+}
+
+/// The dimension symbols the index lambdas of `masks` read, sorted: the
+/// order of a loop nest's symbol table.
+pub fn mask_lambda_symbols(masks: &[&MaskExpr]) -> Vec<String> {
+    crate::attention::symbols_of(&mut |f| masks.iter().for_each(|m| each_mask_lambda(m, f)))
+}
 
 /// An operand's stride along the last axis, as the code is specialised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -114,6 +138,8 @@ pub struct LoopSpec<'k> {
     pub variant: LoopVariant,
     pub body: &'k [EwInst],
     pub masks: Vec<&'k MaskExpr>,
+    /// Each mask's operands as its lambdas read them: element type and rank.
+    pub mask_operands: Vec<Vec<(DType, usize)>>,
 }
 
 /// Where a kernel's loop nest code comes from.
@@ -218,9 +244,9 @@ fn reach(offset: usize, shape: &[usize], strides: &[usize]) -> Option<usize> {
     Some(r)
 }
 
-/// Whether the code generator compiles `m` at `t × s` (everything but
-/// lambdas; the arrays `document` and `blocks` read are checked by
-/// [`mask_arrays`]).
+/// Whether the code generator may compile `m` at `t × s` (the arrays
+/// `document` and `blocks` read are checked by [`mask_arrays`]; lambdas the
+/// code generator declines itself).
 pub fn mask_supported(m: &MaskExpr, t: usize, s: usize) -> bool {
     let small = |x: i64| x.unsigned_abs() < 1 << 40;
     match m {
@@ -238,7 +264,8 @@ pub fn mask_supported(m: &MaskExpr, t: usize, s: usize) -> bool {
         MaskExpr::Not(a) => mask_supported(a, t, s),
         MaskExpr::Blocks { block: [bq, bk], .. } => *bq > 0 && *bk > 0,
         MaskExpr::Document { .. } => true,
-        MaskExpr::Lambda(_) => false,
+        // Whether the lambda compiles is the code generator's to say.
+        MaskExpr::Lambda(_) => true,
     }
 }
 
@@ -312,6 +339,7 @@ fn run_nests(
     body: &[EwInst],
     masks: &[&MaskExpr],
     arrays: &[(Vec<i32>, i64)],
+    lambdas: (&LambdaTables, &[Vec<(DType, usize)>]),
     n_out: usize,
     threads: usize,
     source: &dyn LoopSource,
@@ -336,7 +364,7 @@ fn run_nests(
                 continue;
             }
             tried.push(variant.clone());
-            let spec = LoopSpec { variant, body, masks: masks.to_vec() };
+            let spec = LoopSpec { variant, body, masks: masks.to_vec(), mask_operands: lambdas.1.to_vec() };
             match source.loop_fn(&spec) {
                 Some(Ok(code)) => {
                     found = Some((c, code));
@@ -348,15 +376,23 @@ fn run_nests(
         }
         chosen.push(found?);
     }
-    Some(run_checked(&chosen, arrays, n_out, threads))
+    Some(run_checked(&chosen, arrays, lambdas.0, n_out, threads))
 }
 
 fn run_checked(
     nests: &[(Nest<'_>, Code)],
     arrays: &[(Vec<i32>, i64)],
+    lambdas: &LambdaTables,
     n_out: usize,
     threads: usize,
 ) -> Result<Vec<f32>, RtError> {
+    let lerr = AtomicI32::new(0);
+    let (lsyms, larr, ldims) = (
+        Shared(lambdas.syms.as_ptr().cast_mut()),
+        Shared(lambdas.arrays.as_ptr().cast_mut()),
+        Shared(lambdas.dims.as_ptr().cast_mut()),
+    );
+    let lerr_p = &lerr;
     let oob = |what: &str| RtError::new(format!("{what} reaches outside its buffer"));
     let mut out = vec![0f32; n_out];
     let array_ptrs: Vec<Shared<i32>> = arrays.iter().map(|(a, _)| Shared(a.as_ptr().cast_mut())).collect();
@@ -423,9 +459,16 @@ fn run_checked(
                     j1 as i64,
                     mops.as_ptr(),
                     mcols.as_ptr(),
+                    lsyms.ptr().cast_const(),
+                    larr.ptr().cast_const(),
+                    ldims.ptr().cast_const(),
+                    lerr_p,
                 )
             };
         })?;
+        if lerr.load(Ordering::Relaxed) != 0 {
+            return Err(RtError::new("an index is out of range of an array read in a lambda of this kernel's mask"));
+        }
     }
     Ok(out)
 }
@@ -479,7 +522,27 @@ pub fn run_elementwise(
     for (m, data) in masks.iter().zip(&args.masks) {
         arrays.extend(mask_arrays(m, data, t, s)?);
     }
-    run_nests(vec![nest], simplify, &k.body, &masks, &arrays, n_out, threads, source)
+    // The lambdas' tables: the symbols' values, every mask's operands.
+    let mut tables = LambdaTables::default();
+    let mut operand_types = Vec::with_capacity(masks.len());
+    if masks.iter().any(|m| mask_has_lambda(m)) {
+        for name in mask_lambda_symbols(&masks) {
+            tables.syms.push(*args.bindings.get(&name)?);
+        }
+        for data in &args.masks {
+            let mut types = Vec::with_capacity(data.operands.len());
+            for o in &data.operands {
+                if o.shape.iter().product::<usize>() != o.data.len() {
+                    return None;
+                }
+                tables.arrays.push(o.data.as_ptr());
+                tables.dims.extend(o.shape.iter().map(|&d| d as i64));
+                types.push((o.dtype, o.shape.len()));
+            }
+            operand_types.push(types);
+        }
+    }
+    run_nests(vec![nest], simplify, &k.body, &masks, &arrays, (&tables, &operand_types), n_out, threads, source)
 }
 
 /// The iteration nests of a data-movement kernel writing `out` (row-major),
@@ -558,7 +621,7 @@ pub fn run_move(
 ) -> Option<Result<Vec<f32>, RtError>> {
     let nests = move_nests(k, args.shape, &args.srcs)?;
     let n_out: usize = args.shape.iter().product();
-    run_nests(nests, true, COPY_BODY, &[], &[], n_out, threads, source)
+    run_nests(nests, true, COPY_BODY, &[], &[], (&LambdaTables::default(), &[]), n_out, threads, source)
 }
 
 /// Bindings of generic sizes for `p`'s symbols: large, distinct, and not
