@@ -113,8 +113,11 @@ pub fn lambda_symbols(spec: &AttentionSpec) -> Vec<String> {
     symbols_of(&mut |f| each_lambda(spec, f))
 }
 
+/// A walk over lambdas: calls its argument on each.
+pub type LambdaWalk<'w> = &'w mut dyn FnMut(&mut dyn FnMut(&ScalarExpr));
+
 /// The dimension symbols the lambdas `each` visits read, sorted.
-pub fn symbols_of(each: &mut dyn FnMut(&mut dyn FnMut(&ScalarExpr))) -> Vec<String> {
+pub fn symbols_of(each: LambdaWalk<'_>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     each(&mut |e| {
         let mut stack = vec![e];
