@@ -27,10 +27,16 @@
 //! space (every kv-tile is visited and the mask applied per element), KV
 //! splits, lambdas, `blocks`, `document` and neighborhood masks.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::rc::Rc;
 
-use tdl_ir::MaskExpr;
+use tdl_ir::layout::AttentionLayout;
+use tdl_ir::{DType, MaskExpr};
+use tdl_kernel::interp::AttentionArgs;
+use tdl_kernel::ir::AttentionKernel;
 
+use crate::launch::{text_hash, KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X, MAX_GRID_YZ};
 use crate::MlirError;
 
 /// What one attention kernel is compiled for.
@@ -59,10 +65,10 @@ fn f32_lit(x: f32) -> String {
 }
 
 /// SSA names for the mask code.
-struct Names(usize);
+pub(crate) struct Names(pub usize);
 
 impl Names {
-    fn next(&mut self) -> String {
+    pub(crate) fn next(&mut self) -> String {
         self.0 += 1;
         format!("%mk{}", self.0)
     }
@@ -70,7 +76,15 @@ impl Names {
 
 /// Emits the mask predicate at query `r`, key `k` (both `index`; `T`, `S`
 /// the sizes) into `out`; returns the `i1` value.
-fn mask_mlir(out: &mut String, n: &mut Names, m: &MaskExpr, r: &str, k: &str) -> Result<String, MlirError> {
+/// Unsupported masks are reported as "the mask `…` in the {ctx}".
+pub(crate) fn mask_mlir(
+    out: &mut String,
+    n: &mut Names,
+    m: &MaskExpr,
+    r: &str,
+    k: &str,
+    ctx: &str,
+) -> Result<String, MlirError> {
     let bounded = |x: i64| x.abs() < (1 << 40);
     let mut line = |out: &mut String, rhs: String| {
         let v = n.next();
@@ -109,22 +123,24 @@ fn mask_mlir(out: &mut String, n: &mut Names, m: &MaskExpr, r: &str, k: &str) ->
             line(out, format!("arith.cmpi slt, {k}, {c} : index"))
         }
         MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
-            let x = mask_mlir(out, n, a, r, k)?;
-            let y = mask_mlir(out, n, b, r, k)?;
+            let x = mask_mlir(out, n, a, r, k, ctx)?;
+            let y = mask_mlir(out, n, b, r, k, ctx)?;
             let op = if matches!(m, MaskExpr::And(..)) { "andi" } else { "ori" };
             let v = n.next();
             let _ = writeln!(out, "          {v} = arith.{op} {x}, {y} : i1");
             v
         }
         MaskExpr::Not(a) => {
-            let x = mask_mlir(out, n, a, r, k)?;
+            let x = mask_mlir(out, n, a, r, k, ctx)?;
             let t = n.next();
             let _ = writeln!(out, "          {t} = arith.constant true");
             let v = n.next();
             let _ = writeln!(out, "          {v} = arith.xori {x}, {t} : i1");
             v
         }
-        other => return Err(unsupported(format!("the mask `{}`", tdl_ir::text::mask_text(other)))),
+        other => {
+            return Err(MlirError::Unsupported(format!("the mask `{}` in the {ctx}", tdl_ir::text::mask_text(other))))
+        }
     })
 }
 
@@ -269,7 +285,7 @@ SCORE
     let ok = match &spec.mask {
         Some(m) => {
             let mut names = Names(0);
-            let h = mask_mlir(&mut score, &mut names, m, "%r", "%k")?;
+            let h = mask_mlir(&mut score, &mut names, m, "%r", "%k", "GPU attention kernel")?;
             let _ = writeln!(score, "          %okm = arith.andi %inS, {h} : i1");
             "%okm"
         }
@@ -370,9 +386,11 @@ pub fn gpu_module(spec: &GpuAttentionSpec, module: &str, kernel: &str) -> Result
     Ok(format!("{aliases}module attributes {{gpu.container_module}} {{\ngpu.module @{module} {{\n{func}}}\n}}\n"))
 }
 
-/// The same body for the host: `@{name}` (with a C interface) runs every
-/// `(head, q-tile)` program, each a call of a per-program function whose
-/// phases are `scf.forall` loops over the threads.
+/// The same body for the host: `@{name}(Q, K, V, O, %gx, %gy, %gz)` runs
+/// every `(q-tile, head)` program of the grid (`%gx` q-tiles, `%gy`
+/// heads), each a call of a per-program function whose phases are
+/// `scf.forall` loops over the threads. It takes the `gpu.func`'s
+/// parameters plus the grid (the [`crate::launch`] ABI).
 pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirError> {
     check(spec)?;
     let (tq, dv) = (spec.tile_q, spec.dv);
@@ -392,15 +410,11 @@ pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirEr
     %acc = memref.cast %acc0 : memref<{tq}x{dv}xf32> to !pv2
 {body}  return
 }}
-func.func @{name}({SIG}) attributes {{llvm.emit_c_interface}} {{
+func.func @{name}({SIG}, %gx: index, %gy: index, %gz: index) {{
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
-  %ctq = arith.constant {tq} : index
-  %H = memref.dim %Q, %c0 : !qt
-  %TT = memref.dim %Q, %c1 : !qt
-  %nqt = arith.ceildivui %TT, %ctq : index
-  scf.for %h = %c0 to %H step %c1 {{
-    scf.for %qt = %c0 to %nqt step %c1 {{
+  scf.for %h = %c0 to %gy step %c1 {{
+    scf.for %qt = %c0 to %gx step %c1 {{
       func.call @{name}_program(%Q, %K, %V, %O, %h, %qt) : (!qt, !kt, !vt, !ot, index, index) -> ()
     }}
   }}
@@ -411,7 +425,89 @@ func.func @{name}({SIG}) attributes {{llvm.emit_c_interface}} {{
     Ok(out)
 }
 
-/// The host pipeline for [`host_module`]: thread loops made sequential,
-/// then the LLVM dialect.
-pub const HOST_PIPELINE: &str =
-    "builtin.module(scf-forall-to-parallel,convert-scf-to-cf,convert-vector-to-llvm,convert-to-llvm,reconcile-unrealized-casts)";
+/// The code of the kernel of `spec`: the `gpu.func` and host wrapper
+/// `tdl_attn`.
+pub fn code(spec: &GpuAttentionSpec) -> Result<KernelCode, MlirError> {
+    let host = host_module(spec, "tdl_attn")?;
+    Ok(KernelCode {
+        key: format!("attention:{}", text_hash(&host)),
+        mlir_module: gpu_module(spec, "tdl_attn", "tdl_attn")?,
+        host_module: host,
+    })
+}
+
+/// The launch plan of an attention hook call: `Ok(None)` where the GPU
+/// kernel does not support it (score modifiers, operands not `[heads, T,
+/// D]`, masks it cannot express, too many heads). Grid `(ceil(T/tile_q),
+/// Hq, 1)`, `tile_q` threads; parameters Q, K, V, O (rank-3 memrefs).
+pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    if k.score.is_some() {
+        return Ok(None);
+    }
+    let rank3 = |s: &[usize]| s.len() == 3;
+    if !(rank3(&args.q.shape) && rank3(&args.k.shape) && rank3(&args.v.shape)) {
+        return Ok(None);
+    }
+    let Ok(layout) = AttentionLayout::new(DType::F32, &args.q.shape, &args.k.shape, &args.v.shape) else {
+        return Ok(None);
+    };
+    let (hq, hk) = (args.q.shape[0], args.k.shape[0]);
+    if hk == 0 || hq % hk != 0 || args.v.shape[0] != hk {
+        return Ok(None);
+    }
+    let spec = fit(GpuAttentionSpec {
+        d: layout.d,
+        dv: layout.dv,
+        tile_q: k.tile_q,
+        tile_k: k.tile_k,
+        scale: k.scale,
+        mask: args.mask.map(|(m, _)| m.clone()),
+    });
+    let code = match code(&spec) {
+        Ok(c) => c,
+        Err(MlirError::Unsupported(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (t, s) = (layout.t, layout.s);
+    if args.q.data.len() != hq * t * layout.d
+        || args.k.data.len() != hk * s * layout.d
+        || args.v.data.len() != hk * s * layout.dv
+    {
+        return Err(MlirError::BadPlan("attention operands do not match their shapes".into()));
+    }
+    let out_shape = vec![hq, t, layout.dv];
+    let gx = t.div_ceil(spec.tile_q) as u64;
+    let mut plan = LaunchPlan {
+        code: Rc::new(code),
+        buffers: vec![
+            PlanBuf::F32(Cow::Borrowed(&args.q.data)),
+            PlanBuf::F32(Cow::Borrowed(&args.k.data)),
+            PlanBuf::F32(Cow::Borrowed(&args.v.data)),
+            PlanBuf::Zeroed(hq * t * layout.dv),
+        ],
+        steps: Vec::new(),
+        output: 3,
+        output_shape: out_shape.clone(),
+    };
+    if gx == 0 || hq == 0 {
+        return Ok(Some(plan));
+    }
+    if gx > MAX_GRID_X || hq as u64 > MAX_GRID_YZ {
+        return Ok(None);
+    }
+    plan.steps.push(LaunchStep {
+        func: "tdl_attn".into(),
+        grid: [gx as u32, hq as u32, 1],
+        block: [spec.tile_q as u32, 1, 1],
+        shared_bytes: 0,
+        params: vec![
+            Param::contiguous(0, &args.q.shape),
+            Param::contiguous(1, &args.k.shape),
+            Param::contiguous(2, &args.v.shape),
+            Param::contiguous(3, &out_shape),
+        ],
+    });
+    Ok(Some(plan))
+}
+
+pub use crate::launch::HOST_PIPELINE;

@@ -50,6 +50,9 @@ pub enum MlirError {
     /// A buffer is too long to describe with an `i64` size.
     #[error("buffer of {0} elements is too long")]
     TooLong(usize),
+    /// A launch plan refers outside its buffers or breaks a launch limit.
+    #[error("invalid launch plan: {0}")]
+    BadPlan(String),
     /// MLIR returned text that is not UTF-8.
     #[error("MLIR returned invalid UTF-8: {0}")]
     Utf8(#[from] std::string::FromUtf8Error),

@@ -1,74 +1,101 @@
-//! The GPU kernels' numerics without a GPU: the attention kernel body of
-//! [`crate::attention`] in its host wrapper, lowered to the LLVM dialect
-//! and run by MLIR's ExecutionEngine, plugged into the Kernel IR
-//! interpreter as its attention hook ([`HostHooks`]).
+//! The GPU kernels' numerics without a GPU: a [`LaunchPlan`] run through
+//! the host wrappers of its kernel bodies ([`KernelCode::host_module`],
+//! lowered to the LLVM dialect and run by MLIR's ExecutionEngine), with
+//! the very argument list a GPU runner passes ([`run_plan`]); and
+//! [`HostHooks`], which plugs that into the Kernel IR interpreter for
+//! every kernel kind the GPU code generator supports.
 //!
-//! What this checks is exactly the shared body — the phases, the kv-tile
-//! loop, the score, mask and online-softmax code — not the GPU's thread
-//! mapping, memory spaces or barriers (see ARCHITECTURE.md).
+//! What this checks is exactly the shared bodies — index math, tiling,
+//! phases, reductions, formulas — and the parameter ABI, not the GPU's
+//! thread mapping, memory spaces or barriers (see ARCHITECTURE.md).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::rc::Rc;
 
-use tdl_ir::layout::AttentionLayout;
-use tdl_ir::DType;
-use tdl_kernel::interp::{AttentionArgs, HookRun, Hooks};
-use tdl_kernel::ir::AttentionKernel;
+use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
+use tdl_kernel::ir::{
+    AttentionKernel, ElementwiseKernel, MatMulKernel, MoveKernel, MoveOp, ReduceKernel, RowKernel, RowOp,
+};
 use tdl_kernel::{F32Tensor, KernelStats};
 
-use crate::attention::{fit, host_module, GpuAttentionSpec, HOST_PIPELINE};
+use crate::launch::{KernelCode, LaunchPlan, PlanBuf, Word, HOST_PIPELINE};
 use crate::{new_context, parse_module, run_pipeline, verify_module, JitEngine, MlirError};
 
 /// The executor name `--stats` and the tests see.
 pub const EXECUTOR: &str = "gpu kernel body on the host (MLIR)";
 
-/// A rank-3 memref descriptor as MLIR's C interface passes it.
-#[repr(C)]
-struct MemRef3 {
-    allocated: *mut f32,
-    aligned: *mut f32,
-    offset: i64,
-    sizes: [i64; 3],
-    strides: [i64; 3],
+/// Compiles the host wrappers of `code` (lowered by [`HOST_PIPELINE`],
+/// JIT-compiled at O2).
+pub fn compile_host(code: &KernelCode) -> Result<JitEngine, MlirError> {
+    let context = new_context();
+    let mut module = parse_module(&context, &code.host_module)?;
+    verify_module(&module)?;
+    run_pipeline(&mut module, HOST_PIPELINE)?;
+    JitEngine::new(&module, 2)
 }
 
-impl MemRef3 {
-    fn new(data: *mut f32, [a, b, c]: [usize; 3]) -> MemRef3 {
-        let s = [a as i64, b as i64, c as i64];
-        MemRef3 { allocated: data, aligned: data, offset: 0, sizes: s, strides: [s[1] * s[2], s[2], 1] }
+/// Runs `plan` on the host with `engine` (compiled from `plan.code` by
+/// [`compile_host`]): allocates the buffers, calls each step's host
+/// wrapper through the packed interface with the step's expanded
+/// parameters and grid, and returns the output buffer.
+pub fn run_plan(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<Vec<f32>, MlirError> {
+    plan.validate()?;
+    // Zeroed buffers are owned here; the others are read in place (the
+    // kernels only write their output, which is always a zeroed buffer).
+    let mut owned: Vec<Option<Vec<f32>>> =
+        plan.buffers.iter().map(|b| if let PlanBuf::Zeroed(n) = b { Some(vec![0f32; *n]) } else { None }).collect();
+    let ptrs: Vec<*mut c_void> = plan
+        .buffers
+        .iter()
+        .zip(owned.iter_mut())
+        .map(|(b, o)| match (b, o) {
+            (_, Some(v)) => v.as_mut_ptr().cast(),
+            (PlanBuf::F32(d), None) => d.as_ptr().cast_mut().cast(),
+            (PlanBuf::I32(d), None) => d.as_ptr().cast_mut().cast(),
+            (PlanBuf::I64(d), None) => d.as_ptr().cast_mut().cast(),
+            (PlanBuf::Zeroed(_), None) => std::ptr::null_mut(),
+        })
+        .collect();
+    for step in &plan.steps {
+        let mut words: Vec<u64> = Vec::new();
+        for p in &step.params {
+            for w in p.expand() {
+                words.push(match w {
+                    Word::BufPtr(b) => ptrs[b] as u64,
+                    Word::I64(v) => v as u64,
+                    Word::I32(v) => u64::from(v as u32),
+                    Word::F32(v) => u64::from(v.to_bits()),
+                });
+            }
+        }
+        words.extend(step.grid.map(u64::from));
+        let mut args: Vec<*mut c_void> = words.iter_mut().map(|w| (w as *mut u64).cast()).collect();
+        // SAFETY: the host wrapper `@func` takes the expanded parameters
+        // (pointers and i64 as 8 bytes, i32/f32 read from the low bytes of
+        // a little-endian word) and the grid as three index values, as the
+        // plan's code writes it; `validate` checked that every memref lies
+        // inside its buffer, and the buffers outlive the call.
+        unsafe { engine.call_packed(&step.func, &mut args)? };
     }
+    Ok(match (&plan.buffers[plan.output], owned.swap_remove(plan.output)) {
+        (_, Some(v)) => v,
+        (PlanBuf::F32(d), None) => d.to_vec(),
+        _ => return Err(MlirError::BadPlan("the output is not an f32 buffer".into())),
+    })
 }
 
-type Entry = unsafe extern "C" fn(*mut MemRef3, *mut MemRef3, *mut MemRef3, *mut MemRef3);
+/// Counts of what [`HostHooks`] ran, by kernel kind.
+pub type RunCounts = std::collections::BTreeMap<&'static str, usize>;
 
-/// A compiled host kernel; the engine owns its machine code.
-struct Compiled {
-    f: Entry,
-    _engine: JitEngine,
-}
-
-impl Compiled {
-    fn new(spec: &GpuAttentionSpec) -> Result<Compiled, MlirError> {
-        let context = new_context();
-        let mut module = parse_module(&context, &host_module(spec, "tdl_attn")?)?;
-        verify_module(&module)?;
-        run_pipeline(&mut module, HOST_PIPELINE)?;
-        let engine = JitEngine::new(&module, 2)?;
-        let addr = engine.lookup("_mlir_ciface_tdl_attn")?;
-        // SAFETY: the C interface of `@tdl_attn`, four rank-3 f32 memrefs,
-        // as `host_module` writes it; the code lives as long as the engine.
-        let f = unsafe { std::mem::transmute::<*mut std::ffi::c_void, Entry>(addr) };
-        Ok(Compiled { f, _engine: engine })
-    }
-}
-
-/// Runs the attention kernels the GPU code generator supports through the
-/// host wrapper of their body; declines the rest (the interpreter runs
-/// them). Compiled kernels are cached by specification.
+/// Runs every kernel the GPU code generator supports through the host
+/// wrappers of its body ([`run_plan`]); declines the rest (the interpreter
+/// runs them). Compiled code is cached by [`KernelCode::key`].
 #[derive(Default)]
 pub struct HostHooks {
-    cache: RefCell<HashMap<String, Option<Rc<Compiled>>>>,
+    cache: RefCell<HashMap<String, Rc<JitEngine>>>,
+    runs: RefCell<RunCounts>,
 }
 
 impl HostHooks {
@@ -78,70 +105,87 @@ impl HostHooks {
 
     /// Kernels compiled so far.
     pub fn compiled(&self) -> usize {
-        self.cache.borrow().values().flatten().count()
+        self.cache.borrow().len()
     }
 
-    fn kernel(&self, spec: &GpuAttentionSpec) -> Result<Option<Rc<Compiled>>, MlirError> {
-        let key = format!("{spec:?}");
-        if let Some(c) = self.cache.borrow().get(&key) {
-            return Ok(c.clone());
+    /// Kernels run so far, by kind.
+    pub fn runs(&self) -> RunCounts {
+        self.runs.borrow().clone()
+    }
+
+    fn engine(&self, code: &KernelCode) -> Result<Rc<JitEngine>, MlirError> {
+        if let Some(e) = self.cache.borrow().get(&code.key) {
+            return Ok(Rc::clone(e));
         }
-        let c = match Compiled::new(spec) {
-            Ok(c) => Some(Rc::new(c)),
-            Err(MlirError::Unsupported(_)) => None,
-            Err(e) => return Err(e),
+        let e = Rc::new(compile_host(code)?);
+        self.cache.borrow_mut().insert(code.key.clone(), Rc::clone(&e));
+        Ok(e)
+    }
+
+    /// Runs a plan; `None` for a declined kernel.
+    fn run(
+        &self,
+        kind: &'static str,
+        plan: Result<Option<LaunchPlan<'_>>, MlirError>,
+    ) -> Option<Result<Vec<f32>, String>> {
+        let plan = match plan {
+            Ok(Some(p)) => p,
+            Ok(None) | Err(MlirError::Unsupported(_)) => return None,
+            Err(e) => return Some(Err(e.to_string())),
         };
-        self.cache.borrow_mut().insert(key, c.clone());
-        Ok(c)
+        let out = self.engine(&plan.code).and_then(|e| run_plan(&e, &plan)).map_err(|e| e.to_string());
+        *self.runs.borrow_mut().entry(kind).or_default() += 1;
+        Some(out)
     }
 }
 
 impl Hooks for HostHooks {
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
-        if k.score.is_some() {
-            return None;
-        }
-        let layout = AttentionLayout::new(DType::F32, &args.q.shape, &args.k.shape, &args.v.shape).ok()?;
-        let rank3 = |s: &[usize]| s.len() == 3;
-        if !(rank3(&args.q.shape) && rank3(&args.k.shape) && rank3(&args.v.shape)) {
-            return None;
-        }
-        let (hq, hk) = (args.q.shape[0], args.k.shape[0]);
-        if hk == 0 || hq % hk != 0 || args.v.shape[0] != hk {
-            return None;
-        }
-        let spec = fit(GpuAttentionSpec {
-            d: layout.d,
-            dv: layout.dv,
-            tile_q: k.tile_q,
-            tile_k: k.tile_k,
-            scale: k.scale,
-            mask: args.mask.map(|(m, _)| m.clone()),
-        });
-        let compiled = match self.kernel(&spec) {
-            Ok(Some(c)) => c,
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e.to_string())),
+        let plan = crate::attention::plan_attention(k, args);
+        let (shape, programs) = match &plan {
+            Ok(Some(p)) => {
+                (p.output_shape.clone(), p.steps.iter().map(|s| u64::from(s.grid[0]) * u64::from(s.grid[1])).sum())
+            }
+            _ => (Vec::new(), 0),
         };
-        let (t, s) = (layout.t, layout.s);
-        if args.q.data.len() != hq * t * layout.d
-            || args.k.data.len() != hk * s * layout.d
-            || args.v.data.len() != hk * s * layout.dv
-        {
-            return Some(Err("attention operands do not match their shapes".into()));
-        }
-        let mut out = vec![0f32; hq * t * layout.dv];
-        let (mut q, mut kd, mut v, mut o) = (
-            MemRef3::new(args.q.data.as_ptr().cast_mut(), [hq, t, layout.d]),
-            MemRef3::new(args.k.data.as_ptr().cast_mut(), [hk, s, layout.d]),
-            MemRef3::new(args.v.data.as_ptr().cast_mut(), [hk, s, layout.dv]),
-            MemRef3::new(out.as_mut_ptr(), [hq, t, layout.dv]),
-        );
-        // SAFETY: the descriptors cover the operands' data exactly (the
-        // layout checked the shapes against the data); the kernel reads q,
-        // k, v and writes every element of `out`.
-        unsafe { (compiled.f)(&mut q, &mut kd, &mut v, &mut o) };
-        let stats = KernelStats { programs: (hq * t.div_ceil(spec.tile_q)) as u64, ..KernelStats::default() };
-        Some(Ok((F32Tensor { shape: vec![hq, t, layout.dv], data: out }, EXECUTOR, stats)))
+        let out = self.run("attention", plan)?;
+        let stats = KernelStats { programs, ..KernelStats::default() };
+        Some(out.map(|data| (F32Tensor { shape, data }, EXECUTOR, stats)))
+    }
+
+    fn matmul(&self, _k: &MatMulKernel, args: &MatMulArgs<'_>) -> Option<Result<(Vec<f32>, &'static str), String>> {
+        let out = self.run("matmul", crate::matmul::plan_matmul(args))?;
+        Some(out.map(|d| (d, EXECUTOR)))
+    }
+
+    fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
+        let out = self.run("elementwise", crate::elementwise::plan_elementwise(k, args))?;
+        Some(out.map(|d| (d, EXECUTOR)))
+    }
+
+    fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        let out = self.run("reduce", crate::rows::plan_reduce(k, args))?;
+        Some(out.map(|d| (d, EXECUTOR)))
+    }
+
+    fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
+        let kind = match k.op {
+            RowOp::Softmax { .. } => "softmax",
+            RowOp::LayerNorm { .. } => "layernorm",
+            RowOp::RmsNorm { .. } => "rmsnorm",
+            RowOp::Rope { .. } => "rope",
+        };
+        let out = self.run(kind, crate::rows::plan_row(k, args))?;
+        Some(out.map(|d| (d, EXECUTOR)))
+    }
+
+    fn movement(&self, k: &MoveKernel, args: &MoveArgs<'_>) -> Option<Result<F32Run, String>> {
+        let kind = match k.op {
+            MoveOp::Copy => "copy",
+            MoveOp::Concat { .. } => "concat",
+            MoveOp::Repeat { .. } => "repeat",
+        };
+        let out = self.run(kind, crate::movement::plan_move(k, args))?;
+        Some(out.map(|d| (d, EXECUTOR)))
     }
 }

@@ -117,21 +117,41 @@ impl JitEngine {
         }
     }
 
-    /// Calls function `name` through its packed wrapper (`_mlir_<name>`).
+    /// Calls the C interface of function `name` (`_mlir_ciface_<name>`,
+    /// memrefs as descriptor pointers) through its packed wrapper.
     /// `args` holds one pointer per argument, pointing at the argument value,
     /// followed by one pointer per result, pointing at where to store it.
     ///
     /// # Safety
     /// The pointers must be valid and match the function's lowered signature.
     pub unsafe fn invoke_packed(&self, name: &str, args: &mut [*mut c_void]) -> Result<(), MlirError> {
-        self.lookup(&format!("_mlir_{name}"))?;
+        self.lookup(&format!("_mlir__mlir_ciface_{name}"))?;
         // SAFETY: the wrapper exists (checked above); the caller vouches for args.
         let result = unsafe { mlirExecutionEngineInvokePacked(self.raw, string_ref(name), args.as_mut_ptr()) };
         if result.value == 0 {
-            Err(MlirError::SymbolNotFound(format!("_mlir_{name}")))
+            Err(MlirError::SymbolNotFound(format!("_mlir__mlir_ciface_{name}")))
         } else {
             Ok(())
         }
+    }
+}
+
+impl JitEngine {
+    /// Calls `_mlir_<name>`, the packed wrapper the engine generates for a
+    /// function `name` marked `llvm.emit_c_interface`, which calls `name`
+    /// itself (not its C interface): `args` holds one pointer per
+    /// **lowered** argument (a memref is its expanded allocated pointer,
+    /// aligned pointer, offset, sizes and strides), pointing at the value.
+    ///
+    /// # Safety
+    /// The pointers must be valid and match the function's lowered signature.
+    pub unsafe fn call_packed(&self, name: &str, args: &mut [*mut c_void]) -> Result<(), MlirError> {
+        let f = self.lookup(&format!("_mlir_{name}"))?;
+        // SAFETY: packed wrappers have the signature `void(void**)`.
+        let f = unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut *mut c_void)>(f) };
+        // SAFETY: the caller vouches for the arguments.
+        unsafe { f(args.as_mut_ptr()) };
+        Ok(())
     }
 }
 

@@ -21,11 +21,17 @@
 pub mod attention;
 mod context;
 mod cpu;
+pub mod elementwise;
 mod error;
 mod gpu;
 pub mod host;
 mod jit;
+pub mod launch;
+pub mod matmul;
+pub mod movement;
 pub mod program;
+pub mod rows;
+mod wrap;
 
 pub use context::{new_context, parse_module, run_pipeline, verify_module, DiagnosticCollector};
 pub use cpu::{smoke_cpu_module, smoke_cpu_sum, CPU_LOWERING_PIPELINE, SMOKE_CPU_SUM_MLIR};

@@ -1,7 +1,9 @@
 //! A Kernel IR program as one `gpu.module` (`tdlc compile --emit
 //! mlir|ptx`): one `gpu.func` per kernel the GPU code generator supports
-//! (today: attention, [`crate::attention`]), a comment saying why for the
-//! others.
+//! (attention, matmul, elementwise, reduce, the row kernels, data
+//! movement), a comment saying why for the others. Each `gpu.func` is the
+//! one a launch plan of that kernel runs (same generator; only the name
+//! differs), so its parameters are those of the kind's `plan_*` function.
 
 use std::fmt::Write as _;
 
@@ -73,7 +75,21 @@ pub fn program_mlir(p: &KernelProgram) -> (String, Vec<GpuKernelReport>) {
                 funcs.push_str(&f);
                 Ok(format!("@{fname}: FlashAttention-2, {} threads, kv-tiles of {}", spec.tile_q, spec.tile_k))
             }),
-            other => Err(format!("not supported yet: {} kernels in the GPU code generator", other.kind())),
+            other => {
+                let r = match other {
+                    KernelBody::MatMul(m) => crate::matmul::ir_func(p, m, &fname),
+                    KernelBody::Elementwise(e) => crate::elementwise::ir_func(p, e, &fname),
+                    KernelBody::Reduce(r) => crate::rows::ir_reduce_func(p, r, &fname),
+                    KernelBody::Row(r) => crate::rows::ir_row_func(p, r, &fname),
+                    KernelBody::Move(m) => crate::movement::ir_func(p, m, &fname),
+                    KernelBody::Attention(_) => unreachable!("handled above"),
+                };
+                r.map_err(|e| e.to_string()).map(|(f, what)| {
+                    let _ = writeln!(funcs, "  // kernel `{}`: {what}", k.name);
+                    funcs.push_str(&f);
+                    format!("@{fname}: {what}")
+                })
+            }
         };
         if let Err(why) = &how {
             let _ = writeln!(funcs, "  // kernel `{}` ({}): {why}", k.name, k.body.kind());

@@ -78,31 +78,14 @@ fn errors_instead_of_crashes() {
 // ---- The FA2 attention kernel (tdl_mlir::attention): one body, host and GPU.
 
 mod attention {
+    use std::borrow::Cow;
+    use std::rc::Rc;
     use tdl_ir::MaskExpr;
-    use tdl_mlir::attention::{gpu_module, host_module, GpuAttentionSpec, HOST_PIPELINE};
-    use tdl_mlir::{extract_ptx, new_context, nvvm_pipeline, parse_module, run_pipeline, verify_module, JitEngine};
 
-    /// A rank-3 memref descriptor as MLIR's C interface passes it.
-    #[repr(C)]
-    struct MemRef3 {
-        allocated: *mut f32,
-        aligned: *mut f32,
-        offset: i64,
-        sizes: [i64; 3],
-        strides: [i64; 3],
-    }
-
-    fn desc(data: &mut [f32], shape: [usize; 3]) -> MemRef3 {
-        assert_eq!(data.len(), shape.iter().product::<usize>());
-        let s = shape.map(|x| x as i64);
-        MemRef3 {
-            allocated: data.as_mut_ptr(),
-            aligned: data.as_mut_ptr(),
-            offset: 0,
-            sizes: s,
-            strides: [s[1] * s[2], s[2], 1],
-        }
-    }
+    use tdl_mlir::attention::{code, gpu_module, host_module, GpuAttentionSpec};
+    use tdl_mlir::host::{compile_host, run_plan};
+    use tdl_mlir::launch::{LaunchPlan, LaunchStep, Param, PlanBuf};
+    use tdl_mlir::{extract_ptx, new_context, nvvm_pipeline, parse_module, run_pipeline, verify_module};
 
     fn fill(n: usize, seed: u64) -> Vec<f32> {
         (0..n as u64).map(|i| ((i * 7919 + seed * 104729) % 1000) as f32 / 500.0 - 1.0).collect()
@@ -174,27 +157,35 @@ mod attention {
         for (tq, tk) in [(16, 16), (8, 32)] {
             for (what, mask, visible) in cases() {
                 let spec = GpuAttentionSpec { d: 16, dv: 8, tile_q: tq, tile_k: tk, scale: None, mask };
-                let context = new_context();
-                let text = host_module(&spec, "attn").unwrap();
-                let mut module = parse_module(&context, &text).unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
-                verify_module(&module).unwrap_or_else(|e| panic!("{what}: {e}"));
-                run_pipeline(&mut module, HOST_PIPELINE).unwrap_or_else(|e| panic!("{what}: {e}"));
-                let engine = JitEngine::new(&module, 2).unwrap_or_else(|e| panic!("{what}: {e}"));
-                let f = engine.lookup("_mlir_ciface_attn").unwrap();
-                // SAFETY: the C interface of `@attn(memref<?x?x16xf32> ×2, memref<?x?x8xf32> ×2)`.
-                let f: extern "C" fn(*mut MemRef3, *mut MemRef3, *mut MemRef3, *mut MemRef3) =
-                    unsafe { std::mem::transmute(f) };
+                let code = Rc::new(code(&spec).unwrap_or_else(|e| panic!("{what}: {e}")));
+                let engine = compile_host(&code).unwrap_or_else(|e| panic!("{what}: {e}"));
                 for (hq, hk, t, s) in [(2, 2, 37, 37), (4, 2, 5, 37), (2, 1, 40, 19), (1, 1, 1, 1)] {
                     let (d, dv) = (16, 8);
-                    let (mut q, mut k, mut v) = (fill(hq * t * d, 1), fill(hk * s * d, 2), fill(hk * s * dv, 3));
-                    let mut o = vec![f32::NAN; hq * t * dv];
-                    let (mut qd, mut kd, mut vd, mut od) = (
-                        desc(&mut q, [hq, t, d]),
-                        desc(&mut k, [hk, s, d]),
-                        desc(&mut v, [hk, s, dv]),
-                        desc(&mut o, [hq, t, dv]),
-                    );
-                    f(&mut qd, &mut kd, &mut vd, &mut od);
+                    let (q, k, v) = (fill(hq * t * d, 1), fill(hk * s * d, 2), fill(hk * s * dv, 3));
+                    let plan = LaunchPlan {
+                        code: Rc::clone(&code),
+                        buffers: vec![
+                            PlanBuf::F32(Cow::Borrowed(&q)),
+                            PlanBuf::F32(Cow::Borrowed(&k)),
+                            PlanBuf::F32(Cow::Borrowed(&v)),
+                            PlanBuf::Zeroed(hq * t * dv),
+                        ],
+                        steps: vec![LaunchStep {
+                            func: "tdl_attn".into(),
+                            grid: [t.div_ceil(tq) as u32, hq as u32, 1],
+                            block: [tq as u32, 1, 1],
+                            shared_bytes: 0,
+                            params: vec![
+                                Param::contiguous(0, &[hq, t, d]),
+                                Param::contiguous(1, &[hk, s, d]),
+                                Param::contiguous(2, &[hk, s, dv]),
+                                Param::contiguous(3, &[hq, t, dv]),
+                            ],
+                        }],
+                        output: 3,
+                        output_shape: vec![hq, t, dv],
+                    };
+                    let o = run_plan(&engine, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
                     let want = reference(&q, &k, &v, (hq, hk, t, s, d, dv), 0.25, visible);
                     let err = o.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
                     assert!(err <= 1e-5, "{what}, tiles {tq}×{tk}, Hq={hq} Hk={hk} T={t} S={s}: max error {err:e}");
@@ -238,5 +229,111 @@ mod attention {
         let big = GpuAttentionSpec { d: 512, dv: 512, tile_q: 128, tile_k: 128, scale: None, mask: None };
         let e = gpu_module(&big, "m", "k").unwrap_err().to_string();
         assert!(e.contains("not supported yet") && e.contains("workgroup memory"), "{e}");
+    }
+}
+
+// ---- The simple kernels: launch plans run through their host wrappers,
+// ---- and their gpu.funcs lowered to PTX.
+
+mod kernels {
+    use tdl_kernel::interp::MatMulArgs;
+    use tdl_mlir::host::{compile_host, run_plan};
+    use tdl_mlir::launch::{KernelCode, LaunchPlan};
+    use tdl_mlir::{extract_ptx, new_context, nvvm_pipeline, parse_module, run_pipeline, verify_module};
+
+    pub fn fill(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64).map(|i| ((i * 7919 + seed * 104729) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    /// Runs a plan on the host (compiling its code).
+    pub fn run(plan: &LaunchPlan<'_>) -> Vec<f32> {
+        plan.validate().expect("valid plan");
+        let engine = compile_host(&plan.code).unwrap_or_else(|e| panic!("{e}\n{}", plan.code.host_module));
+        run_plan(&engine, plan).expect("host run")
+    }
+
+    /// The code's gpu.module lowers to PTX with one entry per function and
+    /// no external calls; returns the PTX.
+    pub fn ptx(code: &KernelCode, entries: &[&str]) -> String {
+        let context = new_context();
+        let mut module =
+            parse_module(&context, &code.mlir_module).unwrap_or_else(|e| panic!("{e}\n{}", code.mlir_module));
+        verify_module(&module).unwrap();
+        run_pipeline(&mut module, &nvvm_pipeline("sm_90").unwrap()).unwrap();
+        let ptx = extract_ptx(&module).unwrap();
+        for e in entries {
+            assert!(ptx.contains(&format!(".entry {e}(")), "no entry {e}:\n{ptx}");
+        }
+        assert!(!ptx.contains(".extern .func"), "external calls:\n{ptx}");
+        ptx
+    }
+
+    pub fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+            assert!(ok, "{what}: element {i}: got {a}, want {b}");
+        }
+    }
+
+    /// Matmul at sizes that are not multiples of the tile, A row-major, B
+    /// read transposed, the batch broadcast (A shared by both batches).
+    #[test]
+    fn matmul_odd_sizes_transposed_and_broadcast() {
+        for (m, n, k) in [(37, 19, 70), (1, 1, 1), (16, 16, 16), (5, 33, 0)] {
+            let batch = 2;
+            let a = fill(m * k, 1); // [m, k], shared by both batches
+            let b = fill(batch * n * k, 2); // [batch, n, k], read as [k, n]
+            let args = MatMulArgs {
+                a: &a,
+                b: &b,
+                m,
+                n,
+                k,
+                a_i: k,
+                a_p: 1,
+                b_p: 1,
+                b_j: k,
+                a_offsets: vec![0, 0],
+                b_offsets: vec![0, n * k],
+            };
+            let plan = tdl_mlir::matmul::plan_matmul(&args).unwrap().expect("supported");
+            let got = run(&plan);
+            let mut want = vec![0f32; batch * m * n];
+            for bi in 0..batch {
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = 0f32;
+                        for p in 0..k {
+                            s += a[i * k + p] * b[bi * n * k + j * k + p];
+                        }
+                        want[(bi * m + i) * n + j] = s;
+                    }
+                }
+            }
+            close(&got, &want, &format!("matmul {m}×{n}×{k}"));
+            let ptx = ptx(&plan.code, &["tdl_matmul"]);
+            assert!(ptx.matches(".shared .align 16 .b8").count() >= 3, "tiles not in shared memory");
+            assert!(ptx.contains("bar.sync"));
+        }
+    }
+
+    #[test]
+    fn plans_reject_out_of_bounds_operands() {
+        let a = fill(10, 1);
+        let args = MatMulArgs {
+            a: &a,
+            b: &a,
+            m: 4,
+            n: 4,
+            k: 4,
+            a_i: 4,
+            a_p: 1,
+            b_p: 4,
+            b_j: 1,
+            a_offsets: vec![0],
+            b_offsets: vec![0],
+        };
+        assert!(tdl_mlir::matmul::plan_matmul(&args).is_err());
     }
 }

@@ -1,0 +1,255 @@
+//! How to run one kernel: a pure-data description ([`LaunchPlan`]) that
+//! both the host check ([`crate::host`]) and a GPU runner consume, so both
+//! pass identical argument lists.
+//!
+//! A plan holds the kernel's code ([`KernelCode`]: the `gpu.module` for the
+//! GPU and the host wrappers of the same bodies), the buffers (inputs to
+//! upload, zeroed outputs), the launches in order, and which buffer is the
+//! result. Every size, stride, offset and launch dimension is computed at
+//! run time from the hook's shapes by the `plan_*` functions; the code only
+//! depends on what is static in the Kernel IR (ranks, operators, element
+//! programs), so one compile serves every binding of the dimension symbols.
+//!
+//! ## Parameter ABI
+//! The `gpu.func` of [`LaunchStep::func`] takes exactly [`LaunchStep::params`]
+//! in order, with MLIR's default (non-bare) memref convention: a
+//! [`Param::MemRef`] of rank `r` is `2 + 1 + 2r` kernel parameters —
+//! allocated pointer, aligned pointer (both the device address of buffer
+//! `buf`), `offset`, `sizes...`, `strides...` (all `i64`, in elements);
+//! `I64`, `I32`, `F32` are one parameter each ([`Param::expand`] lists
+//! them). The host wrapper `@func` takes the same list followed by the
+//! grid `(x, y, z)` as three `index` (`i64`) values and runs every block
+//! in turn; it is called through the ExecutionEngine's packed interface
+//! (`_mlir_<func>`) with the same expanded words.
+//!
+//! Launch dimensions: `block` equals the `gpu.func`'s `known_block_size`
+//! (at most 1024 threads), `grid[1]` and `grid[2]` are at most 65535 (a
+//! plan chunks larger counts into several steps), `grid[0]` at most
+//! 2³¹−1. All kernels use static shared memory (at most 48 KiB), so
+//! `shared_bytes` (dynamic shared memory) is 0 today.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use crate::MlirError;
+
+/// The code of a kernel: one MLIR text per target, from the same bodies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelCode {
+    /// Identifies the code (a cache key: equal keys, equal texts).
+    pub key: String,
+    /// `module attributes {gpu.container_module} { gpu.module @… { gpu.func … } }`,
+    /// before lowering (see [`crate::nvvm_pipeline`]).
+    pub mlir_module: String,
+    /// The host wrappers (`func.func @<func>(params…, %gx, %gy, %gz)`),
+    /// before lowering (see [`HOST_PIPELINE`]).
+    pub host_module: String,
+}
+
+/// The pass pipeline that lowers a [`KernelCode::host_module`] to the LLVM
+/// dialect (thread loops made sequential).
+pub const HOST_PIPELINE: &str =
+    "builtin.module(scf-forall-to-parallel,convert-scf-to-cf,convert-vector-to-llvm,convert-to-llvm,reconcile-unrealized-casts)";
+
+/// A device buffer of a plan.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanBuf<'a> {
+    /// `f32` data to upload.
+    F32(Cow<'a, [f32]>),
+    /// `i32` data to upload.
+    I32(Cow<'a, [i32]>),
+    /// `i64` data to upload (e.g. per-batch offsets).
+    I64(Cow<'a, [i64]>),
+    /// `n` `f32` elements, zero-filled (outputs, scratch).
+    Zeroed(usize),
+}
+
+impl PlanBuf<'_> {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        match self {
+            PlanBuf::F32(d) => d.len(),
+            PlanBuf::I32(d) => d.len(),
+            PlanBuf::I64(d) => d.len(),
+            PlanBuf::Zeroed(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes per element.
+    pub fn elem_bytes(&self) -> usize {
+        match self {
+            PlanBuf::I64(_) => 8,
+            _ => 4,
+        }
+    }
+}
+
+/// One kernel parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Param {
+    /// A memref over buffer `buf`: element `idx` is at
+    /// `offset + Σ idx[a]·strides[a]` (elements; strides may be 0).
+    MemRef {
+        buf: usize,
+        offset: i64,
+        sizes: Vec<i64>,
+        strides: Vec<i64>,
+    },
+    I64(i64),
+    I32(i32),
+    F32(f32),
+}
+
+/// One scalar kernel parameter after expansion ([`Param::expand`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Word {
+    /// The device (or host) address of buffer `n`; twice per memref.
+    BufPtr(usize),
+    I64(i64),
+    I32(i32),
+    F32(f32),
+}
+
+impl Param {
+    /// A row-major memref over the whole of `shape` at offset 0.
+    pub fn contiguous(buf: usize, shape: &[usize]) -> Param {
+        let sizes: Vec<i64> = shape.iter().map(|&s| s as i64).collect();
+        Param::MemRef { buf, offset: 0, strides: row_major(&sizes), sizes }
+    }
+
+    /// A rank-1 memref over the first `len` elements of `buf`.
+    pub fn flat(buf: usize, len: usize) -> Param {
+        Param::MemRef { buf, offset: 0, sizes: vec![len as i64], strides: vec![1] }
+    }
+
+    /// The scalar kernel parameters this parameter becomes, in order.
+    pub fn expand(&self) -> Vec<Word> {
+        match self {
+            Param::MemRef { buf, offset, sizes, strides } => {
+                let mut w = vec![Word::BufPtr(*buf), Word::BufPtr(*buf), Word::I64(*offset)];
+                w.extend(sizes.iter().map(|&s| Word::I64(s)));
+                w.extend(strides.iter().map(|&s| Word::I64(s)));
+                w
+            }
+            Param::I64(v) => vec![Word::I64(*v)],
+            Param::I32(v) => vec![Word::I32(*v)],
+            Param::F32(v) => vec![Word::F32(*v)],
+        }
+    }
+}
+
+/// Row-major strides of `sizes`.
+pub fn row_major(sizes: &[i64]) -> Vec<i64> {
+    let mut st = vec![1i64; sizes.len()];
+    for a in (0..sizes.len().saturating_sub(1)).rev() {
+        st[a] = st[a + 1] * sizes[a + 1].max(1);
+    }
+    st
+}
+
+/// One kernel launch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchStep {
+    /// The `gpu.func` (and host wrapper) name.
+    pub func: String,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes (0: the kernels declare theirs statically).
+    pub shared_bytes: u32,
+    pub params: Vec<Param>,
+}
+
+/// How to run one kernel: upload `buffers`, launch `steps` in order, read
+/// back buffer `output` (row-major `f32` of `output_shape`).
+#[derive(Clone, Debug)]
+pub struct LaunchPlan<'a> {
+    pub code: Rc<KernelCode>,
+    pub buffers: Vec<PlanBuf<'a>>,
+    pub steps: Vec<LaunchStep>,
+    pub output: usize,
+    pub output_shape: Vec<usize>,
+}
+
+/// The largest `grid[0]`.
+pub const MAX_GRID_X: u64 = (1 << 31) - 1;
+/// The largest `grid[1]` and `grid[2]`.
+pub const MAX_GRID_YZ: u64 = 65535;
+
+impl LaunchPlan<'_> {
+    /// Checks that every memref of every step stays inside its buffer, that
+    /// the output is an `f32` buffer of the output shape's size, and that
+    /// the launch dimensions are within the limits: what a runner checks
+    /// before it hands raw pointers to a kernel.
+    pub fn validate(&self) -> Result<(), MlirError> {
+        let bad = |m: String| Err(MlirError::BadPlan(m));
+        let n: usize = self.output_shape.iter().product();
+        match self.buffers.get(self.output) {
+            Some(b @ (PlanBuf::Zeroed(_) | PlanBuf::F32(_))) if b.len() == n => {}
+            _ => return bad(format!("output buffer {} is not an f32 buffer of {n} elements", self.output)),
+        }
+        for s in &self.steps {
+            let threads: u64 = s.block.iter().map(|&b| u64::from(b)).product();
+            if threads == 0 || threads > 1024 || s.grid.contains(&0) {
+                return bad(format!("`{}`: block {:?}, grid {:?}", s.func, s.block, s.grid));
+            }
+            if u64::from(s.grid[0]) > MAX_GRID_X
+                || u64::from(s.grid[1]) > MAX_GRID_YZ
+                || u64::from(s.grid[2]) > MAX_GRID_YZ
+            {
+                return bad(format!("`{}`: grid {:?} exceeds the limits", s.func, s.grid));
+            }
+            for p in &s.params {
+                let Param::MemRef { buf, offset, sizes, strides } = p else { continue };
+                let Some(b) = self.buffers.get(*buf) else {
+                    return bad(format!("`{}`: no buffer {buf}", s.func));
+                };
+                if sizes.len() != strides.len() || *offset < 0 || sizes.iter().chain(strides).any(|&x| x < 0) {
+                    return bad(format!("`{}`: memref of buffer {buf} is malformed", s.func));
+                }
+                if sizes.contains(&0) {
+                    continue;
+                }
+                let last = sizes
+                    .iter()
+                    .zip(strides)
+                    .try_fold(*offset as i128, |a, (&n, &st)| Some(a + (i128::from(n) - 1) * i128::from(st)));
+                if last.is_none_or(|l| l >= b.len() as i128) {
+                    return bad(format!(
+                        "`{}`: memref (offset {offset}, sizes {sizes:?}, strides {strides:?}) outside buffer {buf} of {} elements",
+                        s.func,
+                        b.len()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Steps of `grid = (x, y, total)` where the z extent may exceed 65535:
+/// one step per chunk of at most 65535, each given its first z index by
+/// `with_base` (which builds the step's parameters).
+pub(crate) fn chunk_z(total: u64, mut with_base: impl FnMut(u64, u32) -> LaunchStep) -> Vec<LaunchStep> {
+    let mut steps = Vec::new();
+    let mut z0 = 0u64;
+    while z0 < total {
+        let n = (total - z0).min(MAX_GRID_YZ) as u32;
+        steps.push(with_base(z0, n));
+        z0 += u64::from(n);
+    }
+    steps
+}
+
+/// A stable hexadecimal hash of `text` (FNV-1a, 64 bits) for cache keys.
+pub(crate) fn text_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}

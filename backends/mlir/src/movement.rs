@@ -1,0 +1,19 @@
+//! Data-movement kernels (in progress).
+use tdl_kernel::interp::MoveArgs;
+use tdl_kernel::ir::MoveKernel;
+
+use crate::launch::LaunchPlan;
+use crate::MlirError;
+
+pub fn plan_move<'a>(_k: &MoveKernel, _args: &MoveArgs<'a>) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    Ok(None)
+}
+
+pub(crate) fn ir_func(
+    _p: &tdl_kernel::ir::KernelProgram,
+    k: &impl std::fmt::Debug,
+    _fname: &str,
+) -> Result<(String, String), MlirError> {
+    let _ = k;
+    Err(MlirError::Unsupported("this kind in the GPU code generator".into()))
+}
