@@ -8,6 +8,7 @@
 //! No panic crosses this boundary on any input: errors come back as values
 //! ([`CheckError`], [`reference::RunError`], [`reference::IoError`]).
 
+pub use tdl_cuda as cuda;
 pub use tdl_frontend as frontend;
 pub use tdl_frontend::{CheckError, Checked, Diagnostic};
 pub use tdl_ir as ir;
@@ -17,6 +18,7 @@ pub use tdl_mlir as mlir;
 pub use tdl_passes as passes;
 pub use tdl_reference as reference;
 
+pub mod gpu;
 pub mod inputs;
 pub mod masks;
 pub mod selftest;

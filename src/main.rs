@@ -886,17 +886,33 @@ fn resolve_threads(threads: Option<usize>) -> Res<usize> {
 }
 
 /// The executors the Kernel IR interpreter hands kernels to: the CPU
-/// backend's compiled kernels, or none.
-fn backend_hooks(backend: Backend, threads: usize, args: &KernelArgs) -> Res<Box<dyn tdl::kernel::interp::Hooks>> {
-    Ok(match backend {
-        Backend::Cpu => Box::new(tdl::llvm::cpu::CpuHooks::with_host(threads, cpu_target(args)?)),
-        Backend::Reference | Backend::Kernel => Box::new(tdl::kernel::interp::NoHooks),
-        Backend::Gpu => return Err(user(GPU_NOT_BUILT)),
+/// backend's compiled kernels, the GPU's (`gpu`: the device opened by
+/// [`open_gpu`]), or none.
+fn backend_hooks(
+    backend: Backend,
+    threads: usize,
+    args: &KernelArgs,
+    gpu: Option<tdl::gpu::GpuHooks>,
+) -> Res<Box<dyn tdl::kernel::interp::Hooks>> {
+    Ok(match (backend, gpu) {
+        (Backend::Cpu, _) => Box::new(tdl::llvm::cpu::CpuHooks::with_host(threads, cpu_target(args)?)),
+        (Backend::Reference | Backend::Kernel, _) => Box::new(tdl::kernel::interp::NoHooks),
+        (Backend::Gpu, Some(g)) => Box::new(g),
+        (Backend::Gpu, None) => Box::new(open_gpu(args)?.0),
     })
 }
 
-const GPU_NOT_BUILT: &str =
-    "not supported yet: --backend gpu (the GPU code generator is not built yet; use --backend cpu)";
+/// `--backend gpu`: device 0 through the CUDA driver ("no CUDA driver
+/// found" without one), and the kernel options with its chip's tiles
+/// unless `--target` names a chip.
+fn open_gpu(args: &KernelArgs) -> Res<(tdl::gpu::GpuHooks, KernelArgs)> {
+    let hooks = tdl::gpu::GpuHooks::open().map_err(|e| user(format!("--backend gpu: {e}")))?;
+    let mut k = args.clone();
+    if k.target == "host" {
+        k.target = hooks.chip().to_string();
+    }
+    Ok((hooks, k))
+}
 
 /// `tdlc selftest`: every corpus graph on `--backend` against the
 /// reference; one line per graph and a summary; exit 1 if any fails.
@@ -905,16 +921,22 @@ fn selftest(args: SelftestArgs) -> Res<()> {
     if !(1..=4096).contains(&args.size) {
         return Err(user(format!("--size {}: give a size from 1 to 4096", args.size)));
     }
+    let mut kernel_args = args.kernel.clone();
     let (hooks, executor): (Box<dyn tdl::kernel::interp::Hooks>, &str) = match args.backend {
-        Backend::Reference => return Err(user("--backend reference is the oracle itself; check cpu or kernel")),
-        Backend::Gpu => return Err(user(GPU_NOT_BUILT)),
+        Backend::Reference => return Err(user("--backend reference is the oracle itself; check cpu, gpu or kernel")),
+        Backend::Gpu => {
+            let (g, k) = open_gpu(&args.kernel)?;
+            println!("device: {}", g.device());
+            kernel_args = k;
+            (Box::new(g), tdl::gpu::EXECUTOR)
+        }
         Backend::Cpu => {
-            (backend_hooks(Backend::Cpu, resolve_threads(args.threads)?, &args.kernel)?, tdl::llvm::cpu::EXECUTOR)
+            (backend_hooks(Backend::Cpu, resolve_threads(args.threads)?, &args.kernel, None)?, tdl::llvm::cpu::EXECUTOR)
         }
         Backend::Kernel => (Box::new(tdl::kernel::interp::NoHooks), "kernel interpreter"),
     };
     let limits = Limits { max_elements: 1 << 24 };
-    let lower = |g: &VerifiedGraph| match kernel_program(g, &PassArgs::default(), &args.kernel) {
+    let lower = |g: &VerifiedGraph| match kernel_program(g, &PassArgs::default(), &kernel_args) {
         Ok(p) => Ok(p),
         Err(Failure::User(why)) => Err(why.unwrap_or_else(|| "the graph does not lower".into())),
         Err(Failure::Internal(why)) => Err(why),
@@ -1018,11 +1040,19 @@ fn run(args: RunArgs) -> Res<()> {
     let limits = Limits::default();
     let inputs = assemble_inputs(g, &plan, &limits).map_err(user)?;
     stage("run");
+    // `--backend gpu` opens the device first (and lowers for its chip).
+    let (mut gpu, kernel_args) = match args.backend {
+        Some(Backend::Gpu) => {
+            let (h, k) = open_gpu(&args.kernel)?;
+            (Some(h), k)
+        }
+        _ => (None, args.kernel.clone()),
+    };
     // The default backend is the CPU's; a graph that does not lower to the
     // Kernel IR yet ("not supported yet") runs on the reference instead.
     let (backend, program) = match args.backend {
         Some(Backend::Reference) => (Backend::Reference, None),
-        Some(b) => (b, Some(kernel_program(g, &PassArgs::default(), &args.kernel)?)),
+        Some(b) => (b, Some(kernel_program(g, &PassArgs::default(), &kernel_args)?)),
         None => match kernel_program(g, &PassArgs::default(), &args.kernel) {
             Ok(p) => (Backend::Cpu, Some(p)),
             Err(Failure::User(Some(why))) if why.contains("not supported yet") => {
@@ -1038,7 +1068,7 @@ fn run(args: RunArgs) -> Res<()> {
         }
         (_, Some(p)) => {
             stage("run");
-            let hooks = backend_hooks(backend, resolve_threads(args.threads)?, &args.kernel)?;
+            let hooks = backend_hooks(backend, resolve_threads(args.threads)?, &kernel_args, gpu.take())?;
             let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &limits, hooks.as_ref())
                 .map_err(|e| interp_failure(e, g, &name, &src))?;
             if args.stats {
@@ -1092,7 +1122,19 @@ fn bench(args: BenchArgs) -> Res<()> {
     if args.threads.is_some() && args.backend != Backend::Cpu {
         notes.push(format!("--threads applies to --backend cpu; {} runs on one thread", args.backend.name()));
     }
-    let program = match (args.backend, kernel_program(g, &PassArgs::default(), &args.kernel)) {
+    // `--backend gpu` opens the device first (and lowers for its chip).
+    let (gpu, kernel_args) = match args.backend {
+        Backend::Gpu => {
+            let (h, k) = open_gpu(&args.kernel)?;
+            notes.push(format!(
+                "device: {}; times are the kernels' device time (CUDA events), without the per-kernel host-device copies",
+                h.device()
+            ));
+            (Some(h), k)
+        }
+        _ => (None, args.kernel.clone()),
+    };
+    let program = match (args.backend, kernel_program(g, &PassArgs::default(), &kernel_args)) {
         (Backend::Reference, Err(e)) => {
             let why = match e {
                 Failure::User(why) => why.unwrap_or_else(|| "the graph does not lower to the Kernel IR".into()),
@@ -1122,8 +1164,32 @@ fn bench(args: BenchArgs) -> Res<()> {
                     .map_err(|e| reference_failure(e, g, &name, &src))?;
             (times, Vec::new())
         }
+        (Backend::Gpu, Some(p)) => {
+            let Some(hooks) = gpu else { return Err(Failure::Internal("no GPU opened".into())) };
+            // The device time of each run's launches, after the warmup.
+            let run = || {
+                tdl::kernel::interp::run_with_hooks(p, &inputs, &limits, &hooks)
+                    .map_err(|e| interp_failure(e, g, &name, &src))
+            };
+            let mut last = run()?;
+            for _ in 1..args.warmup {
+                run()?;
+            }
+            let mut times = Vec::with_capacity(args.reps);
+            for _ in 0..args.reps {
+                hooks.take_device_ms();
+                last = run()?;
+                times.push(hooks.take_device_ms());
+            }
+            let kernels = last
+                .kernels
+                .iter()
+                .map(|k| bench::KernelLine { name: k.name.clone(), kind: k.kind, executor: k.executor })
+                .collect();
+            (times, kernels)
+        }
         (_, Some(p)) => {
-            let hooks = backend_hooks(args.backend, threads, &args.kernel)?;
+            let hooks = backend_hooks(args.backend, threads, &kernel_args, None)?;
             let (times, out) = bench::time_reps(args.warmup, args.reps, || {
                 tdl::kernel::interp::run_with_hooks(p, &inputs, &limits, hooks.as_ref())
             })

@@ -50,6 +50,15 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    tdlc_with_env(cwd, args, &[])
+}
+
+/// [`tdlc_in`] with extra environment variables.
+pub fn tdlc_with_env<I, S>(cwd: &Path, args: I, env: &[(&str, &str)]) -> Out
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let cmdline = std::iter::once("tdlc".to_string())
         .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
@@ -60,6 +69,7 @@ where
         .current_dir(cwd)
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot start {TDLC}: {e}"));

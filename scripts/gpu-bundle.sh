@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Packs what scripts/gpu-check.sh needs into one folder, on the machine that
+# builds tdlc (with LLVM/MLIR 22): the release binary, the shared libraries
+# `ldd` says it needs (less the C library's own, which every Linux has) and
+# the check script itself. Copy the folder to a machine with an NVIDIA GPU
+# (it needs neither LLVM nor a network there) and run
+#   bash FOLDER/gpu-check.sh FOLDER
+#
+# Usage: scripts/gpu-bundle.sh OUT_DIR
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out=${1:?usage: scripts/gpu-bundle.sh OUT_DIR}
+cargo build --release --quiet --bin tdlc
+mkdir -p "$out/lib"
+cp target/release/tdlc "$out/"
+cp scripts/gpu-check.sh "$out/"
+# Every library ldd resolves, but the C library's (libc, libm, libdl,
+# libpthread, librt, the loader): those must be the GPU machine's own.
+ldd target/release/tdlc | awk '/=> \// {print $3}' | while read -r lib; do
+  case "$(basename "$lib")" in
+    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*) ;;
+    *) cp -L "$lib" "$out/lib/" ;;
+  esac
+done
+echo "bundle in $out: $(ls "$out/lib" | wc -l) libraries beside tdlc; run: bash $out/gpu-check.sh $out"
