@@ -6,13 +6,24 @@
 # (it needs neither LLVM nor a network there) and run
 #   bash FOLDER/gpu-check.sh FOLDER
 #
-# Usage: scripts/gpu-bundle.sh OUT_DIR
+# The binary is stripped (about 190 MB: LLVM and MLIR are linked in);
+# with --gzip it is stored as tdlc.gz (about 55 MB), which gpu-check.sh
+# unpacks into a temporary folder.
+#
+# Usage: scripts/gpu-bundle.sh OUT_DIR [--gzip]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out=${1:?usage: scripts/gpu-bundle.sh OUT_DIR}
+out=${1:?usage: scripts/gpu-bundle.sh OUT_DIR [--gzip]}
 cargo build --release --quiet --bin tdlc
 mkdir -p "$out/lib"
-cp target/release/tdlc "$out/"
+rm -f "$out/tdlc" "$out/tdlc.gz"
+if [ "${2:-}" = "--gzip" ]; then
+  strip -o "$out/tdlc.tmp" target/release/tdlc
+  gzip -c "$out/tdlc.tmp" > "$out/tdlc.gz"
+  rm "$out/tdlc.tmp"
+else
+  strip -o "$out/tdlc" target/release/tdlc
+fi
 cp scripts/gpu-check.sh "$out/"
 # Every library ldd resolves, but the C library's (libc, libm, libdl,
 # libpthread, librt, the loader): those must be the GPU machine's own.

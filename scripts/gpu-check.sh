@@ -17,10 +17,13 @@ set -uo pipefail
 dir=$(cd "${1:?usage: gpu-check.sh FOLDER}" && pwd)
 quick=${2:-}
 export LD_LIBRARY_PATH="$dir/lib:$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-tdlc="$dir/tdlc"
-[ -x "$tdlc" ] || { echo "error: no tdlc in $dir" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+tdlc="$dir/tdlc"
+if [ ! -x "$tdlc" ] && [ -f "$dir/tdlc.gz" ]; then
+  gzip -dc "$dir/tdlc.gz" > "$work/tdlc" && chmod +x "$work/tdlc" && tdlc="$work/tdlc"
+fi
+[ -x "$tdlc" ] || { echo "error: no tdlc (or tdlc.gz) in $dir" >&2; exit 1; }
 status=0
 
 echo "== tdlc selftest --backend gpu"
