@@ -8,7 +8,7 @@
 //!
 //! Rows are addressed at run time: row `r` of an input viewed as `[outer,
 //! n, inner]` (the reduced axis in the middle) starts at `(r / inner)·n·inner
-//! + r % inner` and steps by `inner`; `n` and `inner` are parameters, so
+//! \+ r % inner` and steps by `inner`; `n` and `inner` are parameters, so
 //! one kernel serves every rank and size.
 
 use std::borrow::Cow;
