@@ -510,7 +510,15 @@ graph ew_guarded(s: f32[2, T, T], ids: i32[4]) -> f32[2, T, T] {
 
 /// The reasons a corpus kernel may be declined by the GPU code generator
 /// (each says "not supported yet"); anything else declined is a regression.
-const GPU_DECLINED_OK: &[&str] = &["in the GPU attention kernel", "integer", "in the GPU code generator"];
+const GPU_DECLINED_OK: &[&str] = &[
+    // attention: score modifiers, operands other than [heads, T, D], masks
+    // other than causal/local/window/sink and their combinators
+    "in the GPU attention kernel",
+    // elementwise masks other than those (lambdas, blocks, strided, …)
+    "in the GPU elementwise kernel",
+    "elementwise kernels with integer or boolean outputs",
+    "integer reductions",
+];
 
 /// The PTX of entry `name`: from `.entry name(` to the next `.entry`.
 fn ptx_entry<'p>(ptx: &'p str, name: &str) -> Option<&'p str> {
@@ -583,8 +591,10 @@ fn gpu_kernels_of_the_corpus_lower_to_ptx() {
         println!("  {n} × {why}");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(total >= 80, "only {total} GPU kernels generated");
-    assert!(n_declined <= 225, "{n_declined} kernels declined");
+    // 239 generated and 66 declined (42 attention, 21 elementwise masks, 6
+    // integer elementwise outputs, 3 integer reductions) when written.
+    assert!(total >= 239, "only {total} GPU kernels generated");
+    assert!(n_declined <= 66, "{n_declined} kernels declined");
 }
 
 /// Issue 6, numerics without a GPU: every corpus program run with
@@ -640,7 +650,7 @@ fn gpu_kernel_bodies_match_the_reference_on_the_host() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(hooks.runs(), ran.iter().map(|(k, n)| (*k, *n)).collect(), "the hooks' own counts");
-    for k in kinds.keys().filter(|k| ["attention", "matmul"].contains(k)) {
+    for k in kinds.keys() {
         assert!(ran.get(k).copied().unwrap_or(0) > 0, "no `{k}` kernel ran through the GPU kernel bodies");
     }
     assert!(ran.get("attention").copied().unwrap_or(0) >= 40, "only {ran:?} runs took the GPU kernel bodies");

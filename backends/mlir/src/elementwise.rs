@@ -1,22 +1,450 @@
-//! Elementwise kernels (in progress).
-use tdl_kernel::interp::ElementwiseArgs;
-use tdl_kernel::ir::ElementwiseKernel;
+//! Elementwise kernels: one thread per output element (256 per
+//! workgroup, grid `ceil(n/256)`), the fused chain ([`EwOp`]) compiled to
+//! `arith` and LLVM intrinsics that exist on both targets
+//! (`llvm.exp2.f32`, `llvm.sqrt.f32`, `llvm.fabs.f32`; `log` and `erf`
+//! are computed here from `arith`, so no libdevice call is needed).
+//!
+//! The code depends on the output's rank, the inputs' element kinds and
+//! the chain; shapes, broadcast strides and offsets are run-time
+//! parameters: the output is a row-major `memref<?x…xf32>`, input `i` a
+//! strided `memref<?x…, strided<[?, …], offset: ?>>` of the output's
+//! shape (stride 0 along broadcast axes). Formula masks (`EwOp::Mask`)
+//! reuse the attention kernel's mask code; masks that read tensors,
+//! integer values and integer outputs are not supported yet.
 
-use crate::launch::LaunchPlan;
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+use tdl_ir::{BinaryOp, DType, UnaryOp};
+use tdl_kernel::interp::{ElementwiseArgs, Elems};
+use tdl_kernel::ir::{ElementwiseKernel, EwOp, KernelProgram};
+
+use crate::attention::{mask_mlir, Names};
+use crate::launch::{KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X};
+use crate::matmul::code_of;
+use crate::wrap::{f32_lit, Func};
 use crate::MlirError;
 
-pub fn plan_elementwise<'a>(
-    _k: &ElementwiseKernel,
-    _args: &ElementwiseArgs<'a>,
-) -> Result<Option<LaunchPlan<'a>>, MlirError> {
-    Ok(None)
+/// Threads per workgroup of the one-thread-per-element kernels.
+pub const BLOCK: usize = 256;
+
+pub(crate) fn unsupported(what: impl std::fmt::Display) -> MlirError {
+    MlirError::Unsupported(format!("{what} in the GPU code generator"))
 }
 
-pub(crate) fn ir_func(
-    _p: &tdl_kernel::ir::KernelProgram,
-    k: &impl std::fmt::Debug,
-    _fname: &str,
-) -> Result<(String, String), MlirError> {
-    let _ = k;
-    Err(MlirError::Unsupported("this kind in the GPU code generator".into()))
+/// `memref<?x…xT>` of rank `r` (row-major).
+pub(crate) fn dense(r: usize, t: &str) -> String {
+    format!("memref<{}{t}>", "?x".repeat(r))
+}
+
+/// `memref<?x…xT, strided<[?, …], offset: ?>>` of rank `r`.
+pub(crate) fn strided(r: usize, t: &str) -> String {
+    format!("memref<{}{t}, strided<[{}], offset: ?>>", "?x".repeat(r), vec!["?"; r].join(", "))
+}
+
+/// SSA value emitter: `%e<n> = …` lines.
+pub(crate) struct Emit {
+    pub s: String,
+    n: usize,
+    pub indent: &'static str,
+}
+
+impl Emit {
+    pub fn new(indent: &'static str) -> Emit {
+        Emit { s: String::new(), n: 0, indent }
+    }
+
+    /// Emits `%eN = rhs` and returns `%eN`.
+    pub fn v(&mut self, rhs: impl std::fmt::Display) -> String {
+        self.n += 1;
+        let name = format!("%e{}", self.n);
+        let _ = writeln!(self.s, "{}{name} = {rhs}", self.indent);
+        name
+    }
+
+    pub fn f(&mut self, c: f32) -> String {
+        self.v(format!("arith.constant {} : f32", f32_lit(c)))
+    }
+
+    fn intr(&mut self, name: &str, x: &str) -> String {
+        self.v(format!("llvm.call_intrinsic \"llvm.{name}.f32\"({x}) : (f32) -> f32"))
+    }
+
+    fn bin(&mut self, op: &str, x: &str, y: &str) -> String {
+        self.v(format!("arith.{op} {x}, {y} : f32"))
+    }
+
+    /// `e^x` as `2^(x·log2 e)`.
+    pub fn exp(&mut self, x: &str) -> String {
+        let l = self.f(std::f32::consts::LOG2_E);
+        let a = self.bin("mulf", x, &l);
+        self.intr("exp2", &a)
+    }
+
+    /// `ln x` from the exponent and a series in `s = f/(2+f)` (`x = 2^e·(1+f)`,
+    /// `1+f` in `[√½, √2)`): a few ulp, with `ln 0 = -inf`, `ln x = NaN`
+    /// for `x < 0` or NaN, `ln inf = inf`; subnormals scaled first.
+    pub fn log(&mut self, x: &str) -> String {
+        let tiny = self.f(f32::MIN_POSITIVE);
+        let sub = self.v(format!("arith.cmpf olt, {x}, {tiny} : f32"));
+        let two23 = self.f(8_388_608.0);
+        let scaled = self.bin("mulf", x, &two23);
+        let xs = self.v(format!("arith.select {sub}, {scaled}, {x} : f32"));
+        let m23 = self.v("arith.constant -23 : i32");
+        let z32 = self.v("arith.constant 0 : i32");
+        let eadj = self.v(format!("arith.select {sub}, {m23}, {z32} : i32"));
+        let bits = self.v(format!("arith.bitcast {xs} : f32 to i32"));
+        let c23 = self.v("arith.constant 23 : i32");
+        let sh = self.v(format!("arith.shrui {bits}, {c23} : i32"));
+        let c255 = self.v("arith.constant 255 : i32");
+        let ex = self.v(format!("arith.andi {sh}, {c255} : i32"));
+        let c127 = self.v("arith.constant 127 : i32");
+        let e0 = self.v(format!("arith.subi {ex}, {c127} : i32"));
+        let e1 = self.v(format!("arith.addi {e0}, {eadj} : i32"));
+        let mmask = self.v("arith.constant 8388607 : i32");
+        let one_bits = self.v("arith.constant 1065353216 : i32");
+        let mb = self.v(format!("arith.andi {bits}, {mmask} : i32"));
+        let mb1 = self.v(format!("arith.ori {mb}, {one_bits} : i32"));
+        let m = self.v(format!("arith.bitcast {mb1} : i32 to f32"));
+        let sqrt2 = self.f(std::f32::consts::SQRT_2);
+        let big = self.v(format!("arith.cmpf ogt, {m}, {sqrt2} : f32"));
+        let half = self.f(0.5);
+        let mh = self.bin("mulf", &m, &half);
+        let m2 = self.v(format!("arith.select {big}, {mh}, {m} : f32"));
+        let c1 = self.v("arith.constant 1 : i32");
+        let ep = self.v(format!("arith.addi {e1}, {c1} : i32"));
+        let e2 = self.v(format!("arith.select {big}, {ep}, {e1} : i32"));
+        let one = self.f(1.0);
+        let two = self.f(2.0);
+        let f = self.bin("subf", &m2, &one);
+        let d = self.bin("addf", &two, &f);
+        let s = self.bin("divf", &f, &d);
+        let z = self.bin("mulf", &s, &s);
+        let mut p = self.f(1.0 / 9.0);
+        for c in [1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0] {
+            let pz = self.bin("mulf", &p, &z);
+            let k = self.f(c);
+            p = self.bin("addf", &pz, &k);
+        }
+        let pz = self.bin("mulf", &p, &z);
+        let two_s = self.bin("mulf", &two, &s);
+        let corr = self.bin("mulf", &two_s, &pz);
+        let l1p = self.bin("addf", &two_s, &corr);
+        let ef = self.v(format!("arith.sitofp {e2} : i32 to f32"));
+        let hi = self.f(0.693_145_75);
+        let lo = self.f(1.428_606_8e-6);
+        let elo = self.bin("mulf", &ef, &lo);
+        let tail = self.bin("addf", &l1p, &elo);
+        let ehi = self.bin("mulf", &ef, &hi);
+        let r = self.bin("addf", &ehi, &tail);
+        let zero = self.f(0.0);
+        let ninf = self.f(f32::NEG_INFINITY);
+        let inf = self.f(f32::INFINITY);
+        let nan = self.f(f32::NAN);
+        let is0 = self.v(format!("arith.cmpf oeq, {x}, {zero} : f32"));
+        let neg = self.v(format!("arith.cmpf ult, {x}, {zero} : f32"));
+        let isinf = self.v(format!("arith.cmpf oeq, {x}, {inf} : f32"));
+        let r1 = self.v(format!("arith.select {isinf}, {inf}, {r} : f32"));
+        let r2 = self.v(format!("arith.select {is0}, {ninf}, {r1} : f32"));
+        self.v(format!("arith.select {neg}, {nan}, {r2} : f32"))
+    }
+
+    fn sigmoid(&mut self, x: &str) -> String {
+        let n = self.v(format!("arith.negf {x} : f32"));
+        let e = self.exp(&n);
+        let one = self.f(1.0);
+        let d = self.bin("addf", &one, &e);
+        self.bin("divf", &one, &d)
+    }
+
+    /// erf by Abramowitz–Stegun 7.1.26 (absolute error below 1.5e-7).
+    fn erf(&mut self, x: &str) -> String {
+        let a = self.intr("fabs", x);
+        let p = self.f(0.327_591_1);
+        let one = self.f(1.0);
+        let pa = self.bin("mulf", &p, &a);
+        let den = self.bin("addf", &one, &pa);
+        let t = self.bin("divf", &one, &den);
+        let mut q = self.f(1.061_405_4);
+        for c in [-1.453_152_1, 1.421_413_7, -0.284_496_72, 0.254_829_6] {
+            let qt = self.bin("mulf", &q, &t);
+            let k = self.f(c);
+            q = self.bin("addf", &qt, &k);
+        }
+        let poly = self.bin("mulf", &q, &t);
+        let a2 = self.bin("mulf", &a, &a);
+        let na2 = self.v(format!("arith.negf {a2} : f32"));
+        let e = self.exp(&na2);
+        let pe = self.bin("mulf", &poly, &e);
+        let r = self.bin("subf", &one, &pe);
+        let nr = self.v(format!("arith.negf {r} : f32"));
+        let zero = self.f(0.0);
+        let neg = self.v(format!("arith.cmpf olt, {x}, {zero} : f32"));
+        self.v(format!("arith.select {neg}, {nr}, {r} : f32"))
+    }
+
+    /// `u(x)` in `f32`, the interpreter's formulas.
+    pub fn unary(&mut self, u: UnaryOp, x: &str) -> String {
+        match u {
+            UnaryOp::Neg => self.v(format!("arith.negf {x} : f32")),
+            UnaryOp::Abs => self.intr("fabs", x),
+            UnaryOp::Relu => {
+                let z = self.f(0.0);
+                let lt = self.v(format!("arith.cmpf olt, {x}, {z} : f32"));
+                self.v(format!("arith.select {lt}, {z}, {x} : f32"))
+            }
+            UnaryOp::Exp => self.exp(x),
+            UnaryOp::Log => self.log(x),
+            UnaryOp::Sqrt => self.intr("sqrt", x),
+            UnaryOp::Rsqrt => {
+                let s = self.intr("sqrt", x);
+                let one = self.f(1.0);
+                self.bin("divf", &one, &s)
+            }
+            UnaryOp::Tanh => {
+                // 1 - 2 / (e^(2x) + 1): ±1 at the ends, NaN stays NaN.
+                let two = self.f(2.0);
+                let x2 = self.bin("mulf", x, &two);
+                let e = self.exp(&x2);
+                let one = self.f(1.0);
+                let d = self.bin("addf", &e, &one);
+                let q = self.bin("divf", &two, &d);
+                self.bin("subf", &one, &q)
+            }
+            UnaryOp::Sigmoid => self.sigmoid(x),
+            UnaryOp::Gelu => {
+                let h = self.f(0.5);
+                let hx = self.bin("mulf", &h, x);
+                let c = self.f(std::f32::consts::FRAC_1_SQRT_2);
+                let a = self.bin("mulf", x, &c);
+                let e = self.erf(&a);
+                let one = self.f(1.0);
+                let s = self.bin("addf", &one, &e);
+                self.bin("mulf", &hx, &s)
+            }
+            UnaryOp::Silu => {
+                let s = self.sigmoid(x);
+                self.bin("mulf", x, &s)
+            }
+        }
+    }
+}
+
+/// What the code of an elementwise kernel depends on.
+struct Spec<'k> {
+    rank: usize,
+    /// Per input: `f32` data (else `i32`).
+    input_float: Vec<bool>,
+    k: &'k ElementwiseKernel,
+}
+
+/// The multi-index of thread `%lin` in the output (`%i0…`), given the
+/// sizes `%d0…` (emitted by [`dims`]).
+pub(crate) fn decompose(e: &mut Emit, rank: usize, lin: &str) -> Vec<String> {
+    let mut idx = vec![String::new(); rank];
+    let mut rest = lin.to_string();
+    for a in (0..rank).rev() {
+        if a == 0 {
+            idx[a] = rest.clone();
+        } else {
+            idx[a] = e.v(format!("arith.remui {rest}, %d{a} : index"));
+            rest = e.v(format!("arith.divui {rest}, %d{a} : index"));
+        }
+    }
+    idx
+}
+
+/// `%d<a> = memref.dim %<of>, a` for every axis and `%numel`, the product.
+pub(crate) fn dims(out: &mut String, of: &str, ty: &str, rank: usize) {
+    let _ = writeln!(out, "    %numel0 = arith.constant 1 : index");
+    for a in 0..rank {
+        let _ = writeln!(out, "    %ax{a} = arith.constant {a} : index");
+        let _ = writeln!(out, "    %d{a} = memref.dim {of}, %ax{a} : {ty}");
+        let _ = writeln!(out, "    %numel{} = arith.muli %numel{a}, %d{a} : index", a + 1);
+    }
+    let _ = writeln!(out, "    %numel = arith.addi %numel{rank}, %c0 : index");
+}
+
+/// The one-thread-per-element skeleton: `inner(e, idx)` emits the element's
+/// code (inside `scf.if %lin < %numel`).
+pub(crate) fn per_element(
+    name: &str,
+    params: Vec<(String, String)>,
+    out_ty: &str,
+    rank: usize,
+    inner: impl FnOnce(&mut Emit, &[String]) -> Result<(), MlirError>,
+) -> Result<Func, MlirError> {
+    let mut body = String::new();
+    let _ = writeln!(body, "    %c0 = arith.constant 0 : index\n    %cblock = arith.constant {BLOCK} : index");
+    dims(&mut body, "%out", out_ty, rank);
+    let mut e = Emit::new("        ");
+    let idx = decompose(&mut e, rank, "%lin");
+    inner(&mut e, &idx)?;
+    let _ = write!(
+        body,
+        "    PHASE{{
+      %lin0 = arith.muli %bx, %cblock : index
+      %lin = arith.addi %lin0, %tx : index
+      %inb = arith.cmpi ult, %lin, %numel : index
+      scf.if %inb {{
+{}      }}
+    }}PHASE
+",
+        e.s
+    );
+    Ok(Func { name: name.to_string(), params, block: [BLOCK as u32, 1], shared: Vec::new(), body })
+}
+
+fn func(spec: &Spec<'_>, name: &str) -> Result<Func, MlirError> {
+    let r = spec.rank;
+    let mut params = vec![("%out".to_string(), dense(r, "f32"))];
+    for (i, &f) in spec.input_float.iter().enumerate() {
+        params.push((format!("%in{i}"), strided(r, if f { "f32" } else { "i32" })));
+    }
+    let k = spec.k;
+    if k.body.last().is_none_or(|l| !l.dtype.is_float()) {
+        return Err(unsupported("elementwise kernels with integer or boolean outputs"));
+    }
+    if !k.masks.is_empty() && r < 2 {
+        return Err(unsupported("masks on results of rank below 2"));
+    }
+    let out_ty = dense(r, "f32");
+    per_element(name, params, &out_ty, r, |e, idx| {
+        let at = idx.join(", ");
+        if !k.masks.is_empty() {
+            let _ = writeln!(e.s, "{}%T = arith.addi %d{}, %c0 : index", e.indent, r - 2);
+            let _ = writeln!(e.s, "{}%S = arith.addi %d{}, %c0 : index", e.indent, r - 1);
+        }
+        let mut names = Names(0);
+        let mut vals: Vec<String> = Vec::with_capacity(k.body.len());
+        for inst in &k.body {
+            let dt = inst.dtype;
+            if dt == DType::I32 {
+                return Err(unsupported("integer values inside elementwise kernels"));
+            }
+            let is_bool = dt == DType::Bool;
+            let v = match &inst.op {
+                EwOp::Load(i) => {
+                    let Some(&fl) = spec.input_float.get(*i) else {
+                        return Err(MlirError::BadPlan(format!("elementwise load of missing input {i}")));
+                    };
+                    match (fl, is_bool) {
+                        (true, false) => e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "f32"))),
+                        (false, true) => {
+                            let x = e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "i32")));
+                            let z = e.v("arith.constant 0 : i32");
+                            e.v(format!("arith.cmpi ne, {x}, {z} : i32"))
+                        }
+                        _ => return Err(unsupported("loads converting between integers and floats")),
+                    }
+                }
+                EwOp::Const(c) if is_bool => e.v(format!("arith.constant {}", *c != 0.0)),
+                EwOp::Const(c) => e.f(*c as f32),
+                EwOp::Unary(u, a) if !is_bool => e.unary(*u, &vals[*a]),
+                EwOp::Binary(b, x, y) if !is_bool => {
+                    let op = match b {
+                        BinaryOp::Add => "addf",
+                        BinaryOp::Sub => "subf",
+                        BinaryOp::Mul => "mulf",
+                        BinaryOp::Div => "divf",
+                    };
+                    e.bin(op, &vals[*x], &vals[*y])
+                }
+                EwOp::Select(c, x, y) => {
+                    let t = if is_bool { "i1" } else { "f32" };
+                    e.v(format!("arith.select {}, {}, {} : {t}", vals[*c], vals[*x], vals[*y]))
+                }
+                EwOp::Mask(m) => {
+                    let Some(mu) = k.masks.get(*m) else {
+                        return Err(MlirError::BadPlan(format!("elementwise mask {m} missing")));
+                    };
+                    let mut code = String::new();
+                    let h =
+                        mask_mlir(&mut code, &mut names, &mu.expr, &idx[r - 2], &idx[r - 1], "GPU elementwise kernel")?;
+                    e.s.push_str(&code);
+                    h
+                }
+                other => return Err(unsupported(format!("the element operation {other:?} on booleans"))),
+            };
+            vals.push(v);
+        }
+        let last = vals.last().cloned().unwrap_or_default();
+        let _ = writeln!(e.s, "{}memref.store {last}, %out[{at}] : {}", e.indent, dense(r, "f32"));
+        Ok(())
+    })
+}
+
+/// The `gpu.func` of elementwise kernel `k` of `p` (for [`crate::program`]).
+pub(crate) fn ir_func(p: &KernelProgram, k: &ElementwiseKernel, fname: &str) -> Result<(String, String), MlirError> {
+    let out = p.buffer(k.out).ok_or_else(|| MlirError::BadPlan("no output buffer".into()))?;
+    if !out.dtype.is_float() {
+        return Err(unsupported("elementwise kernels with integer or boolean outputs"));
+    }
+    let input_float = k.inputs.iter().map(|a| p.buffer(a.buf).is_some_and(|b| b.dtype.is_float())).collect();
+    let spec = Spec { rank: out.shape.len(), input_float, k };
+    let f = func(&spec, fname)?;
+    Ok((f.gpu(), format!("elementwise, rank {}, one thread per element", spec.rank)))
+}
+
+/// The code of `f` (named canonically).
+pub(crate) fn cached_code(kind: &str, f: &Func) -> Rc<KernelCode> {
+    Rc::new(code_of(kind, f))
+}
+
+/// The grid of a one-thread-per-element kernel over `n` elements.
+pub(crate) fn grid_1d(n: usize) -> Option<[u32; 3]> {
+    let g = n.div_ceil(BLOCK) as u64;
+    (g <= MAX_GRID_X).then_some([g as u32, 1, 1])
+}
+
+/// The launch plan of an elementwise hook call; `Ok(None)` when the GPU
+/// kernel does not support it. Parameters: the output (row-major, the
+/// hook's shape), then each input as a strided view of its buffer.
+pub fn plan_elementwise<'a>(
+    k: &ElementwiseKernel,
+    args: &ElementwiseArgs<'a>,
+) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    if k.masks.iter().any(|m| !m.operands.is_empty()) {
+        return Ok(None);
+    }
+    let input_float = args.inputs.iter().map(|v| matches!(v.data, Elems::F32(_))).collect();
+    let spec = Spec { rank: args.shape.len(), input_float, k };
+    let f = match func(&spec, "tdl_ew") {
+        Ok(f) => f,
+        Err(MlirError::Unsupported(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let n: usize = args.shape.iter().product();
+    let mut buffers = vec![PlanBuf::Zeroed(n)];
+    let mut params = vec![Param::contiguous(0, args.shape)];
+    for v in &args.inputs {
+        let b = buffers.len();
+        buffers.push(match v.data {
+            Elems::F32(d) => PlanBuf::F32(Cow::Borrowed(d)),
+            Elems::I32(d) => PlanBuf::I32(Cow::Borrowed(d)),
+        });
+        if v.shape.as_slice() != args.shape || v.strides.len() != args.shape.len() {
+            return Err(MlirError::BadPlan("an elementwise input is not broadcast to the output".into()));
+        }
+        params.push(Param::MemRef {
+            buf: b,
+            offset: v.offset as i64,
+            sizes: v.shape.iter().map(|&s| s as i64).collect(),
+            strides: v.strides.iter().map(|&s| s as i64).collect(),
+        });
+    }
+    let Some(grid) = grid_1d(n) else { return Ok(None) };
+    let steps = if n == 0 {
+        Vec::new()
+    } else {
+        vec![LaunchStep { func: "tdl_ew".into(), grid, block: [BLOCK as u32, 1, 1], shared_bytes: 0, params }]
+    };
+    Ok(Some(LaunchPlan {
+        code: cached_code("elementwise", &f),
+        buffers,
+        steps,
+        output: 0,
+        output_shape: args.shape.to_vec(),
+    }))
 }

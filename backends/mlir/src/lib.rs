@@ -1,6 +1,13 @@
 //! `tdl-mlir`: tdlc's GPU backend, built on MLIR 22 through melior.
 //!
-//! At the moment this crate proves the MLIR toolchain end to end:
+//! Kernels: [`attention`], [`matmul`], [`elementwise`], [`rows`] (reduce,
+//! softmax, layernorm, rmsnorm, rope) and [`movement`], each one body
+//! wrapped as a `gpu.func` and as host functions, run through a
+//! [`launch::LaunchPlan`] (`plan_*` per kind) on a GPU or, for the
+//! numerics, on the host ([`host::run_plan`], [`host::HostHooks`]);
+//! [`program`] puts a Kernel IR program's kernels in one `gpu.module`.
+//!
+//! The toolchain pieces underneath:
 //! - [`new_context`]: a context with every dialect, LLVM translation and pass
 //!   registered;
 //! - [`smoke_gpu_ptx`]: a `gpu.module` kernel using workgroup (shared) memory

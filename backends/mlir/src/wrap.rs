@@ -31,14 +31,6 @@ impl Func {
         self.params.iter().map(|(n, t)| format!("{n}: {t}")).collect::<Vec<_>>().join(", ")
     }
 
-    /// Static workgroup memory in bytes (`f32` buffers).
-    pub fn shared_bytes(&self) -> usize {
-        self.shared
-            .iter()
-            .map(|(_, shape)| shape.split('x').filter_map(|d| d.parse::<usize>().ok()).product::<usize>() * 4)
-            .sum()
-    }
-
     /// The `gpu.func` (to place inside a `gpu.module`).
     pub fn gpu(&self) -> String {
         let [bx, by] = self.block;

@@ -336,4 +336,335 @@ mod kernels {
         };
         assert!(tdl_mlir::matmul::plan_matmul(&args).is_err());
     }
+
+    use tdl_ir::{BinaryOp, DType, MaskExpr, ReduceOp, UnaryOp};
+    use tdl_kernel::interp::{ElementwiseArgs, Elems, MoveArgs, RowArgs, StridedView};
+    use tdl_kernel::ir::{
+        Access, BufId, ElementwiseKernel, EwInst, EwOp, MaskUse, MoveKernel, MoveOp, ReduceKernel, RowKernel, RowOp,
+    };
+
+    fn erf64(x: f64) -> f64 {
+        // Maclaurin series (|x| < 3 here).
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-17 {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    fn unary_ref(u: UnaryOp, v: f32) -> f32 {
+        let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+        match u {
+            UnaryOp::Neg => -v,
+            UnaryOp::Abs => v.abs(),
+            UnaryOp::Relu => {
+                if v < 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            }
+            UnaryOp::Exp => v.exp(),
+            UnaryOp::Log => v.ln(),
+            UnaryOp::Sqrt => v.sqrt(),
+            UnaryOp::Rsqrt => 1.0 / v.sqrt(),
+            UnaryOp::Tanh => v.tanh(),
+            UnaryOp::Sigmoid => sig(v),
+            UnaryOp::Gelu => (0.5 * f64::from(v) * (1.0 + erf64(f64::from(v) / 2f64.sqrt()))) as f32,
+            UnaryOp::Silu => v * sig(v),
+        }
+    }
+
+    fn inst(op: EwOp, dtype: DType) -> EwInst {
+        EwInst { op, dtype }
+    }
+
+    const UNARY: [UnaryOp; 11] = [
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Relu,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Gelu,
+        UnaryOp::Silu,
+    ];
+
+    /// Every unary operator on a rank-3 output [3, 17, 5], times an input
+    /// broadcast from [17, 1] (stride 0 on two axes) and read at an offset.
+    #[test]
+    fn elementwise_unary_ops_broadcast_and_offsets() {
+        let shape = [3usize, 17, 5];
+        let n: usize = shape.iter().product();
+        let x = fill(n + 2, 3); // read from offset 2
+        let y = fill(17, 4);
+        let bindings = tdl_ir::Bindings::new();
+        for u in UNARY {
+            let k = ElementwiseKernel {
+                inputs: vec![Access::whole(BufId(0)), Access::whole(BufId(1))],
+                masks: vec![],
+                body: vec![
+                    inst(EwOp::Load(0), DType::F32),
+                    inst(EwOp::Unary(u, 0), DType::F32),
+                    inst(EwOp::Load(1), DType::F32),
+                    inst(EwOp::Binary(BinaryOp::Mul, 1, 2), DType::F32),
+                ],
+                out: BufId(2),
+            };
+            let args = ElementwiseArgs {
+                shape: &shape,
+                inputs: vec![
+                    StridedView { data: Elems::F32(&x), offset: 2, shape: shape.to_vec(), strides: vec![85, 5, 1] },
+                    StridedView { data: Elems::F32(&y), offset: 0, shape: shape.to_vec(), strides: vec![0, 1, 0] },
+                ],
+                masks: vec![],
+                bindings: &bindings,
+            };
+            let plan = tdl_mlir::elementwise::plan_elementwise(&k, &args).unwrap().expect("supported");
+            let got = run(&plan);
+            let want: Vec<f32> = (0..n).map(|i| unary_ref(u, x[2 + i]) * y[(i / 5) % 17]).collect();
+            close(&got, &want, &format!("{u:?}"));
+            if u == UnaryOp::Gelu {
+                ptx(&plan.code, &["tdl_ew"]);
+            }
+        }
+    }
+
+    /// `log` at the special values (0, negative, inf, NaN, subnormal, huge).
+    #[test]
+    fn elementwise_log_special_values() {
+        let x = [0.0f32, -0.0, -1.0, f32::INFINITY, f32::NAN, 1e-40, 1e30, 1.0, 2.0, 0.5, 1.41, 1.42, 7.0];
+        let shape = [x.len()];
+        let bindings = tdl_ir::Bindings::new();
+        let k = ElementwiseKernel {
+            inputs: vec![Access::whole(BufId(0))],
+            masks: vec![],
+            body: vec![inst(EwOp::Load(0), DType::F32), inst(EwOp::Unary(UnaryOp::Log, 0), DType::F32)],
+            out: BufId(1),
+        };
+        let args = ElementwiseArgs {
+            shape: &shape,
+            inputs: vec![StridedView { data: Elems::F32(&x), offset: 0, shape: shape.to_vec(), strides: vec![1] }],
+            masks: vec![],
+            bindings: &bindings,
+        };
+        let plan = tdl_mlir::elementwise::plan_elementwise(&k, &args).unwrap().expect("supported");
+        let want: Vec<f32> = x.iter().map(|v| v.ln()).collect();
+        close(&run(&plan), &want, "log");
+    }
+
+    /// A causal mask inside an elementwise chain (T=7, S=9) selecting -inf,
+    /// and a boolean input selecting between two values.
+    #[test]
+    fn elementwise_masks_and_bool_inputs() {
+        let shape = [2usize, 7, 9];
+        let n: usize = shape.iter().product();
+        let x = fill(n, 5);
+        let flags: Vec<i32> = (0..n as i32).map(|i| i % 3 % 2).collect();
+        let bindings = tdl_ir::Bindings::new();
+        let k = ElementwiseKernel {
+            inputs: vec![Access::whole(BufId(0)), Access::whole(BufId(1))],
+            masks: vec![MaskUse { expr: MaskExpr::Causal, operands: vec![] }],
+            body: vec![
+                inst(EwOp::Load(0), DType::F32),
+                inst(EwOp::Mask(0), DType::Bool),
+                inst(EwOp::Const(f64::NEG_INFINITY), DType::F32),
+                inst(EwOp::Select(1, 0, 2), DType::F32),
+                inst(EwOp::Load(1), DType::Bool),
+                inst(EwOp::Const(2.5), DType::F32),
+                inst(EwOp::Select(4, 3, 5), DType::F32),
+            ],
+            out: BufId(2),
+        };
+        let args = ElementwiseArgs {
+            shape: &shape,
+            inputs: vec![
+                StridedView { data: Elems::F32(&x), offset: 0, shape: shape.to_vec(), strides: vec![63, 9, 1] },
+                StridedView { data: Elems::I32(&flags), offset: 0, shape: shape.to_vec(), strides: vec![63, 9, 1] },
+            ],
+            masks: vec![],
+            bindings: &bindings,
+        };
+        let plan = tdl_mlir::elementwise::plan_elementwise(&k, &args).unwrap().expect("supported");
+        let want: Vec<f32> = (0..n)
+            .map(|i| {
+                let (q, kk) = ((i / 9) % 7, i % 9);
+                let v = if kk <= q + 2 { x[i] } else { f32::NEG_INFINITY };
+                if flags[i] != 0 {
+                    v
+                } else {
+                    2.5
+                }
+            })
+            .collect();
+        close(&run(&plan), &want, "masked");
+        ptx(&plan.code, &["tdl_ew"]);
+    }
+
+    /// Reductions over a middle axis and over rows longer than a workgroup.
+    #[test]
+    fn reductions_odd_sizes() {
+        for (shape, axis) in [(vec![3usize, 37, 5], 1usize), (vec![2, 300], 1), (vec![7, 3], 0)] {
+            let n: usize = shape.iter().product();
+            let x = fill(n, 6);
+            let (outer, len): (usize, usize) = (shape[..axis].iter().product(), shape[axis]);
+            let inner: usize = shape[axis + 1..].iter().product();
+            for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+                let k = ReduceKernel { op, axis, keepdims: false, x: Access::whole(BufId(0)), out: BufId(1) };
+                let args = RowArgs { x: &x, shape: &shape, params: vec![] };
+                let plan = tdl_mlir::rows::plan_reduce(&k, &args).unwrap().expect("supported");
+                let mut want = Vec::new();
+                for o in 0..outer {
+                    for j in 0..inner {
+                        let at = |i: usize| x[(o * len + i) * inner + j];
+                        want.push(match op {
+                            ReduceOp::Sum => (0..len).map(at).sum::<f32>(),
+                            ReduceOp::Mean => (0..len).map(at).sum::<f32>() / len as f32,
+                            ReduceOp::Max => (0..len).map(at).fold(f32::NEG_INFINITY, f32::max),
+                        });
+                    }
+                }
+                close(&run(&plan), &want, &format!("{op:?} of {shape:?} over {axis}"));
+            }
+        }
+    }
+
+    /// Softmax over a middle axis with one all -inf row (zeros), layernorm
+    /// and rmsnorm over rows of 37 and 300, rope over [2, 7, 6].
+    #[test]
+    fn row_kernels_odd_sizes() {
+        let shape = [3usize, 37, 5];
+        let mut x = fill(555, 7);
+        for i in 0..37 {
+            x[i * 5] = f32::NEG_INFINITY; // row (o=0, j=0)
+        }
+        let k = RowKernel { op: RowOp::Softmax { axis: 1 }, x: Access::whole(BufId(0)), params: vec![], out: BufId(1) };
+        let plan = tdl_mlir::rows::plan_row(&k, &RowArgs { x: &x, shape: &shape, params: vec![] }).unwrap().unwrap();
+        let mut want = x.clone();
+        for o in 0..3 {
+            for j in 0..5 {
+                let idx: Vec<usize> = (0..37).map(|i| (o * 37 + i) * 5 + j).collect();
+                let m = idx.iter().map(|&i| x[i]).fold(f32::NEG_INFINITY, f32::max);
+                let s: f32 = idx.iter().map(|&i| (x[i] - m).exp()).sum();
+                for &i in &idx {
+                    want[i] = if m == f32::NEG_INFINITY { 0.0 } else { (x[i] - m).exp() / s };
+                }
+            }
+        }
+        close(&run(&plan), &want, "softmax");
+        ptx(&plan.code, &["tdl_row"]);
+        for d in [37usize, 300] {
+            let x = fill(5 * d, 8);
+            let (g, b) = (fill(d, 9), fill(d, 10));
+            for ln in [true, false] {
+                let (op, params) = if ln {
+                    (RowOp::LayerNorm { eps: 1e-5 }, vec![g.as_slice(), b.as_slice()])
+                } else {
+                    (RowOp::RmsNorm { eps: 1e-6 }, vec![g.as_slice()])
+                };
+                let k = RowKernel { op, x: Access::whole(BufId(0)), params: vec![], out: BufId(1) };
+                let shape = [5, d];
+                let plan = tdl_mlir::rows::plan_row(&k, &RowArgs { x: &x, shape: &shape, params }).unwrap().unwrap();
+                let mut want = x.clone();
+                for row in want.chunks_exact_mut(d) {
+                    if ln {
+                        let mean = row.iter().sum::<f32>() / d as f32;
+                        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                        let inv = 1.0 / (var + 1e-5f32).sqrt();
+                        row.iter_mut().enumerate().for_each(|(i, v)| *v = (*v - mean) * inv * g[i] + b[i]);
+                    } else {
+                        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                        let inv = 1.0 / (ms + 1e-6f32).sqrt();
+                        row.iter_mut().enumerate().for_each(|(i, v)| *v = *v * inv * g[i]);
+                    }
+                }
+                close(&run(&plan), &want, &format!("norm d={d} layernorm={ln}"));
+            }
+        }
+        let shape = [2usize, 7, 6];
+        let x = fill(84, 11);
+        let k =
+            RowKernel { op: RowOp::Rope { base: 10000.0 }, x: Access::whole(BufId(0)), params: vec![], out: BufId(1) };
+        let plan = tdl_mlir::rows::plan_row(&k, &RowArgs { x: &x, shape: &shape, params: vec![] }).unwrap().unwrap();
+        let mut want = x.clone();
+        for (ri, row) in want.chunks_exact_mut(6).enumerate() {
+            let pos = ri % 7;
+            for i in 0..3 {
+                let th = pos as f64 * 10000f64.powf(-((2 * i) as f64) / 6.0);
+                let (sn, cs) = (th.sin() as f32, th.cos() as f32);
+                let (x1, x2) = (row[i], row[i + 3]);
+                row[i] = x1 * cs - x2 * sn;
+                row[i + 3] = x2 * cs + x1 * sn;
+            }
+        }
+        close(&run(&plan), &want, "rope");
+        ptx(&plan.code, &["tdl_rope"]);
+    }
+
+    /// Concat of three sources along a middle axis (one a transposed view),
+    /// repeat along axis 0, a strided copy.
+    #[test]
+    fn data_movement_odd_sizes() {
+        let (a, b, c) = (fill(2 * 3 * 4, 12), fill(2 * 5 * 4, 13), fill(2 * 4 + 1, 14));
+        let view = |d: &'static [f32], offset, shape: Vec<usize>, strides| StridedView {
+            data: Elems::F32(d),
+            offset,
+            shape,
+            strides,
+        };
+        let (a, b, c): (&'static [f32], &'static [f32], &'static [f32]) =
+            (Box::leak(a.into_boxed_slice()), Box::leak(b.into_boxed_slice()), Box::leak(c.into_boxed_slice()));
+        // c viewed as [2, 1, 4] from offset 1.
+        let srcs = vec![
+            view(a, 0, vec![2, 3, 4], vec![12, 4, 1]),
+            view(b, 0, vec![2, 5, 4], vec![20, 4, 1]),
+            view(c, 1, vec![2, 1, 4], vec![4, 4, 1]),
+        ];
+        let k = MoveKernel { op: MoveOp::Concat { axis: 1 }, srcs: vec![], out: BufId(3) };
+        let shape = [2usize, 9, 4];
+        let plan = tdl_mlir::movement::plan_move(&k, &MoveArgs { shape: &shape, srcs }).unwrap().unwrap();
+        let mut want = Vec::new();
+        for o in 0..2 {
+            for i in 0..9 {
+                for j in 0..4 {
+                    want.push(if i < 3 {
+                        a[o * 12 + i * 4 + j]
+                    } else if i < 8 {
+                        b[o * 20 + (i - 3) * 4 + j]
+                    } else {
+                        c[1 + o * 4 + j]
+                    });
+                }
+            }
+        }
+        close(&run(&plan), &want, "concat");
+        ptx(&plan.code, &["tdl_move"]);
+        // repeat 3× along axis 0 of a read transposed ([2, 4, 3]).
+        let k = MoveKernel { op: MoveOp::Repeat { times: 3, axis: 0 }, srcs: vec![], out: BufId(1) };
+        let shape = [6usize, 4, 3];
+        let srcs = vec![view(a, 0, vec![2, 4, 3], vec![12, 1, 4])];
+        let plan = tdl_mlir::movement::plan_move(&k, &MoveArgs { shape: &shape, srcs }).unwrap().unwrap();
+        let want: Vec<f32> = (0..72)
+            .map(|i| {
+                let (r, p, q) = (i / 12, (i / 3) % 4, i % 3);
+                a[(r / 3) * 12 + q * 4 + p]
+            })
+            .collect();
+        close(&run(&plan), &want, "repeat");
+        let k = MoveKernel { op: MoveOp::Copy, srcs: vec![], out: BufId(1) };
+        let srcs = vec![view(a, 0, vec![2, 4, 3], vec![12, 1, 4])];
+        let plan = tdl_mlir::movement::plan_move(&k, &MoveArgs { shape: &[2, 4, 3], srcs }).unwrap().unwrap();
+        let want: Vec<f32> = (0..24)
+            .map(|i| {
+                let (r, p, q) = (i / 12, (i / 3) % 4, i % 3);
+                a[r * 12 + q * 4 + p]
+            })
+            .collect();
+        close(&run(&plan), &want, "copy");
+    }
 }
