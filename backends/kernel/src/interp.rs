@@ -157,6 +157,16 @@ pub trait Hooks {
         None
     }
 
+    /// Runs an elementwise chain writing an `i32` or `bool` buffer (`bool`
+    /// as 0/1), or returns `None` (the interpreter runs it then).
+    fn elementwise_i32(
+        &self,
+        _k: &ElementwiseKernel,
+        _args: &ElementwiseArgs<'_>,
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        None
+    }
+
     /// Runs a reduction of a floating-point input, or returns `None`. The
     /// result is the row-major output in `f32`, before rounding.
     fn reduce(&self, _k: &ReduceKernel, _args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
@@ -836,7 +846,7 @@ impl<'a> Ctx<'a> {
             Some(l) if l.dtype.is_float() == dtype.is_float() => {}
             _ => return Err(err("the elementwise result's type differs from its buffer's")),
         }
-        if dtype.is_float() {
+        {
             let args = ElementwiseArgs {
                 shape: out,
                 inputs: inputs
@@ -859,9 +869,22 @@ impl<'a> Ctx<'a> {
                     .collect(),
                 bindings: self.bindings,
             };
-            let r = self.hooks.elementwise(e, &args);
-            if let Some(v) = self.hook_f32(r, dtype, out)? {
-                return Ok(v);
+            if dtype.is_float() {
+                let r = self.hooks.elementwise(e, &args);
+                if let Some(v) = self.hook_f32(r, dtype, out)? {
+                    return Ok(v);
+                }
+            } else if let Some(r) = self.hooks.elementwise_i32(e, &args) {
+                let (data, name) = r.map_err(err)?;
+                let n: usize = out.iter().product();
+                if data.len() != n {
+                    return Err(err(format!("the {name} executor gave {} values, not {n}", data.len())));
+                }
+                if dtype == DType::Bool && data.iter().any(|&x| x != 0 && x != 1) {
+                    return Err(err(format!("the {name} executor gave a bool that is not 0 or 1")));
+                }
+                self.executor = name;
+                return Ok(Val::I(out.to_vec(), data));
             }
         }
         let width = out.last().copied().unwrap_or(1);

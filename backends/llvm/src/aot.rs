@@ -31,8 +31,9 @@
 //! code when the call's nest matches a compiled variant and the executor's
 //! loops otherwise (a symbol bound to 1 can turn an operand into a
 //! broadcast, say), so a result is never wrong. What each kernel got is
-//! [`AotGraph::report`]'s; the kernels no code generator compiles (lambda
-//! masks, score modifiers, integer outputs) run in the executor's loops.
+//! [`AotGraph::report`]'s; the kernels no code generator compiles (integer
+//! reductions, integer matmuls and moves, lambdas the lambda compiler
+//! declines) run in the executor's loops.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -174,8 +175,8 @@ pub(crate) fn variant_kernel(p: &KernelProgram, body: &KernelBody, host: &HostTa
                 }
             }
             if functions.is_empty() {
-                return Err("not supported yet: the loop-nest code generator does not compile this chain (an integer \
-                            output, integer exp-like functions, a lambda it declines)"
+                return Err("not supported yet: the loop-nest code generator does not compile this chain (integer \
+                            exp-like functions, a lambda it declines)"
                     .into());
             }
             Ok(VariantKernel {
@@ -379,6 +380,14 @@ impl Hooks for InProcess {
 
     fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
         self.hooks.elementwise(k, args)
+    }
+
+    fn elementwise_i32(
+        &self,
+        k: &ElementwiseKernel,
+        args: &ElementwiseArgs<'_>,
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        self.hooks.elementwise_i32(k, args)
     }
 
     fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {

@@ -108,7 +108,7 @@ fn cached<K: std::hash::Hash + Eq, V: Clone>(
 }
 
 /// A hook's answer from a runner's: `None` declines.
-fn answer(r: Option<Result<Vec<f32>, LlvmError>>) -> Option<Result<F32Run, String>> {
+fn answer<T>(r: Option<Result<Vec<T>, LlvmError>>) -> Option<Result<(Vec<T>, &'static str), String>> {
     r.map(|r| r.map(|out| (out, EXECUTOR)).map_err(|e| e.to_string()))
 }
 
@@ -119,6 +119,15 @@ impl Hooks for CpuHooks {
     fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
         let host = self.host.as_ref()?;
         answer(crate::elementwise::run_elementwise(k, args, host, &self.kernels, self.threads))
+    }
+
+    fn elementwise_i32(
+        &self,
+        k: &ElementwiseKernel,
+        args: &ElementwiseArgs<'_>,
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        let host = self.host.as_ref()?;
+        answer(crate::elementwise::run_elementwise_i32(k, args, host, &self.kernels, self.threads))
     }
 
     fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {

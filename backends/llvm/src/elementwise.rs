@@ -43,10 +43,12 @@
 //! function gets `h`, the index along axis -3, the symbol table, the
 //! masks' operand arrays and the error flag, as the attention kernel's).
 //!
-//! Declined (the interpreter runs them): outputs that are not
-//! floating-point, lambdas the lambda compiler declines, integer
-//! `exp`-like functions (an interpreter error), and `i32`/`bool` sources
-//! of moves.
+//! Chains ending in an integer or a boolean store `i32`s (booleans as 0/1;
+//! [`run_elementwise_i32`]).
+//!
+//! Declined (the interpreter runs them): lambdas the lambda compiler
+//! declines, integer `exp`-like functions (an interpreter error), and
+//! `i32`/`bool` sources of moves.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -149,8 +151,9 @@ pub(crate) fn finish_module(text: &mut String, host: &HostTarget) {
 }
 
 /// One element of the chain: the value of every instruction at output
-/// column `%j` of the row whose operands start at `%p{i}`.
-fn chain_ir(ir: &mut Ir, spec: &LoopSpec<'_>) -> Option<String> {
+/// column `%j` of the row whose operands start at `%p{i}`; the last one's
+/// value and class.
+fn chain_ir(ir: &mut Ir, spec: &LoopSpec<'_>) -> Option<(String, Ty)> {
     let mut vals: Vec<(String, Ty)> = Vec::with_capacity(spec.body.len());
     for (pc, inst) in spec.body.iter().enumerate() {
         let ty = Ty::of(inst.dtype);
@@ -262,10 +265,7 @@ fn chain_ir(ir: &mut Ir, spec: &LoopSpec<'_>) -> Option<String> {
         };
         vals.push((v, ty));
     }
-    match vals.last() {
-        Some((v, Ty::F)) => Some(v.clone()),
-        _ => None,
-    }
+    vals.last().cloned()
 }
 
 fn call(ir: &mut Ir, f: &str, x: &str) -> String {
@@ -361,9 +361,23 @@ fn loop_ir(spec: &LoopSpec<'_>, host: &HostTarget) -> Option<String> {
     row.for_range(&cj, "%j0", "%j1", |ir, j| {
         ir.line(format!("%j = add i64 {j}, 0"));
         value = chain_ir(ir, spec);
-        if let Some(v) = &value {
-            let po = ir.gep("float", "%o", "%j");
-            ir.line(format!("store float {v}, ptr {po}"));
+        // Floats are stored as `float`, integers and booleans (0/1) as `i32`.
+        match &value {
+            Some((v, Ty::F)) => {
+                let po = ir.gep("float", "%o", "%j");
+                ir.line(format!("store float {v}, ptr {po}"));
+            }
+            Some((v, Ty::I)) => {
+                let po = ir.gep("i32", "%o", "%j");
+                ir.line(format!("store i32 {v}, ptr {po}"));
+            }
+            Some((v, Ty::B)) => {
+                let x = ir.tmp();
+                ir.line(format!("{x} = zext i1 {v} to i32"));
+                let po = ir.gep("i32", "%o", "%j");
+                ir.line(format!("store i32 {x}, ptr {po}"));
+            }
+            None => {}
         }
     });
     value.as_ref()?;
@@ -551,6 +565,18 @@ pub fn run_elementwise(
     threads: usize,
 ) -> Option<Result<Vec<f32>, LlvmError>> {
     let r = tdl_rt::elementwise::run_elementwise(k, args, threads, &JitLoops { host, cache })?;
+    Some(r.map_err(LlvmError::from))
+}
+
+/// [`run_elementwise`] for a chain writing `i32` or `bool` (0/1) values.
+pub fn run_elementwise_i32(
+    k: &ElementwiseKernel,
+    args: &ElementwiseArgs<'_>,
+    host: &HostTarget,
+    cache: &KernelCache,
+    threads: usize,
+) -> Option<Result<Vec<i32>, LlvmError>> {
+    let r = tdl_rt::elementwise::run_elementwise_i32(k, args, threads, &JitLoops { host, cache })?;
     Some(r.map_err(LlvmError::from))
 }
 

@@ -383,33 +383,48 @@ fn data_masks_in_the_chain_match() {
     }
 }
 
-/// What the code generator does not compile runs in the interpreter.
+/// Lambda masks and integer results compile (and give the interpreter's
+/// bits); a lambda the lambda compiler declines (a `where` whose branches
+/// differ in type) runs in the interpreter.
 #[test]
-fn unsupported_chains_decline_to_the_interpreter() {
+fn lambda_masks_and_integer_chains_compile_and_the_rest_declines() {
     use tdl_ir::{LambdaVar, ScalarBinary, ScalarExpr};
     let hooks = CpuHooks::new(2);
-    // A lambda mask.
+    let masked = |m: MaskExpr| {
+        let mut p = Prog::default();
+        let x = p.input(DType::F32, &[9, 9]);
+        let out = p.temp(DType::F32, &[9, 9]);
+        p.program(KernelBody::Elementwise(ElementwiseKernel {
+            inputs: vec![Access::whole(x)],
+            masks: vec![MaskUse { expr: m, operands: Vec::new() }],
+            body: vec![
+                inst(EwOp::Mask(0), DType::Bool),
+                f32i(EwOp::Load(0)),
+                f32i(EwOp::Const(0.0)),
+                f32i(EwOp::Select(0, 1, 2)),
+            ],
+            out,
+        }))
+    };
+    // A lambda mask: compiled.
     let lambda = MaskExpr::Lambda(ScalarExpr::binary(
         ScalarBinary::Le,
         ScalarExpr::Var(LambdaVar::K),
         ScalarExpr::Var(LambdaVar::Q),
     ));
-    let mut p = Prog::default();
-    let x = p.input(DType::F32, &[9, 9]);
-    let out = p.temp(DType::F32, &[9, 9]);
-    let prog = p.program(KernelBody::Elementwise(ElementwiseKernel {
-        inputs: vec![Access::whole(x)],
-        masks: vec![MaskUse { expr: lambda, operands: Vec::new() }],
-        body: vec![
-            inst(EwOp::Mask(0), DType::Bool),
-            f32i(EwOp::Load(0)),
-            f32i(EwOp::Const(0.0)),
-            f32i(EwOp::Select(0, 1, 2)),
-        ],
-        out,
-    }));
-    check(&prog, &[random(&[9, 9], 1, 1.0, false)], &hooks, "interpreter", EXACT);
-    // An integer result.
+    check(&masked(lambda), &[random(&[9, 9], 1, 1.0, false)], &hooks, EXECUTOR, EXACT);
+    // `where(q < 2, 1, 2.5) > 1`: branches of different types, declined.
+    let mixed = MaskExpr::Lambda(ScalarExpr::binary(
+        ScalarBinary::Gt,
+        ScalarExpr::Select(
+            Box::new(ScalarExpr::binary(ScalarBinary::Lt, ScalarExpr::Var(LambdaVar::Q), ScalarExpr::Int(2))),
+            Box::new(ScalarExpr::Int(1)),
+            Box::new(ScalarExpr::Float(2.5)),
+        ),
+        ScalarExpr::Int(1),
+    ));
+    check(&masked(mixed), &[random(&[9, 9], 1, 1.0, false)], &hooks, "interpreter", EXACT);
+    // An integer result (floor division, `x / 0 == 0`): compiled.
     let mut p = Prog::default();
     let a = p.input(DType::I32, &[4, 5]);
     let out = p.temp(DType::I32, &[4, 5]);
@@ -424,7 +439,19 @@ fn unsupported_chains_decline_to_the_interpreter() {
         out,
     }));
     let ints = (0..20).map(|i| f64::from(i - 10)).collect();
-    check(&prog, &[tensor(DType::I32, &[4, 5], ints)], &hooks, "interpreter", EXACT);
+    check(&prog, &[tensor(DType::I32, &[4, 5], ints)], &hooks, EXECUTOR, EXACT);
+    // A boolean result (0/1): compiled.
+    let mut p = Prog::default();
+    let a = p.input(DType::I32, &[3, 7]);
+    let out = p.temp(DType::Bool, &[3, 7]);
+    let prog = p.program(KernelBody::Elementwise(ElementwiseKernel {
+        inputs: vec![Access::whole(a)],
+        masks: vec![MaskUse { expr: MaskExpr::Causal, operands: Vec::new() }],
+        body: vec![inst(EwOp::Mask(0), DType::Bool)],
+        out,
+    }));
+    let ints = (0..21).map(f64::from).collect();
+    check(&prog, &[tensor(DType::I32, &[3, 7], ints)], &hooks, EXECUTOR, EXACT);
 }
 
 #[test]

@@ -154,7 +154,7 @@ pub struct AotHooks {
 }
 
 /// A hook's answer from a driver's: `None` declines.
-fn answer(r: Option<Result<Vec<f32>, RtError>>) -> Option<Result<F32Run, String>> {
+fn answer<T>(r: Option<Result<Vec<T>, RtError>>) -> Option<Result<(Vec<T>, &'static str), String>> {
     r.map(|r| r.map(|out| (out, EXECUTOR)).map_err(|e| e.to_string()))
 }
 
@@ -244,6 +244,15 @@ impl Hooks for AotHooks {
     fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
         let e = self.loop_entry(k.out, |b| matches!(b, KernelBody::Elementwise(x) if x == k))?;
         answer(crate::elementwise::run_elementwise(k, args, self.threads, e))
+    }
+
+    fn elementwise_i32(
+        &self,
+        k: &ElementwiseKernel,
+        args: &ElementwiseArgs<'_>,
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        let e = self.loop_entry(k.out, |b| matches!(b, KernelBody::Elementwise(x) if x == k))?;
+        answer(crate::elementwise::run_elementwise_i32(k, args, self.threads, e))
     }
 
     fn movement(&self, k: &MoveKernel, args: &MoveArgs<'_>) -> Option<Result<F32Run, String>> {

@@ -52,14 +52,15 @@ pub const GRAIN: usize = 1 << 14;
 /// array dimensions, lambda error flag)`: rows `row0..row1` of the nest's
 /// leading axes (columns `j0..j1` of each), operand `i` starting at
 /// `ins[i]` with strides `in_strides[i·rank..]`, the output at `out` with
-/// `out_strides`. The masks' index lambdas read the dimension symbols
+/// `out_strides` (`float`s, or `i32`s for a chain ending in an integer or
+/// a boolean, stored as 0/1). The masks' index lambdas read the dimension symbols
 /// ([`mask_lambda_symbols`] order) and their operands' `f64` values (every
 /// mask's operands in turn, each array's dimensions in the dimension
 /// table), and set the flag when an index is out of range.
 pub type LoopFn = unsafe extern "C" fn(
     *const *const u8,
     *const i64,
-    *mut f32,
+    *mut u8,
     *const i64,
     *const i64,
     i64,
@@ -333,7 +334,7 @@ pub fn par_for(items: usize, threads: usize, work: impl Fn(usize) + Sync) -> Res
 /// the source asks for it), all writing into `out` (of `n_out` elements),
 /// run on `threads` threads. `None` when a nest has no code.
 #[allow(clippy::too_many_arguments)]
-fn run_nests(
+fn run_nests<T: Copy + Default>(
     nests: Vec<Nest<'_>>,
     simplify: bool,
     body: &[EwInst],
@@ -343,7 +344,7 @@ fn run_nests(
     n_out: usize,
     threads: usize,
     source: &dyn LoopSource,
-) -> Option<Result<Vec<f32>, RtError>> {
+) -> Option<Result<Vec<T>, RtError>> {
     // Every nest's code first, so a decline never leaves half an output.
     let mut chosen = Vec::with_capacity(nests.len());
     for nest in nests {
@@ -379,13 +380,13 @@ fn run_nests(
     Some(run_checked(&chosen, arrays, lambdas.0, n_out, threads))
 }
 
-fn run_checked(
+fn run_checked<T: Copy + Default>(
     nests: &[(Nest<'_>, Code)],
     arrays: &[(Vec<i32>, i64)],
     lambdas: &LambdaTables,
     n_out: usize,
     threads: usize,
-) -> Result<Vec<f32>, RtError> {
+) -> Result<Vec<T>, RtError> {
     let lerr = AtomicI32::new(0);
     let (lsyms, larr, ldims) = (
         Shared(lambdas.syms.as_ptr().cast_mut()),
@@ -394,7 +395,7 @@ fn run_checked(
     );
     let lerr_p = &lerr;
     let oob = |what: &str| RtError::new(format!("{what} reaches outside its buffer"));
-    let mut out = vec![0f32; n_out];
+    let mut out = vec![T::default(); n_out];
     let array_ptrs: Vec<Shared<i32>> = arrays.iter().map(|(a, _)| Shared(a.as_ptr().cast_mut())).collect();
     let mcols: Vec<i64> = arrays.iter().map(|(_, c)| *c).collect();
     for (nest, code) in nests {
@@ -450,7 +451,7 @@ fn run_checked(
                 f(
                     raw.as_ptr(),
                     ist.as_ptr(),
-                    outp.ptr(),
+                    outp.ptr().cast::<u8>(),
                     ost.as_ptr(),
                     shape.as_ptr(),
                     r0 as i64,
@@ -498,14 +499,40 @@ pub fn elementwise_nest<'x>(
     Some((nest, true))
 }
 
-/// Runs an elementwise kernel with the code of `source`, or `None` when
-/// there is none for it (the interpreter runs it then).
+/// Runs an elementwise kernel writing floating-point values with the code
+/// of `source`, or `None` when there is none for it (the interpreter runs
+/// it then).
 pub fn run_elementwise(
     k: &ElementwiseKernel,
     args: &ElementwiseArgs<'_>,
     threads: usize,
     source: &dyn LoopSource,
 ) -> Option<Result<Vec<f32>, RtError>> {
+    if !k.body.last()?.dtype.is_float() {
+        return None;
+    }
+    run_elementwise_as(k, args, threads, source)
+}
+
+/// [`run_elementwise`] for a chain ending in an `i32` or a `bool` (0/1).
+pub fn run_elementwise_i32(
+    k: &ElementwiseKernel,
+    args: &ElementwiseArgs<'_>,
+    threads: usize,
+    source: &dyn LoopSource,
+) -> Option<Result<Vec<i32>, RtError>> {
+    if k.body.last()?.dtype.is_float() {
+        return None;
+    }
+    run_elementwise_as(k, args, threads, source)
+}
+
+fn run_elementwise_as<T: Copy + Default>(
+    k: &ElementwiseKernel,
+    args: &ElementwiseArgs<'_>,
+    threads: usize,
+    source: &dyn LoopSource,
+) -> Option<Result<Vec<T>, RtError>> {
     let shape = args.shape;
     let r = shape.len();
     if args.inputs.len() != k.inputs.len() || args.masks.len() != k.masks.len() {
@@ -653,9 +680,9 @@ fn generic_view(p: &KernelProgram, a: &Access, b: &Bindings) -> Result<(interp::
 /// compiled code at all.
 pub fn loop_variants(p: &KernelProgram, body: &KernelBody) -> Result<Vec<LoopVariant>, String> {
     let out_buf = p.buffer(body.out()).ok_or_else(|| format!("no buffer {}", body.out()))?;
-    if !out_buf.dtype.is_float() {
+    if !out_buf.dtype.is_float() && !matches!(body, KernelBody::Elementwise(_)) {
         return Err(format!(
-            "the {} kernel writes {} values (compiled code writes f32)",
+            "the {} kernel writes {} values (compiled moves write f32)",
             body.kind(),
             out_buf.dtype.name()
         ));
@@ -799,9 +826,9 @@ mod tests {
         // A transposed view: any stride.
         let (p, k) = program(&[(&["S", "T"], vec![ViewOp::Transpose])], &["T", "S"], false);
         assert_eq!(loop_variants(&p, &k).unwrap(), [v(2, &[Any])]);
-        // An integer output gets no code.
+        // An integer output gets code too.
         let (p, k) = program(&[(&["T"], vec![])], &["T"], true);
-        assert!(loop_variants(&p, &k).unwrap_err().contains("i32"));
+        assert_eq!(loop_variants(&p, &k).unwrap(), [v(1, &[One])]);
     }
 
     /// Records the specs it is asked for; has no code.
