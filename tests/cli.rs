@@ -1638,7 +1638,11 @@ fn compile_emits_gpu_kernels_as_mlir_and_ptx() {
     let lambdas = Path::new(env!("CARGO_MANIFEST_DIR")).join("testsuite/corpus/mask_lambdas.tdl");
     let out = tdlc(["compile".as_ref(), lambdas.as_os_str(), "--emit".as_ref(), "ptx".as_ref()]);
     assert_ok(&out);
-    assert!(out.stderr.contains("note: graph `moa_spans`, kernel `n4` (attention): not supported yet"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("note: graph `moa_spans`, kernel `n4` (attention): not supported yet"),
+        "{}",
+        out.describe()
+    );
     let out = tdlc([
         "compile".as_ref(),
         ca.as_os_str(),

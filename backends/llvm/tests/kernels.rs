@@ -158,20 +158,6 @@ fn unary_program(u: UnaryOp, shape: &[usize]) -> KernelProgram {
     }))
 }
 
-const UNARY: [UnaryOp; 11] = [
-    UnaryOp::Neg,
-    UnaryOp::Abs,
-    UnaryOp::Relu,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Rsqrt,
-    UnaryOp::Tanh,
-    UnaryOp::Sigmoid,
-    UnaryOp::Gelu,
-    UnaryOp::Silu,
-];
-
 fn unary_tol(u: UnaryOp) -> Tol {
     match u {
         UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Sqrt | UnaryOp::Rsqrt => EXACT,
@@ -183,7 +169,7 @@ fn unary_tol(u: UnaryOp) -> Tol {
 #[test]
 fn unary_ops_match_the_interpreter() {
     let hooks = CpuHooks::new(2);
-    for u in UNARY {
+    for u in UnaryOp::ALL {
         let mut worst = 0f64;
         for (i, rows) in ROWS.into_iter().enumerate() {
             for (range, special) in [(20.0, true), (100.0, false), (1.0, false)] {

@@ -381,20 +381,6 @@ mod kernels {
         EwInst { op, dtype }
     }
 
-    const UNARY: [UnaryOp; 11] = [
-        UnaryOp::Neg,
-        UnaryOp::Abs,
-        UnaryOp::Relu,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Rsqrt,
-        UnaryOp::Tanh,
-        UnaryOp::Sigmoid,
-        UnaryOp::Gelu,
-        UnaryOp::Silu,
-    ];
-
     /// Every unary operator on a rank-3 output [3, 17, 5], times an input
     /// broadcast from [17, 1] (stride 0 on two axes) and read at an offset.
     #[test]
@@ -404,7 +390,7 @@ mod kernels {
         let x = fill(n + 2, 3); // read from offset 2
         let y = fill(17, 4);
         let bindings = tdl_ir::Bindings::new();
-        for u in UNARY {
+        for u in UnaryOp::ALL {
             let k = ElementwiseKernel {
                 inputs: vec![Access::whole(BufId(0)), Access::whole(BufId(1))],
                 masks: vec![],
