@@ -301,7 +301,14 @@ fn row_plan<'a>(
             params: ps,
         }]
     };
-    Ok(Some(LaunchPlan { code: cached_code("row", &f), buffers, steps, output: 1, output_shape: out_shape }))
+    Ok(Some(LaunchPlan {
+        code: cached_code("row", &f),
+        buffers,
+        steps,
+        output: 1,
+        output_shape: out_shape,
+        error_flag: None,
+    }))
 }
 
 /// The launch plan of a reduce hook call (`Ok(None)`: not supported).
@@ -387,6 +394,7 @@ pub fn plan_row<'a>(k: &RowKernel, args: &RowArgs<'a>) -> Result<Option<LaunchPl
                 steps,
                 output: 1,
                 output_shape: shape.to_vec(),
+                error_flag: None,
             }))
         }
     }

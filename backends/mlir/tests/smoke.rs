@@ -156,7 +156,8 @@ mod attention {
     fn host_run_matches_naive_attention() {
         for (tq, tk) in [(16, 16), (8, 32)] {
             for (what, mask, visible) in cases() {
-                let spec = GpuAttentionSpec { d: 16, dv: 8, tile_q: tq, tile_k: tk, scale: None, mask };
+                let spec =
+                    GpuAttentionSpec { d: 16, dv: 8, tile_q: tq, tile_k: tk, scale: None, mask, ..Default::default() };
                 let code = Rc::new(code(&spec).unwrap_or_else(|e| panic!("{what}: {e}")));
                 let engine = compile_host(&code).unwrap_or_else(|e| panic!("{what}: {e}"));
                 for (hq, hk, t, s) in [(2, 2, 37, 37), (4, 2, 5, 37), (2, 1, 40, 19), (1, 1, 1, 1)] {
@@ -184,6 +185,7 @@ mod attention {
                         }],
                         output: 3,
                         output_shape: vec![hq, t, dv],
+                        error_flag: None,
                     };
                     let o = run_plan(&engine, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
                     let want = reference(&q, &k, &v, (hq, hk, t, s, d, dv), 0.25, visible);
@@ -201,7 +203,15 @@ mod attention {
     fn gpu_kernel_lowers_to_ptx() {
         for chip in ["sm_90", "sm_80"] {
             for (what, mask, _) in cases() {
-                let spec = GpuAttentionSpec { d: 64, dv: 64, tile_q: 64, tile_k: 64, scale: Some(0.125), mask };
+                let spec = GpuAttentionSpec {
+                    d: 64,
+                    dv: 64,
+                    tile_q: 64,
+                    tile_k: 64,
+                    scale: Some(0.125),
+                    mask,
+                    ..Default::default()
+                };
                 let context = new_context();
                 let text = gpu_module(&spec, "tdl_attn", "attn").unwrap();
                 let mut module = parse_module(&context, &text).unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
@@ -223,10 +233,26 @@ mod attention {
     #[test]
     fn unsupported_masks_and_sizes_say_so() {
         let lambda = MaskExpr::Document { ids: 0 };
-        let spec = GpuAttentionSpec { d: 16, dv: 16, tile_q: 16, tile_k: 16, scale: None, mask: Some(lambda) };
+        let spec = GpuAttentionSpec {
+            d: 16,
+            dv: 16,
+            tile_q: 16,
+            tile_k: 16,
+            scale: None,
+            mask: Some(lambda),
+            ..Default::default()
+        };
         let e = host_module(&spec, "attn").unwrap_err().to_string();
         assert!(e.contains("not supported yet") && e.contains("document"), "{e}");
-        let big = GpuAttentionSpec { d: 512, dv: 512, tile_q: 128, tile_k: 128, scale: None, mask: None };
+        let big = GpuAttentionSpec {
+            d: 512,
+            dv: 512,
+            tile_q: 128,
+            tile_k: 128,
+            scale: None,
+            mask: None,
+            ..Default::default()
+        };
         let e = gpu_module(&big, "m", "k").unwrap_err().to_string();
         assert!(e.contains("not supported yet") && e.contains("workgroup memory"), "{e}");
     }
