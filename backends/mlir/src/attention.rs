@@ -32,9 +32,10 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use tdl_ir::layout::AttentionLayout;
-use tdl_ir::{DType, MaskExpr, ScalarExpr};
+use tdl_ir::{Bindings, DType, MaskExpr, ScalarExpr};
 use tdl_kernel::interp::AttentionArgs;
 use tdl_kernel::ir::AttentionKernel;
+use tdl_kernel::F32Tensor;
 
 use crate::elementwise::Emit;
 use crate::lambda::{lambda, LamCtx, Ty};
@@ -504,24 +505,46 @@ fn arrays<'a>(ops: impl Iterator<Item = Option<(DType, &'a [usize], &'a [f64])>>
 /// flattened heads), then the mask's and modifier's extras
 /// ([`crate::mask::Extras`]; the error flag is [`LaunchPlan::error_flag`]).
 pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Result<Option<LaunchPlan<'a>>, MlirError> {
-    let Ok((hq, hk, mheads)) = flat_heads(&args.q.shape, &args.k.shape, &args.v.shape) else {
-        return Ok(None);
-    };
-    let Ok(layout) = AttentionLayout::new(DType::F32, &args.q.shape, &args.k.shape, &args.v.shape) else {
-        return Ok(None);
-    };
-    let (t, s) = (layout.t, layout.s);
-    let mask_ops: Vec<Option<ArrayData<'_>>> = match args.mask {
-        Some((_, data)) => arrays(data.operands.iter().map(|o| Some((o.dtype, o.shape.as_slice(), o.data)))),
+    let mask_ops: Vec<ArrayData<'_>> = match args.mask {
+        Some((_, data)) => {
+            data.operands.iter().map(|o| ArrayData { dtype: o.dtype, shape: &o.shape, data: o.data }).collect()
+        }
         None => Vec::new(),
     };
     let score_ops: Vec<Option<ArrayData<'_>>> = match args.score {
         Some(sm) => arrays(sm.operands.iter().map(|o| o.as_ref().map(|o| (o.dtype, o.shape.as_slice(), o.data)))),
         None => Vec::new(),
     };
-    if let Some((m, _)) = args.mask {
-        let ops: Vec<ArrayData<'_>> = mask_ops.iter().flatten().copied().collect();
-        if ops.len() != mask_ops.len() || !crate::mask::check(m, &ops, t, s) {
+    plan_attention_arrays(
+        k,
+        (args.q, args.k, args.v),
+        args.mask.map(|(m, _)| (m, mask_ops.as_slice())),
+        args.score.map(|sm| (sm.expr, score_ops.as_slice())),
+        args.bindings,
+    )
+}
+
+/// [`plan_attention`] with the mask's operands and the score modifier's
+/// (by position, `None`: not a tensor) as [`ArrayData`].
+pub fn plan_attention_arrays<'a>(
+    k: &AttentionKernel,
+    (q, kk, v): (&'a F32Tensor, &'a F32Tensor, &'a F32Tensor),
+    mask: Option<(&MaskExpr, &[ArrayData<'_>])>,
+    score: Option<(&ScalarExpr, &[Option<ArrayData<'_>>])>,
+    bindings: &Bindings,
+) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    let Ok((hq, hk, mheads)) = flat_heads(&q.shape, &kk.shape, &v.shape) else {
+        return Ok(None);
+    };
+    let Ok(layout) = AttentionLayout::new(DType::F32, &q.shape, &kk.shape, &v.shape) else {
+        return Ok(None);
+    };
+    let (t, s) = (layout.t, layout.s);
+    let mask_ops: Vec<Option<ArrayData<'_>>> =
+        mask.map(|(_, o)| o.iter().copied().map(Some).collect()).unwrap_or_default();
+    let score_ops: Vec<Option<ArrayData<'_>>> = score.map(|(_, o)| o.to_vec()).unwrap_or_default();
+    if let Some((m, ops)) = mask {
+        if !crate::mask::check(m, ops, t, s) {
             return Ok(None);
         }
     }
@@ -532,8 +555,8 @@ pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Resu
         tile_q: k.tile_q,
         tile_k: k.tile_k,
         scale: k.scale,
-        mask: args.mask.map(|(m, _)| m.clone()),
-        score: args.score.map(|sm| sm.expr.clone()),
+        mask: mask.map(|(m, _)| m.clone()),
+        score: score.map(|(e, _)| e.clone()),
         operands: vec![types(&mask_ops), types(&score_ops)],
     });
     let (code, x) = match code(&spec).and_then(|c| Ok((c, extras(&spec)?))) {
@@ -541,21 +564,18 @@ pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Resu
         Err(MlirError::Unsupported(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if args.q.data.len() != hq * t * layout.d
-        || args.k.data.len() != hk * s * layout.d
-        || args.v.data.len() != hk * s * layout.dv
-    {
+    if q.data.len() != hq * t * layout.d || kk.data.len() != hk * s * layout.d || v.data.len() != hk * s * layout.dv {
         return Err(MlirError::BadPlan("attention operands do not match their shapes".into()));
     }
     let mut out_shape = layout.lead.clone();
     out_shape.extend([t, layout.dv]);
     let mut buffers = vec![
-        PlanBuf::F32(Cow::Borrowed(&args.q.data)),
-        PlanBuf::F32(Cow::Borrowed(&args.k.data)),
-        PlanBuf::F32(Cow::Borrowed(&args.v.data)),
+        PlanBuf::F32(Cow::Borrowed(&q.data)),
+        PlanBuf::F32(Cow::Borrowed(&kk.data)),
+        PlanBuf::F32(Cow::Borrowed(&v.data)),
         PlanBuf::Zeroed(hq * t * layout.dv),
     ];
-    let Some((extra, error_flag)) = plan_extras(&x, &[mask_ops, score_ops], args.bindings, mheads, &mut buffers) else {
+    let Some((extra, error_flag)) = plan_extras(&x, &[mask_ops, score_ops], bindings, mheads, &mut buffers) else {
         return Ok(None);
     };
     let gx = t.div_ceil(spec.tile_q) as u64;

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use tdl_ir::{BinaryOp, DType, UnaryOp};
-use tdl_kernel::interp::{ElementwiseArgs, Elems};
+use tdl_kernel::interp::{ElementwiseArgs, Elems, StridedView};
 use tdl_kernel::ir::{ElementwiseKernel, EwOp, KernelProgram};
 
 use crate::launch::{KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X};
@@ -492,22 +492,34 @@ pub fn plan_elementwise<'a>(
     k: &ElementwiseKernel,
     args: &ElementwiseArgs<'a>,
 ) -> Result<Option<LaunchPlan<'a>>, MlirError> {
-    let input_float = args.inputs.iter().map(|v| matches!(v.data, Elems::F32(_))).collect();
-    let groups: Vec<Vec<Option<ArrayData<'_>>>> = args
+    let masks: Vec<Vec<ArrayData<'_>>> = args
         .masks
         .iter()
-        .map(|m| m.operands.iter().map(|o| Some(ArrayData { dtype: o.dtype, shape: &o.shape, data: o.data })).collect())
+        .map(|m| m.operands.iter().map(|o| ArrayData { dtype: o.dtype, shape: &o.shape, data: o.data }).collect())
         .collect();
+    plan_elementwise_arrays(k, args.shape, &args.inputs, &masks, args.bindings)
+}
+
+/// [`plan_elementwise`] with each mask's operands as [`ArrayData`].
+pub fn plan_elementwise_arrays<'a>(
+    k: &ElementwiseKernel,
+    shape: &[usize],
+    inputs: &[StridedView<'a>],
+    masks: &[Vec<ArrayData<'_>>],
+    bindings: &tdl_ir::Bindings,
+) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    let input_float = inputs.iter().map(|v| matches!(v.data, Elems::F32(_))).collect();
+    let groups: Vec<Vec<Option<ArrayData<'_>>>> = masks.iter().map(|m| m.iter().copied().map(Some).collect()).collect();
     let mask_types = groups.iter().map(|g| g.iter().map(|o| o.map(|o| (o.dtype, o.shape.len()))).collect()).collect();
-    let spec = Spec { rank: args.shape.len(), input_float, mask_types, k };
+    let spec = Spec { rank: shape.len(), input_float, mask_types, k };
     let (f, x) = match func(&spec, "tdl_ew") {
         Ok(f) => f,
         Err(MlirError::Unsupported(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let r = args.shape.len();
+    let r = shape.len();
     if !k.masks.is_empty() {
-        let (t, s) = (args.shape[r - 2], args.shape[r - 1]);
+        let (t, s) = (shape[r - 2], shape[r - 1]);
         for (m, g) in k.masks.iter().zip(&groups) {
             let ops: Vec<ArrayData<'_>> = g.iter().flatten().copied().collect();
             if !crate::mask::check(&m.expr, &ops, t, s) {
@@ -515,17 +527,17 @@ pub fn plan_elementwise<'a>(
             }
         }
     }
-    let n: usize = args.shape.iter().product();
+    let n: usize = shape.iter().product();
     let int_out = k.body.last().is_some_and(|l| !l.dtype.is_float());
     let mut buffers = vec![if int_out { PlanBuf::I32(Cow::Owned(vec![0; n])) } else { PlanBuf::Zeroed(n) }];
-    let mut params = vec![Param::contiguous(0, args.shape)];
-    for v in &args.inputs {
+    let mut params = vec![Param::contiguous(0, shape)];
+    for v in inputs {
         let b = buffers.len();
         buffers.push(match v.data {
             Elems::F32(d) => PlanBuf::F32(Cow::Borrowed(d)),
             Elems::I32(d) => PlanBuf::I32(Cow::Borrowed(d)),
         });
-        if v.shape.as_slice() != args.shape || v.strides.len() != args.shape.len() {
+        if v.shape.as_slice() != shape || v.strides.len() != shape.len() {
             return Err(MlirError::BadPlan("an elementwise input is not broadcast to the output".into()));
         }
         params.push(Param::MemRef {
@@ -535,7 +547,7 @@ pub fn plan_elementwise<'a>(
             strides: v.strides.iter().map(|&s| s as i64).collect(),
         });
     }
-    let Some((extra, error_flag)) = plan_extras(&x, &groups, args.bindings, 1, &mut buffers) else {
+    let Some((extra, error_flag)) = plan_extras(&x, &groups, bindings, 1, &mut buffers) else {
         return Ok(None);
     };
     params.extend(extra);
@@ -550,7 +562,7 @@ pub fn plan_elementwise<'a>(
         buffers,
         steps,
         output: 0,
-        output_shape: args.shape.to_vec(),
+        output_shape: shape.to_vec(),
         error_flag,
     }))
 }

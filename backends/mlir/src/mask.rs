@@ -514,7 +514,7 @@ pub fn plan_extras(
                 if int_elems(o.dtype) != int_elems(*dtype) || o.shape.len() != *rank {
                     return None;
                 }
-                (&o.shape, o.data)
+                (o.shape, o.data)
             }
         };
         if shape.len() != *rank || data.len() != shape.iter().product::<usize>() {
