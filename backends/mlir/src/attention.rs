@@ -23,9 +23,14 @@
 //!
 //! Operands are `memref<?x?xDxf32>` (`[heads, T, D]`); K and V may have
 //! fewer heads (grouped-query attention: query head `h` reads `h / (Hq /
-//! Hk)`). Not supported yet: other leading axes, the block-sparse iteration
-//! space (every kv-tile is visited and the mask applied per element), KV
-//! splits, lambdas, `blocks`, `document` and neighborhood masks.
+//! Hk)`). Operands of rank 2 (one head) and of rank 4 and more (the
+//! leading axes flattened into heads, [`flat_heads`]) are views the plan
+//! builds. Every mask ([`crate::mask`]), index lambdas and the score
+//! modifier ([`crate::lambda`]) are compiled into the score computation: a
+//! mask that reads memory and the modifier run only at in-range `(q, k)`,
+//! the modifier only where the mask holds, as the interpreter evaluates
+//! them. Not supported yet: the block-sparse iteration space (every
+//! kv-tile is visited and the mask applied per element) and KV splits.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;

@@ -6,11 +6,15 @@
 //!
 //! The code depends on the output's rank, the inputs' element kinds and
 //! the chain; shapes, broadcast strides and offsets are run-time
-//! parameters: the output is a row-major `memref<?x…xf32>`, input `i` a
+//! parameters: the output is a row-major `memref<?x…xf32>` (`xi32` for
+//! chains writing `i32` or `bool`, bools stored as 0/1), input `i` a
 //! strided `memref<?x…, strided<[?, …], offset: ?>>` of the output's
-//! shape (stride 0 along broadcast axes). Formula masks (`EwOp::Mask`)
-//! reuse the attention kernel's mask code; masks that read tensors,
-//! integer values and integer outputs are not supported yet.
+//! shape (stride 0 along broadcast axes). `i32` values follow the
+//! interpreter (wrapping `+ - *`, floor division with `x / 0 == 0`,
+//! `neg`, `abs`, `relu`, constants truncated and wrapped). Masks
+//! (`EwOp::Mask`) are [`crate::mask`]'s code with `h` the index along axis
+//! -3 (0 below rank 3) and their operands, symbols and error flag as
+//! extra parameters.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
