@@ -30,7 +30,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut manifest = String::new();
     for (tq, tk, d, dv) in [(64, 64, 64, 64), (32, 16, 16, 8), (32, 32, 128, 128)] {
         for (name, mask, pred) in &cases {
-            let spec = GpuAttentionSpec { d, dv, tile_q: tq, tile_k: tk, scale: None, mask: mask.clone() };
+            let spec = GpuAttentionSpec {
+                d,
+                dv,
+                tile_q: tq,
+                tile_k: tk,
+                scale: None,
+                mask: mask.clone(),
+                ..Default::default()
+            };
             let context = new_context();
             let mut module = parse_module(&context, &gpu_module(&spec, "tdl_attn", "attn")?)?;
             verify_module(&module)?;

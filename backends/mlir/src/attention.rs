@@ -23,24 +23,33 @@
 //!
 //! Operands are `memref<?x?xDxf32>` (`[heads, T, D]`); K and V may have
 //! fewer heads (grouped-query attention: query head `h` reads `h / (Hq /
-//! Hk)`). Not supported yet: other leading axes, the block-sparse iteration
-//! space (every kv-tile is visited and the mask applied per element), KV
-//! splits, lambdas, `blocks`, `document` and neighborhood masks.
+//! Hk)`). Operands of rank 2 (one head) and of rank 4 and more (the
+//! leading axes flattened into heads, [`flat_heads`]) are views the plan
+//! builds. Every mask ([`crate::mask`]), index lambdas and the score
+//! modifier ([`crate::lambda`]) are compiled into the score computation: a
+//! mask that reads memory and the modifier run only at in-range `(q, k)`,
+//! the modifier only where the mask holds, as the interpreter evaluates
+//! them. Not supported yet: the block-sparse iteration space (every
+//! kv-tile is visited and the mask applied per element) and KV splits.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
 use tdl_ir::layout::AttentionLayout;
-use tdl_ir::{DType, MaskExpr};
+use tdl_ir::{Bindings, DType, MaskExpr, ScalarExpr};
 use tdl_kernel::interp::AttentionArgs;
 use tdl_kernel::ir::AttentionKernel;
+use tdl_kernel::F32Tensor;
 
+use crate::elementwise::Emit;
+use crate::lambda::{lambda, LamCtx, Ty};
 use crate::launch::{text_hash, KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X, MAX_GRID_YZ};
+use crate::mask::{mask, plan_extras, reads_memory, ArrayData, Extras, MaskCtx};
 use crate::MlirError;
 
 /// What one attention kernel is compiled for.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct GpuAttentionSpec {
     /// Head dimension of q and k.
     pub d: usize,
@@ -53,6 +62,11 @@ pub struct GpuAttentionSpec {
     /// `None`: `1/sqrt(d)`.
     pub scale: Option<f64>,
     pub mask: Option<MaskExpr>,
+    /// The score modifier `(s, q, k, h) => …`.
+    pub score: Option<ScalarExpr>,
+    /// Element type and rank of the operands the mask (group 0) and the
+    /// score modifier (group 1) read, by position (`None`: not a tensor).
+    pub operands: Vec<Vec<Option<(DType, usize)>>>,
 }
 
 fn unsupported(what: impl std::fmt::Display) -> MlirError {
@@ -64,91 +78,13 @@ fn f32_lit(x: f32) -> String {
     format!("0x{:08X}", x.to_bits())
 }
 
-/// SSA names for the mask code.
-pub(crate) struct Names(pub usize);
-
-impl Names {
-    pub(crate) fn next(&mut self) -> String {
-        self.0 += 1;
-        format!("%mk{}", self.0)
-    }
-}
-
-/// Emits the mask predicate at query `r`, key `k` (both `index`; `T`, `S`
-/// the sizes) into `out`; returns the `i1` value.
-/// Unsupported masks are reported as "the mask `…` in the {ctx}".
-pub(crate) fn mask_mlir(
-    out: &mut String,
-    n: &mut Names,
-    m: &MaskExpr,
-    r: &str,
-    k: &str,
-    ctx: &str,
-) -> Result<String, MlirError> {
-    let bounded = |x: i64| x.abs() < (1 << 40);
-    let mut line = |out: &mut String, rhs: String| {
-        let v = n.next();
-        let _ = writeln!(out, "          {v} = {rhs}");
-        v
-    };
-    let konst = |out: &mut String, line: &mut dyn FnMut(&mut String, String) -> String, c: i64| {
-        line(out, format!("arith.constant {c} : index"))
-    };
-    // k <= r + (S - T): the causal diagonal aligned to the end.
-    let causal = |out: &mut String, line: &mut dyn FnMut(&mut String, String) -> String| {
-        let st = line(out, "arith.subi %S, %T : index".into());
-        let lim = line(out, format!("arith.addi {r}, {st} : index"));
-        line(out, format!("arith.cmpi sle, {k}, {lim} : index"))
-    };
-    // r - left <= k <= r + right
-    let local = |out: &mut String, line: &mut dyn FnMut(&mut String, String) -> String, left: i64, right: i64| {
-        let cl = konst(out, line, left);
-        let cr = konst(out, line, right);
-        let lo = line(out, format!("arith.subi {r}, {cl} : index"));
-        let hi = line(out, format!("arith.addi {r}, {cr} : index"));
-        let a = line(out, format!("arith.cmpi sle, {lo}, {k} : index"));
-        let b = line(out, format!("arith.cmpi sle, {k}, {hi} : index"));
-        line(out, format!("arith.andi {a}, {b} : i1"))
-    };
-    Ok(match m {
-        MaskExpr::Causal => causal(out, &mut line),
-        MaskExpr::Local { left, right } if bounded(*left) && bounded(*right) => local(out, &mut line, *left, *right),
-        MaskExpr::Window { w } if bounded(*w) => {
-            let c = causal(out, &mut line);
-            let l = local(out, &mut line, w.saturating_sub(1), 0);
-            line(out, format!("arith.andi {c}, {l} : i1"))
-        }
-        MaskExpr::Sink { n: sink } if bounded(*sink) => {
-            let c = konst(out, &mut line, *sink);
-            line(out, format!("arith.cmpi slt, {k}, {c} : index"))
-        }
-        MaskExpr::And(a, b) | MaskExpr::Or(a, b) => {
-            let x = mask_mlir(out, n, a, r, k, ctx)?;
-            let y = mask_mlir(out, n, b, r, k, ctx)?;
-            let op = if matches!(m, MaskExpr::And(..)) { "andi" } else { "ori" };
-            let v = n.next();
-            let _ = writeln!(out, "          {v} = arith.{op} {x}, {y} : i1");
-            v
-        }
-        MaskExpr::Not(a) => {
-            let x = mask_mlir(out, n, a, r, k, ctx)?;
-            let t = n.next();
-            let _ = writeln!(out, "          {t} = arith.constant true");
-            let v = n.next();
-            let _ = writeln!(out, "          {v} = arith.xori {x}, {t} : i1");
-            v
-        }
-        other => {
-            return Err(MlirError::Unsupported(format!("the mask `{}` in the {ctx}", tdl_ir::text::mask_text(other))))
-        }
-    })
-}
-
 /// The body: phases over `%t` (a thread), `%qt`, `%h` bound by the
 /// wrapper; `PHASE{` / `}PHASE` mark where a phase starts and ends.
-fn body(spec: &GpuAttentionSpec) -> Result<String, MlirError> {
+fn body(spec: &GpuAttentionSpec) -> Result<(String, Extras), MlirError> {
     let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
-    let scale = spec.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32 * std::f32::consts::LOG2_E;
+    let scale_n = spec.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
+    let scale = scale_n * std::f32::consts::LOG2_E;
+    let (score, x) = score_code(spec, scale_n)?;
     let mut b = String::new();
     let _ = write!(
         b,
@@ -172,7 +108,7 @@ fn body(spec: &GpuAttentionSpec) -> Result<String, MlirError> {
     %hk = arith.divui %h, %grp : index
     %q0 = arith.muli %qt, %ctq : index
     %nkt = arith.ceildivui %S, %ctk : index
-    PHASE{{
+PRE    PHASE{{
       %r = arith.addi %q0, %t : index
       %rv = arith.cmpi ult, %r, %T : index
       scf.for %dd = %c0 to %cd step %c1 {{
@@ -269,30 +205,106 @@ SCORE
 ",
         scale = f32_lit(scale),
     );
-    // The score of key j of the tile for row r: q·k·scale, -inf where the
-    // key is past S or the mask does not hold.
+    let mut pre = String::new();
+    if spec.mask.is_some() || spec.score.is_some() {
+        pre.push_str("    %T64 = arith.index_cast %T : index to i64\n    %S64 = arith.index_cast %S : index to i64\n");
+    }
+    if x.heads {
+        pre.push_str("    %h64 = arith.index_cast %h : index to i64\n    %hm = arith.remui %h64, %hn : i64\n");
+    }
+    Ok((b.replace("PRE", &pre).replace("SCORE", &score), x))
+}
+
+/// The score of key `%j` of the tile for row `%r` (`%s`, base 2): `q·k·scale`
+/// then the score modifier, `-inf` where the key is past `S` or the mask
+/// does not hold. A mask that reads memory and the score modifier run
+/// only at in-range `(q, k)` and the modifier only where the mask holds
+/// (`scf.if`), as the interpreter evaluates them; other masks are a
+/// branch-free select.
+fn score_code(spec: &GpuAttentionSpec, scale_n: f32) -> Result<(String, Extras), MlirError> {
+    let d = spec.d;
+    let ctx = "GPU attention kernel";
+    let mut x = Extras::new(spec.operands.clone());
     let mut score = String::new();
     let _ = write!(
         score,
         "          %kv = vector.load %Ks[%j, %c0] : !sk, vector<{d}xf32>
           %qk = arith.mulf %q, %kv : vector<{d}xf32>
           %dot = vector.reduction <add>, %qk : vector<{d}xf32> into f32
-          %sc = arith.mulf %dot, %scale : f32
           %k = arith.addi %k0, %j : index
           %inS = arith.cmpi ult, %k, %S : index
 "
     );
-    let ok = match &spec.mask {
-        Some(m) => {
-            let mut names = Names(0);
-            let h = mask_mlir(&mut score, &mut names, m, "%r", "%k", "GPU attention kernel")?;
-            let _ = writeln!(score, "          %okm = arith.andi %inS, {h} : i1");
-            "%okm"
-        }
-        None => "%inS",
+    let guarded = spec.score.is_some() || spec.mask.as_ref().is_some_and(reads_memory);
+    let mcx = MaskCtx { q: "%r64", k: "%k64", h: "%hm", t: "%T64", s: "%S64", group: 0 };
+    let idx64 = "%r64 = arith.index_cast %r : index to i64\n%k64 = arith.index_cast %k : index to i64";
+    if !guarded {
+        let _ = writeln!(score, "          %sc = arith.mulf %dot, %scale : f32");
+        let ok = match &spec.mask {
+            Some(m) => {
+                let mut em = Emit::new("          ");
+                for l in idx64.lines() {
+                    em.line(l);
+                }
+                let h = mask(&mut em, m, &mcx, &mut x, ctx)?;
+                score.push_str(&em.s);
+                let _ = writeln!(score, "          %okm = arith.andi %inS, {h} : i1");
+                "%okm"
+            }
+            None => "%inS",
+        };
+        let _ = write!(score, "          %s = arith.select {ok}, %sc, %ninf : f32");
+        return Ok((score, x));
+    }
+    let mut em = Emit::new("            ");
+    for l in idx64.lines() {
+        em.line(l);
+    }
+    let holds = match &spec.mask {
+        Some(m) => mask(&mut em, m, &mcx, &mut x, ctx)?,
+        None => em.v("arith.constant true"),
     };
-    let _ = write!(score, "          %s = arith.select {ok}, %sc, %ninf : f32");
-    Ok(b.replace("SCORE", &score))
+    let mut es = em.fork();
+    let s2 = match &spec.score {
+        Some(e) => {
+            let scn = es.f(scale_n);
+            let s0 = es.v(format!("arith.mulf %dot, {scn} : f32"));
+            let lc = LamCtx { q: "%r64", k: "%k64", h: "%hm", s: Some(&s0), group: 1 };
+            let (v, t) = lambda(&mut es, e, &lc, &mut x).map_err(|err| match err {
+                MlirError::Unsupported(why) => {
+                    MlirError::Unsupported(format!("the score modifier ({why}) in the GPU attention kernel"))
+                }
+                other => other,
+            })?;
+            let v = match t {
+                Ty::Float => v,
+                Ty::Int => es.v(format!("arith.sitofp {v} : i64 to f32")),
+                Ty::Bool => return Err(unsupported("a score modifier that gives a boolean")),
+            };
+            let l2 = es.f(std::f32::consts::LOG2_E);
+            es.v(format!("arith.mulf {v}, {l2} : f32"))
+        }
+        None => es.v("arith.mulf %dot, %scale : f32"),
+    };
+    em.resume(&es);
+    let r = em.v(format!("scf.if {holds} -> (f32) {{"));
+    em.s.push_str(&es.s);
+    em.line(format!("scf.yield {s2} : f32"));
+    em.line("} else {");
+    em.line("scf.yield %ninf : f32");
+    em.line("}");
+    let _ = write!(
+        score,
+        "          %inT = arith.cmpi ult, %r, %T : index
+          %inb = arith.andi %inS, %inT : i1
+          %s = scf.if %inb -> (f32) {{
+{}            scf.yield {r} : f32
+          }} else {{
+            scf.yield %ninf : f32
+          }}",
+        em.s
+    );
+    Ok((score, x))
 }
 
 fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
@@ -350,11 +362,12 @@ pub fn gpu_func(spec: &GpuAttentionSpec, kernel: &str, prefix: &str) -> Result<(
     check(spec)?;
     let tq = spec.tile_q;
     let dv = spec.dv;
-    let body =
-        body(spec)?.replace("PHASE{", "scf.execute_region {").replace("}PHASE", "  scf.yield\n    }\n    gpu.barrier");
+    let (body, x) = body(spec)?;
+    let body = body.replace("PHASE{", "scf.execute_region {").replace("}PHASE", "  scf.yield\n    }\n    gpu.barrier");
     let align = "{llvm.align = 16 : i64}";
+    let sig = format!("{SIG}{}", extra_sig(&x));
     let func = format!(
-        "  gpu.func @{kernel}({SIG}) workgroup(%Qs : !sq {align}, %Ks : !sk {align}, %Vs : !sv {align})
+        "  gpu.func @{kernel}({sig}) workgroup(%Qs : !sq {align}, %Ks : !sk {align}, %Vs : !sv {align})
       kernel attributes {{known_block_size = array<i32: {tq}, 1, 1>}} {{
     %qt = gpu.block_id x
     %h = gpu.block_id y
@@ -394,11 +407,18 @@ pub fn gpu_module(spec: &GpuAttentionSpec, module: &str, kernel: &str) -> Result
 pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirError> {
     check(spec)?;
     let (tq, dv) = (spec.tile_q, spec.dv);
-    let body = body(spec)?.replace("PHASE{", &format!("scf.forall (%t) in ({tq}) {{")).replace("}PHASE", "}");
+    let (body, x) = body(spec)?;
+    let body = body.replace("PHASE{", &format!("scf.forall (%t) in ({tq}) {{")).replace("}PHASE", "}");
+    let sig = format!("{SIG}{}", extra_sig(&x));
+    let ex = x.params();
+    let (xn, xt): (String, String) = ex
+        .iter()
+        .map(|(n, t)| (format!(", {n}"), format!(", {t}")))
+        .fold((String::new(), String::new()), |a, b| (a.0 + &b.0, a.1 + &b.1));
     let mut out = types(spec, "");
     let _ = write!(
         out,
-        "func.func private @{name}_program({SIG}, %h: index, %qt: index) {{
+        "func.func private @{name}_program({sig}, %h: index, %qt: index) {{
     %Qs = memref.alloca() : !sq
     %Ks = memref.alloca() : !sk
     %Vs = memref.alloca() : !sv
@@ -410,12 +430,12 @@ pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirEr
     %acc = memref.cast %acc0 : memref<{tq}x{dv}xf32> to !pv2
 {body}  return
 }}
-func.func @{name}({SIG}, %gx: index, %gy: index, %gz: index) {{
+func.func @{name}({sig}, %gx: index, %gy: index, %gz: index) {{
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   scf.for %h = %c0 to %gy step %c1 {{
     scf.for %qt = %c0 to %gx step %c1 {{
-      func.call @{name}_program(%Q, %K, %V, %O, %h, %qt) : (!qt, !kt, !vt, !ot, index, index) -> ()
+      func.call @{name}_program(%Q, %K, %V, %O{xn}, %h, %qt) : (!qt, !kt, !vt, !ot{xt}, index, index) -> ()
     }}
   }}
   return
@@ -423,6 +443,17 @@ func.func @{name}({SIG}, %gx: index, %gy: index, %gz: index) {{
 "
     );
     Ok(out)
+}
+
+/// `, %name: type…` of the extra parameters.
+fn extra_sig(x: &Extras) -> String {
+    x.params().iter().map(|(n, t)| format!(", {n}: {t}")).collect()
+}
+
+/// The extra parameters the kernel of `spec` takes after Q, K, V, O
+/// ([`crate::mask::Extras`]).
+pub fn extras(spec: &GpuAttentionSpec) -> Result<Extras, MlirError> {
+    Ok(score_code(spec, 1.0)?.1)
 }
 
 /// The code of the kernel of `spec`: the `gpu.func` and host wrapper
@@ -436,76 +467,144 @@ pub fn code(spec: &GpuAttentionSpec) -> Result<KernelCode, MlirError> {
     })
 }
 
+/// How operands `q`, `k`, `v` of these shapes map onto the kernel's
+/// `[heads, T, D]` views: `(query heads, key heads, mask heads)` with the
+/// leading axes flattened into heads — rank 2 is one head; at rank ≥ 3
+/// the batch axes (all but the head axis) must be equal and the query
+/// heads a multiple of the key heads (GQA: flattened query head `b·Hq + i`
+/// reads key head `(b·Hq + i) / (Hq/Hk) = b·Hk + i/(Hq/Hk)`, as
+/// `AttentionLayout` maps it). The mask's `h` is the flattened head modulo
+/// the mask heads (the index along the output's axis -3). `Err`: why not.
+pub fn flat_heads(q: &[usize], k: &[usize], v: &[usize]) -> Result<(usize, usize, usize), String> {
+    let r = q.len();
+    if r < 2 || k.len() != r || v.len() != r {
+        return Err(format!("operands of rank {}/{}/{}", q.len(), k.len(), v.len()));
+    }
+    if v[..r - 1] != k[..r - 1] {
+        return Err("k and v of different leading shapes".into());
+    }
+    if r == 2 {
+        return Ok((1, 1, 1));
+    }
+    if q[..r - 3] != k[..r - 3] {
+        return Err("broadcast batch axes".into());
+    }
+    let (hq, hk) = (q[r - 3], k[r - 3]);
+    if hk == 0 || hq % hk != 0 {
+        return Err(format!("{hq} query heads over {hk} key heads"));
+    }
+    let batch: usize = q[..r - 3].iter().product();
+    Ok((batch * hq, batch * hk, hq))
+}
+
+/// The operands of a mask or score modifier as [`ArrayData`].
+fn arrays<'a>(ops: impl Iterator<Item = Option<(DType, &'a [usize], &'a [f64])>>) -> Vec<Option<ArrayData<'a>>> {
+    ops.map(|o| o.map(|(dtype, shape, data)| ArrayData { dtype, shape, data })).collect()
+}
+
 /// The launch plan of an attention hook call: `Ok(None)` where the GPU
-/// kernel does not support it (score modifiers, operands not `[heads, T,
-/// D]`, masks it cannot express, too many heads). Grid `(ceil(T/tile_q),
-/// Hq, 1)`, `tile_q` threads; parameters Q, K, V, O (rank-3 memrefs).
+/// kernel does not support it (operands [`flat_heads`] refuses, masks or
+/// modifiers it cannot express, masks the reference refuses at these
+/// sizes, unbound symbols, too many heads). Grid `(ceil(T/tile_q), heads,
+/// 1)`, `tile_q` threads; parameters Q, K, V, O (rank-3 memrefs over the
+/// flattened heads), then the mask's and modifier's extras
+/// ([`crate::mask::Extras`]; the error flag is [`LaunchPlan::error_flag`]).
 pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Result<Option<LaunchPlan<'a>>, MlirError> {
-    if k.score.is_some() {
-        return Ok(None);
-    }
-    let rank3 = |s: &[usize]| s.len() == 3;
-    if !(rank3(&args.q.shape) && rank3(&args.k.shape) && rank3(&args.v.shape)) {
-        return Ok(None);
-    }
-    let Ok(layout) = AttentionLayout::new(DType::F32, &args.q.shape, &args.k.shape, &args.v.shape) else {
+    let mask_ops: Vec<ArrayData<'_>> = match args.mask {
+        Some((_, data)) => {
+            data.operands.iter().map(|o| ArrayData { dtype: o.dtype, shape: &o.shape, data: o.data }).collect()
+        }
+        None => Vec::new(),
+    };
+    let score_ops: Vec<Option<ArrayData<'_>>> = match args.score {
+        Some(sm) => arrays(sm.operands.iter().map(|o| o.as_ref().map(|o| (o.dtype, o.shape.as_slice(), o.data)))),
+        None => Vec::new(),
+    };
+    plan_attention_arrays(
+        k,
+        (args.q, args.k, args.v),
+        args.mask.map(|(m, _)| (m, mask_ops.as_slice())),
+        args.score.map(|sm| (sm.expr, score_ops.as_slice())),
+        args.bindings,
+    )
+}
+
+/// [`plan_attention`] with the mask's operands and the score modifier's
+/// (by position, `None`: not a tensor) as [`ArrayData`].
+pub fn plan_attention_arrays<'a>(
+    k: &AttentionKernel,
+    (q, kk, v): (&'a F32Tensor, &'a F32Tensor, &'a F32Tensor),
+    mask: Option<(&MaskExpr, &[ArrayData<'_>])>,
+    score: Option<(&ScalarExpr, &[Option<ArrayData<'_>>])>,
+    bindings: &Bindings,
+) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    let Ok((hq, hk, mheads)) = flat_heads(&q.shape, &kk.shape, &v.shape) else {
         return Ok(None);
     };
-    let (hq, hk) = (args.q.shape[0], args.k.shape[0]);
-    if hk == 0 || hq % hk != 0 || args.v.shape[0] != hk {
+    let Ok(layout) = AttentionLayout::new(DType::F32, &q.shape, &kk.shape, &v.shape) else {
         return Ok(None);
+    };
+    let (t, s) = (layout.t, layout.s);
+    let mask_ops: Vec<Option<ArrayData<'_>>> =
+        mask.map(|(_, o)| o.iter().copied().map(Some).collect()).unwrap_or_default();
+    let score_ops: Vec<Option<ArrayData<'_>>> = score.map(|(_, o)| o.to_vec()).unwrap_or_default();
+    if let Some((m, ops)) = mask {
+        if !crate::mask::check(m, ops, t, s) {
+            return Ok(None);
+        }
     }
+    let types = |g: &[Option<ArrayData<'_>>]| g.iter().map(|o| o.map(|o| (o.dtype, o.shape.len()))).collect();
     let spec = fit(GpuAttentionSpec {
         d: layout.d,
         dv: layout.dv,
         tile_q: k.tile_q,
         tile_k: k.tile_k,
         scale: k.scale,
-        mask: args.mask.map(|(m, _)| m.clone()),
+        mask: mask.map(|(m, _)| m.clone()),
+        score: score.map(|(e, _)| e.clone()),
+        operands: vec![types(&mask_ops), types(&score_ops)],
     });
-    let code = match code(&spec) {
+    let (code, x) = match code(&spec).and_then(|c| Ok((c, extras(&spec)?))) {
         Ok(c) => c,
         Err(MlirError::Unsupported(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let (t, s) = (layout.t, layout.s);
-    if args.q.data.len() != hq * t * layout.d
-        || args.k.data.len() != hk * s * layout.d
-        || args.v.data.len() != hk * s * layout.dv
-    {
+    if q.data.len() != hq * t * layout.d || kk.data.len() != hk * s * layout.d || v.data.len() != hk * s * layout.dv {
         return Err(MlirError::BadPlan("attention operands do not match their shapes".into()));
     }
-    let out_shape = vec![hq, t, layout.dv];
-    let gx = t.div_ceil(spec.tile_q) as u64;
-    let mut plan = LaunchPlan {
-        code: Rc::new(code),
-        buffers: vec![
-            PlanBuf::F32(Cow::Borrowed(&args.q.data)),
-            PlanBuf::F32(Cow::Borrowed(&args.k.data)),
-            PlanBuf::F32(Cow::Borrowed(&args.v.data)),
-            PlanBuf::Zeroed(hq * t * layout.dv),
-        ],
-        steps: Vec::new(),
-        output: 3,
-        output_shape: out_shape.clone(),
+    let mut out_shape = layout.lead.clone();
+    out_shape.extend([t, layout.dv]);
+    let mut buffers = vec![
+        PlanBuf::F32(Cow::Borrowed(&q.data)),
+        PlanBuf::F32(Cow::Borrowed(&kk.data)),
+        PlanBuf::F32(Cow::Borrowed(&v.data)),
+        PlanBuf::Zeroed(hq * t * layout.dv),
+    ];
+    let Some((extra, error_flag)) = plan_extras(&x, &[mask_ops, score_ops], bindings, mheads, &mut buffers) else {
+        return Ok(None);
     };
+    let gx = t.div_ceil(spec.tile_q) as u64;
+    let mut plan =
+        LaunchPlan { code: Rc::new(code), buffers, steps: Vec::new(), output: 3, output_shape: out_shape, error_flag };
     if gx == 0 || hq == 0 {
         return Ok(Some(plan));
     }
     if gx > MAX_GRID_X || hq as u64 > MAX_GRID_YZ {
         return Ok(None);
     }
+    let mut params = vec![
+        Param::contiguous(0, &[hq, t, layout.d]),
+        Param::contiguous(1, &[hk, s, layout.d]),
+        Param::contiguous(2, &[hk, s, layout.dv]),
+        Param::contiguous(3, &[hq, t, layout.dv]),
+    ];
+    params.extend(extra);
     plan.steps.push(LaunchStep {
         func: "tdl_attn".into(),
         grid: [gx as u32, hq as u32, 1],
         block: [spec.tile_q as u32, 1, 1],
         shared_bytes: 0,
-        params: vec![
-            Param::contiguous(0, &args.q.shape),
-            Param::contiguous(1, &args.k.shape),
-            Param::contiguous(2, &args.v.shape),
-            Param::contiguous(3, &out_shape),
-        ],
+        params,
     });
     Ok(Some(plan))
 }

@@ -6,22 +6,26 @@
 //!
 //! The code depends on the output's rank, the inputs' element kinds and
 //! the chain; shapes, broadcast strides and offsets are run-time
-//! parameters: the output is a row-major `memref<?x…xf32>`, input `i` a
+//! parameters: the output is a row-major `memref<?x…xf32>` (`xi32` for
+//! chains writing `i32` or `bool`, bools stored as 0/1), input `i` a
 //! strided `memref<?x…, strided<[?, …], offset: ?>>` of the output's
-//! shape (stride 0 along broadcast axes). Formula masks (`EwOp::Mask`)
-//! reuse the attention kernel's mask code; masks that read tensors,
-//! integer values and integer outputs are not supported yet.
+//! shape (stride 0 along broadcast axes). `i32` values follow the
+//! interpreter (wrapping `+ - *`, floor division with `x / 0 == 0`,
+//! `neg`, `abs`, `relu`, constants truncated and wrapped). Masks
+//! (`EwOp::Mask`) are [`crate::mask`]'s code with `h` the index along axis
+//! -3 (0 below rank 3) and their operands, symbols and error flag as
+//! extra parameters.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
 use tdl_ir::{BinaryOp, DType, UnaryOp};
-use tdl_kernel::interp::{ElementwiseArgs, Elems};
+use tdl_kernel::interp::{ElementwiseArgs, Elems, StridedView};
 use tdl_kernel::ir::{ElementwiseKernel, EwOp, KernelProgram};
 
-use crate::attention::{mask_mlir, Names};
 use crate::launch::{KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X};
+use crate::mask::{mask, plan_extras, ArrayData, Extras, MaskCtx};
 use crate::matmul::code_of;
 use crate::wrap::{f32_lit, Func};
 use crate::MlirError;
@@ -67,11 +71,27 @@ impl Emit {
         self.v(format!("arith.constant {} : f32", f32_lit(c)))
     }
 
-    fn intr(&mut self, name: &str, x: &str) -> String {
+    /// An empty emitter continuing this one's numbering (for a region
+    /// whose text is placed later; then [`Emit::resume`]).
+    pub(crate) fn fork(&self) -> Emit {
+        Emit { s: String::new(), n: self.n, indent: self.indent }
+    }
+
+    /// Continues the numbering after `other` (a [`Emit::fork`]).
+    pub(crate) fn resume(&mut self, other: &Emit) {
+        self.n = self.n.max(other.n);
+    }
+
+    /// A raw line (a region's `scf.yield`, `} else {`, a store).
+    pub fn line(&mut self, text: impl std::fmt::Display) {
+        let _ = writeln!(self.s, "{}{text}", self.indent);
+    }
+
+    pub(crate) fn intr(&mut self, name: &str, x: &str) -> String {
         self.v(format!("llvm.call_intrinsic \"llvm.{name}.f32\"({x}) : (f32) -> f32"))
     }
 
-    fn bin(&mut self, op: &str, x: &str, y: &str) -> String {
+    pub(crate) fn bin(&mut self, op: &str, x: &str, y: &str) -> String {
         self.v(format!("arith.{op} {x}, {y} : f32"))
     }
 
@@ -150,7 +170,7 @@ impl Emit {
         self.v(format!("arith.select {neg}, {nan}, {r2} : f32"))
     }
 
-    fn sigmoid(&mut self, x: &str) -> String {
+    pub(crate) fn sigmoid(&mut self, x: &str) -> String {
         let n = self.v(format!("arith.negf {x} : f32"));
         let e = self.exp(&n);
         let one = self.f(1.0);
@@ -231,14 +251,6 @@ impl Emit {
     }
 }
 
-/// What the code of an elementwise kernel depends on.
-struct Spec<'k> {
-    rank: usize,
-    /// Per input: `f32` data (else `i32`).
-    input_float: Vec<bool>,
-    k: &'k ElementwiseKernel,
-}
-
 /// The multi-index of thread `%lin` in the output (`%i0…`), given the
 /// sizes `%d0…` (emitted by [`dims`]).
 pub(crate) fn decompose(e: &mut Emit, rank: usize, lin: &str) -> Vec<String> {
@@ -296,95 +308,170 @@ pub(crate) fn per_element(
     Ok(Func { name: name.to_string(), params, block: [BLOCK as u32, 1], shared: Vec::new(), body })
 }
 
-fn func(spec: &Spec<'_>, name: &str) -> Result<Func, MlirError> {
+/// What the code of an elementwise kernel depends on.
+struct Spec<'k> {
+    rank: usize,
+    /// Per input: `f32` data (else `i32`).
+    input_float: Vec<bool>,
+    /// Per mask: its operands' element types and ranks.
+    mask_types: Vec<Vec<Option<(DType, usize)>>>,
+    k: &'k ElementwiseKernel,
+}
+
+/// `c` as the interpreter rounds an `i32` constant (truncated, wrapped
+/// modulo 2³²; non-finite values give 0).
+fn i32_const(c: f64) -> i32 {
+    if !c.is_finite() {
+        return 0;
+    }
+    let t = c.trunc();
+    if (f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&t) {
+        return t as i32;
+    }
+    t.rem_euclid(4_294_967_296.0) as u32 as i32
+}
+
+/// The element type an instruction's value has in the code.
+fn val_ty(d: DType) -> &'static str {
+    match d {
+        DType::I32 => "i32",
+        DType::Bool => "i1",
+        _ => "f32",
+    }
+}
+
+/// The kernel: parameters `%out` (row-major, `f32`, or `i32` for integer
+/// and boolean outputs), `%in<i>` (strided views), then the masks'
+/// [`Extras`]; also the extras.
+fn func(spec: &Spec<'_>, name: &str) -> Result<(Func, Extras), MlirError> {
     let r = spec.rank;
-    let mut params = vec![("%out".to_string(), dense(r, "f32"))];
+    let k = spec.k;
+    let Some(last) = k.body.last() else { return Err(unsupported("an empty elementwise chain")) };
+    let out_elem = if last.dtype.is_float() { "f32" } else { "i32" };
+    let mut params = vec![("%out".to_string(), dense(r, out_elem))];
     for (i, &f) in spec.input_float.iter().enumerate() {
         params.push((format!("%in{i}"), strided(r, if f { "f32" } else { "i32" })));
-    }
-    let k = spec.k;
-    if k.body.last().is_none_or(|l| !l.dtype.is_float()) {
-        return Err(unsupported("elementwise kernels with integer or boolean outputs"));
     }
     if !k.masks.is_empty() && r < 2 {
         return Err(unsupported("masks on results of rank below 2"));
     }
-    let out_ty = dense(r, "f32");
-    per_element(name, params, &out_ty, r, |e, idx| {
+    let out_ty = dense(r, out_elem);
+    let mut x = Extras::new(spec.mask_types.clone());
+    let mut f = per_element(name, params, &out_ty, r, |e, idx| {
         let at = idx.join(", ");
         if !k.masks.is_empty() {
-            let _ = writeln!(e.s, "{}%T = arith.addi %d{}, %c0 : index", e.indent, r - 2);
-            let _ = writeln!(e.s, "{}%S = arith.addi %d{}, %c0 : index", e.indent, r - 1);
+            e.line(format!("%T64 = arith.index_cast %d{} : index to i64", r - 2));
+            e.line(format!("%S64 = arith.index_cast %d{} : index to i64", r - 1));
+            e.line(format!("%q64 = arith.index_cast {} : index to i64", idx[r - 2]));
+            e.line(format!("%k64 = arith.index_cast {} : index to i64", idx[r - 1]));
+            if r >= 3 {
+                e.line(format!("%h64 = arith.index_cast {} : index to i64", idx[r - 3]));
+            } else {
+                e.line("%h64 = arith.constant 0 : i64");
+            }
         }
-        let mut names = Names(0);
         let mut vals: Vec<String> = Vec::with_capacity(k.body.len());
         for inst in &k.body {
             let dt = inst.dtype;
-            if dt == DType::I32 {
-                return Err(unsupported("integer values inside elementwise kernels"));
-            }
-            let is_bool = dt == DType::Bool;
             let v = match &inst.op {
                 EwOp::Load(i) => {
                     let Some(&fl) = spec.input_float.get(*i) else {
                         return Err(MlirError::BadPlan(format!("elementwise load of missing input {i}")));
                     };
-                    match (fl, is_bool) {
-                        (true, false) => e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "f32"))),
-                        (false, true) => {
-                            let x = e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "i32")));
+                    match (fl, dt) {
+                        (true, d) if d.is_float() => e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "f32"))),
+                        (false, DType::I32) => e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "i32"))),
+                        (false, DType::Bool) => {
+                            let v = e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "i32")));
                             let z = e.v("arith.constant 0 : i32");
-                            e.v(format!("arith.cmpi ne, {x}, {z} : i32"))
+                            e.v(format!("arith.cmpi ne, {v}, {z} : i32"))
                         }
                         _ => return Err(unsupported("loads converting between integers and floats")),
                     }
                 }
-                EwOp::Const(c) if is_bool => e.v(format!("arith.constant {}", *c != 0.0)),
-                EwOp::Const(c) => e.f(*c as f32),
-                EwOp::Unary(u, a) if !is_bool => e.unary(*u, &vals[*a]),
-                EwOp::Binary(b, x, y) if !is_bool => {
+                EwOp::Const(c) => match dt {
+                    DType::Bool => e.v(format!("arith.constant {}", *c != 0.0)),
+                    DType::I32 => e.v(format!("arith.constant {} : i32", i32_const(*c))),
+                    _ => e.f(*c as f32),
+                },
+                EwOp::Unary(u, a) if dt.is_float() => e.unary(*u, &vals[*a]),
+                EwOp::Unary(u, a) if dt == DType::I32 => {
+                    let v = &vals[*a];
+                    let z = e.v("arith.constant 0 : i32");
+                    match u {
+                        UnaryOp::Neg => e.v(format!("arith.subi {z}, {v} : i32")),
+                        UnaryOp::Abs => {
+                            let n = e.v(format!("arith.subi {z}, {v} : i32"));
+                            let neg = e.v(format!("arith.cmpi slt, {v}, {z} : i32"));
+                            e.v(format!("arith.select {neg}, {n}, {v} : i32"))
+                        }
+                        UnaryOp::Relu => e.v(format!("arith.maxsi {v}, {z} : i32")),
+                        other => return Err(unsupported(format!("`{}` of an integer", other.name()))),
+                    }
+                }
+                EwOp::Binary(b, a, c) if dt.is_float() => {
                     let op = match b {
                         BinaryOp::Add => "addf",
                         BinaryOp::Sub => "subf",
                         BinaryOp::Mul => "mulf",
                         BinaryOp::Div => "divf",
                     };
-                    e.bin(op, &vals[*x], &vals[*y])
+                    e.bin(op, &vals[*a], &vals[*c])
                 }
-                EwOp::Select(c, x, y) => {
-                    let t = if is_bool { "i1" } else { "f32" };
-                    e.v(format!("arith.select {}, {}, {} : {t}", vals[*c], vals[*x], vals[*y]))
+                EwOp::Binary(b, a, c) if dt == DType::I32 => {
+                    let (va, vc) = (&vals[*a], &vals[*c]);
+                    match b {
+                        BinaryOp::Add => e.v(format!("arith.addi {va}, {vc} : i32")),
+                        BinaryOp::Sub => e.v(format!("arith.subi {va}, {vc} : i32")),
+                        BinaryOp::Mul => e.v(format!("arith.muli {va}, {vc} : i32")),
+                        BinaryOp::Div => {
+                            // Floor division in i64 (x / 0 == 0), wrapped to i32.
+                            let wa = e.v(format!("arith.extsi {va} : i32 to i64"));
+                            let wc = e.v(format!("arith.extsi {vc} : i32 to i64"));
+                            let q = crate::lambda::int_div(e, &wa, &wc);
+                            e.v(format!("arith.trunci {q} : i64 to i32"))
+                        }
+                    }
+                }
+                EwOp::Select(c, a, b) => {
+                    e.v(format!("arith.select {}, {}, {} : {}", vals[*c], vals[*a], vals[*b], val_ty(dt)))
                 }
                 EwOp::Mask(m) => {
                     let Some(mu) = k.masks.get(*m) else {
                         return Err(MlirError::BadPlan(format!("elementwise mask {m} missing")));
                     };
-                    let mut code = String::new();
-                    let h =
-                        mask_mlir(&mut code, &mut names, &mu.expr, &idx[r - 2], &idx[r - 1], "GPU elementwise kernel")?;
-                    e.s.push_str(&code);
-                    h
+                    let cx = MaskCtx { q: "%q64", k: "%k64", h: "%h64", t: "%T64", s: "%S64", group: *m };
+                    mask(e, &mu.expr, &cx, &mut x, "GPU elementwise kernel")?
                 }
-                other => return Err(unsupported(format!("the element operation {other:?} on booleans"))),
+                other => {
+                    return Err(unsupported(format!("the element operation {other:?} on {}", dt.name())));
+                }
             };
             vals.push(v);
         }
-        let last = vals.last().cloned().unwrap_or_default();
-        let _ = writeln!(e.s, "{}memref.store {last}, %out[{at}] : {}", e.indent, dense(r, "f32"));
+        let last_v = vals.last().cloned().unwrap_or_default();
+        let stored = if last.dtype == DType::Bool { e.v(format!("arith.extui {last_v} : i1 to i32")) } else { last_v };
+        e.line(format!("memref.store {stored}, %out[{at}] : {out_ty}"));
         Ok(())
-    })
+    })?;
+    // `%h` is read by no mask: the head is always the index along axis -3.
+    x.heads = false;
+    f.params.extend(x.params());
+    Ok((f, x))
 }
 
 /// The `gpu.func` of elementwise kernel `k` of `p` (for [`crate::program`]).
 pub(crate) fn ir_func(p: &KernelProgram, k: &ElementwiseKernel, fname: &str) -> Result<(String, String), MlirError> {
     let out = p.buffer(k.out).ok_or_else(|| MlirError::BadPlan("no output buffer".into()))?;
-    if !out.dtype.is_float() {
-        return Err(unsupported("elementwise kernels with integer or boolean outputs"));
-    }
     let input_float = k.inputs.iter().map(|a| p.buffer(a.buf).is_some_and(|b| b.dtype.is_float())).collect();
-    let spec = Spec { rank: out.shape.len(), input_float, k };
-    let f = func(&spec, fname)?;
-    Ok((f.gpu(), format!("elementwise, rank {}, one thread per element", spec.rank)))
+    let mask_types = k
+        .masks
+        .iter()
+        .map(|m| m.operands.iter().map(|&b| p.buffer(b).map(|x| (x.dtype, x.shape.len()))).collect())
+        .collect();
+    let spec = Spec { rank: out.shape.len(), input_float, mask_types, k };
+    let (f, _) = func(&spec, fname)?;
+    Ok((f.gpu(), format!("elementwise, rank {}, {} output, one thread per element", spec.rank, out.dtype.name())))
 }
 
 /// The code of `f` (named canonically).
@@ -400,31 +487,61 @@ pub(crate) fn grid_1d(n: usize) -> Option<[u32; 3]> {
 
 /// The launch plan of an elementwise hook call; `Ok(None)` when the GPU
 /// kernel does not support it. Parameters: the output (row-major, the
-/// hook's shape), then each input as a strided view of its buffer.
+/// hook's shape; an `f32` [`PlanBuf::Zeroed`], or for chains writing
+/// `i32`/`bool` an [`PlanBuf::I32`] of zeros written as `i32`, bools 0/1),
+/// then each input as a strided view of its buffer, then the masks'
+/// extras ([`crate::mask::Extras`]; the error flag is
+/// [`LaunchPlan::error_flag`]).
 pub fn plan_elementwise<'a>(
     k: &ElementwiseKernel,
     args: &ElementwiseArgs<'a>,
 ) -> Result<Option<LaunchPlan<'a>>, MlirError> {
-    if k.masks.iter().any(|m| !m.operands.is_empty()) {
-        return Ok(None);
-    }
-    let input_float = args.inputs.iter().map(|v| matches!(v.data, Elems::F32(_))).collect();
-    let spec = Spec { rank: args.shape.len(), input_float, k };
-    let f = match func(&spec, "tdl_ew") {
+    let masks: Vec<Vec<ArrayData<'_>>> = args
+        .masks
+        .iter()
+        .map(|m| m.operands.iter().map(|o| ArrayData { dtype: o.dtype, shape: &o.shape, data: o.data }).collect())
+        .collect();
+    plan_elementwise_arrays(k, args.shape, &args.inputs, &masks, args.bindings)
+}
+
+/// [`plan_elementwise`] with each mask's operands as [`ArrayData`].
+pub fn plan_elementwise_arrays<'a>(
+    k: &ElementwiseKernel,
+    shape: &[usize],
+    inputs: &[StridedView<'a>],
+    masks: &[Vec<ArrayData<'_>>],
+    bindings: &tdl_ir::Bindings,
+) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    let input_float = inputs.iter().map(|v| matches!(v.data, Elems::F32(_))).collect();
+    let groups: Vec<Vec<Option<ArrayData<'_>>>> = masks.iter().map(|m| m.iter().copied().map(Some).collect()).collect();
+    let mask_types = groups.iter().map(|g| g.iter().map(|o| o.map(|o| (o.dtype, o.shape.len()))).collect()).collect();
+    let spec = Spec { rank: shape.len(), input_float, mask_types, k };
+    let (f, x) = match func(&spec, "tdl_ew") {
         Ok(f) => f,
         Err(MlirError::Unsupported(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let n: usize = args.shape.iter().product();
-    let mut buffers = vec![PlanBuf::Zeroed(n)];
-    let mut params = vec![Param::contiguous(0, args.shape)];
-    for v in &args.inputs {
+    let r = shape.len();
+    if !k.masks.is_empty() {
+        let (t, s) = (shape[r - 2], shape[r - 1]);
+        for (m, g) in k.masks.iter().zip(&groups) {
+            let ops: Vec<ArrayData<'_>> = g.iter().flatten().copied().collect();
+            if !crate::mask::check(&m.expr, &ops, t, s) {
+                return Ok(None);
+            }
+        }
+    }
+    let n: usize = shape.iter().product();
+    let int_out = k.body.last().is_some_and(|l| !l.dtype.is_float());
+    let mut buffers = vec![if int_out { PlanBuf::I32(Cow::Owned(vec![0; n])) } else { PlanBuf::Zeroed(n) }];
+    let mut params = vec![Param::contiguous(0, shape)];
+    for v in inputs {
         let b = buffers.len();
         buffers.push(match v.data {
             Elems::F32(d) => PlanBuf::F32(Cow::Borrowed(d)),
             Elems::I32(d) => PlanBuf::I32(Cow::Borrowed(d)),
         });
-        if v.shape.as_slice() != args.shape || v.strides.len() != args.shape.len() {
+        if v.shape.as_slice() != shape || v.strides.len() != shape.len() {
             return Err(MlirError::BadPlan("an elementwise input is not broadcast to the output".into()));
         }
         params.push(Param::MemRef {
@@ -434,6 +551,10 @@ pub fn plan_elementwise<'a>(
             strides: v.strides.iter().map(|&s| s as i64).collect(),
         });
     }
+    let Some((extra, error_flag)) = plan_extras(&x, &groups, bindings, 1, &mut buffers) else {
+        return Ok(None);
+    };
+    params.extend(extra);
     let Some(grid) = grid_1d(n) else { return Ok(None) };
     let steps = if n == 0 {
         Vec::new()
@@ -445,6 +566,7 @@ pub fn plan_elementwise<'a>(
         buffers,
         steps,
         output: 0,
-        output_shape: args.shape.to_vec(),
+        output_shape: shape.to_vec(),
+        error_flag,
     }))
 }

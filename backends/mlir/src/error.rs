@@ -53,6 +53,9 @@ pub enum MlirError {
     /// A launch plan refers outside its buffers or breaks a launch limit.
     #[error("invalid launch plan: {0}")]
     BadPlan(String),
+    /// A kernel run failed (e.g. a lambda indexed an array out of range).
+    #[error("{0}")]
+    Run(String),
     /// MLIR returned text that is not UTF-8.
     #[error("MLIR returned invalid UTF-8: {0}")]
     Utf8(#[from] std::string::FromUtf8Error),

@@ -20,7 +20,7 @@ use tdl_kernel::ir::{
 };
 use tdl_kernel::{F32Tensor, KernelStats};
 
-use crate::launch::{KernelCode, LaunchPlan, PlanBuf, Word, HOST_PIPELINE};
+use crate::launch::{KernelCode, LaunchPlan, PlanBuf, Word, HOST_PIPELINE, LAMBDA_INDEX_ERROR};
 use crate::{new_context, parse_module, run_pipeline, verify_module, JitEngine, MlirError};
 
 /// The executor name `--stats` and the tests see.
@@ -36,22 +36,45 @@ pub fn compile_host(code: &KernelCode) -> Result<JitEngine, MlirError> {
     JitEngine::new(&module, 2)
 }
 
+/// What a plan's output holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanOutput {
+    F32(Vec<f32>),
+    I32(Vec<i32>),
+}
+
 /// Runs `plan` on the host with `engine` (compiled from `plan.code` by
 /// [`compile_host`]): allocates the buffers, calls each step's host
 /// wrapper through the packed interface with the step's expanded
-/// parameters and grid, and returns the output buffer.
-pub fn run_plan(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<Vec<f32>, MlirError> {
+/// parameters and grid, checks the error flag and returns the output
+/// buffer (`f32` or `i32`, [`LaunchPlan::output_is_i32`]).
+pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOutput, MlirError> {
     plan.validate()?;
-    // Zeroed buffers are owned here; the others are read in place (the
-    // kernels only write their output, which is always a zeroed buffer).
-    let mut owned: Vec<Option<Vec<f32>>> =
-        plan.buffers.iter().map(|b| if let PlanBuf::Zeroed(n) = b { Some(vec![0f32; *n]) } else { None }).collect();
+    // The buffers the kernels write (zeroed ones, the output, the error
+    // flag) are owned copies; the others are read in place.
+    enum Owned {
+        F(Vec<f32>),
+        I(Vec<i32>),
+    }
+    let written = |i: usize| i == plan.output || Some(i) == plan.error_flag;
+    let mut owned: Vec<Option<Owned>> = plan
+        .buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| match b {
+            PlanBuf::Zeroed(n) => Some(Owned::F(vec![0f32; *n])),
+            PlanBuf::F32(d) if written(i) => Some(Owned::F(d.to_vec())),
+            PlanBuf::I32(d) if written(i) => Some(Owned::I(d.to_vec())),
+            _ => None,
+        })
+        .collect();
     let ptrs: Vec<*mut c_void> = plan
         .buffers
         .iter()
         .zip(owned.iter_mut())
         .map(|(b, o)| match (b, o) {
-            (_, Some(v)) => v.as_mut_ptr().cast(),
+            (_, Some(Owned::F(v))) => v.as_mut_ptr().cast(),
+            (_, Some(Owned::I(v))) => v.as_mut_ptr().cast(),
             (PlanBuf::F32(d), None) => d.as_ptr().cast_mut().cast(),
             (PlanBuf::I32(d), None) => d.as_ptr().cast_mut().cast(),
             (PlanBuf::I64(d), None) => d.as_ptr().cast_mut().cast(),
@@ -76,14 +99,36 @@ pub fn run_plan(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<Vec<f32>, M
         // (pointers and i64 as 8 bytes, i32/f32 read from the low bytes of
         // a little-endian word) and the grid as three index values, as the
         // plan's code writes it; `validate` checked that every memref lies
-        // inside its buffer, and the buffers outlive the call.
+        // inside its buffer, the kernels write only the owned buffers, and
+        // the buffers outlive the call.
         unsafe { engine.call_packed(&step.func, &mut args)? };
     }
-    Ok(match (&plan.buffers[plan.output], owned.swap_remove(plan.output)) {
-        (_, Some(v)) => v,
-        (PlanBuf::F32(d), None) => d.to_vec(),
-        _ => return Err(MlirError::BadPlan("the output is not an f32 buffer".into())),
-    })
+    if let Some(e) = plan.error_flag {
+        if matches!(&owned[e], Some(Owned::I(v)) if v.first().is_some_and(|&x| x != 0)) {
+            return Err(MlirError::Run(LAMBDA_INDEX_ERROR.to_string()));
+        }
+    }
+    match owned.swap_remove(plan.output) {
+        Some(Owned::F(v)) => Ok(PlanOutput::F32(v)),
+        Some(Owned::I(v)) => Ok(PlanOutput::I32(v)),
+        None => Err(MlirError::BadPlan("the output is not a buffer the kernels write".into())),
+    }
+}
+
+/// [`run_plan_any`] for a plan with an `f32` output.
+pub fn run_plan(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<Vec<f32>, MlirError> {
+    match run_plan_any(engine, plan)? {
+        PlanOutput::F32(v) => Ok(v),
+        PlanOutput::I32(_) => Err(MlirError::BadPlan("the output is an i32 buffer".into())),
+    }
+}
+
+/// [`run_plan_any`] for a plan with an `i32` output.
+pub fn run_plan_i32(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<Vec<i32>, MlirError> {
+    match run_plan_any(engine, plan)? {
+        PlanOutput::I32(v) => Ok(v),
+        PlanOutput::F32(_) => Err(MlirError::BadPlan("the output is an f32 buffer".into())),
+    }
 }
 
 /// Counts of what [`HostHooks`] ran, by kernel kind.
@@ -128,12 +173,21 @@ impl HostHooks {
         kind: &'static str,
         plan: Result<Option<LaunchPlan<'_>>, MlirError>,
     ) -> Option<Result<Vec<f32>, String>> {
+        self.run_with(kind, plan, run_plan)
+    }
+
+    fn run_with<T>(
+        &self,
+        kind: &'static str,
+        plan: Result<Option<LaunchPlan<'_>>, MlirError>,
+        runner: impl FnOnce(&JitEngine, &LaunchPlan<'_>) -> Result<T, MlirError>,
+    ) -> Option<Result<T, String>> {
         let plan = match plan {
             Ok(Some(p)) => p,
             Ok(None) | Err(MlirError::Unsupported(_)) => return None,
             Err(e) => return Some(Err(e.to_string())),
         };
-        let out = self.engine(&plan.code).and_then(|e| run_plan(&e, &plan)).map_err(|e| e.to_string());
+        let out = self.engine(&plan.code).and_then(|e| runner(&e, &plan)).map_err(|e| e.to_string());
         *self.runs.borrow_mut().entry(kind).or_default() += 1;
         Some(out)
     }
@@ -160,6 +214,15 @@ impl Hooks for HostHooks {
 
     fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
         let out = self.run("elementwise", crate::elementwise::plan_elementwise(k, args))?;
+        Some(out.map(|d| (d, EXECUTOR)))
+    }
+
+    fn elementwise_i32(
+        &self,
+        k: &ElementwiseKernel,
+        args: &ElementwiseArgs<'_>,
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        let out = self.run_with("elementwise", crate::elementwise::plan_elementwise(k, args), run_plan_i32)?;
         Some(out.map(|d| (d, EXECUTOR)))
     }
 

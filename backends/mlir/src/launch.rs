@@ -27,6 +27,29 @@
 //! plan chunks larger counts into several steps), `grid[0]` at most
 //! 2³¹−1. All kernels use static shared memory (at most 48 KiB), so
 //! `shared_bytes` (dynamic shared memory) is 0 today.
+//!
+//! ## Masks and lambdas
+//! A kernel whose mask or lambda code reads more than its indices (see
+//! [`crate::mask::Extras`]) takes extra parameters after its own, in this
+//! order: the head count (`I64`, attention kernels whose lambdas read
+//! `h`), one `I64` per dimension symbol a lambda reads (its bound value),
+//! one row-major memref per array read (document ids, block layouts,
+//! arrays indexed in lambdas, constant or operand alike: an [`PlanBuf::I32`]
+//! for `i32`/`bool` arrays with bools as 0/1, an [`PlanBuf::F32`] for
+//! float arrays, at least one element long), and, when a lambda indexes
+//! an array, the **error flag**: a one-element [`PlanBuf::I32`] holding 0,
+//! passed as a `memref<1xi32>`, which the kernel sets to 1 where an index
+//! is out of range (it then reads nothing). [`LaunchPlan::error_flag`]
+//! names that buffer: a runner reads it back after the launches and
+//! reports "an index is out of range of an array read in a lambda" when
+//! it is not 0 (the result is then not used).
+//!
+//! ## Outputs
+//! The output buffer is `f32` ([`PlanBuf::Zeroed`]) except for
+//! elementwise chains writing `i32` or `bool` (and `i32` reductions),
+//! whose output is an [`PlanBuf::I32`] of zeros to upload, written as
+//! `i32` (bools as 0/1): [`LaunchPlan::output_is_i32`]. A runner reads it
+//! back as `i32` (4-byte words, like the `f32` output).
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -172,6 +195,10 @@ pub struct LaunchPlan<'a> {
     pub steps: Vec<LaunchStep>,
     pub output: usize,
     pub output_shape: Vec<usize>,
+    /// The error flag of lambdas that index arrays (an `I32` buffer of one
+    /// 0; non-zero after the run: an index was out of range; see the
+    /// module docs), or `None`.
+    pub error_flag: Option<usize>,
 }
 
 /// The largest `grid[0]`.
@@ -179,17 +206,32 @@ pub const MAX_GRID_X: u64 = (1 << 31) - 1;
 /// The largest `grid[1]` and `grid[2]`.
 pub const MAX_GRID_YZ: u64 = 65535;
 
+/// The message a runner reports when [`LaunchPlan::error_flag`] is set.
+pub const LAMBDA_INDEX_ERROR: &str =
+    "an index is out of range of an array read in a lambda of this kernel (its mask or score modifier)";
+
 impl LaunchPlan<'_> {
+    /// Whether the output buffer holds `i32` (an elementwise chain writing
+    /// `i32`/`bool`, an integer reduction) rather than `f32`.
+    pub fn output_is_i32(&self) -> bool {
+        matches!(self.buffers.get(self.output), Some(PlanBuf::I32(_)))
+    }
+
     /// Checks that every memref of every step stays inside its buffer, that
-    /// the output is an `f32` buffer of the output shape's size, and that
+    /// the output is an `f32` (or `i32`) buffer of the output shape's size, and that
     /// the launch dimensions are within the limits: what a runner checks
     /// before it hands raw pointers to a kernel.
     pub fn validate(&self) -> Result<(), MlirError> {
         let bad = |m: String| Err(MlirError::BadPlan(m));
         let n: usize = self.output_shape.iter().product();
         match self.buffers.get(self.output) {
-            Some(b @ (PlanBuf::Zeroed(_) | PlanBuf::F32(_))) if b.len() == n => {}
-            _ => return bad(format!("output buffer {} is not an f32 buffer of {n} elements", self.output)),
+            Some(b @ (PlanBuf::Zeroed(_) | PlanBuf::F32(_) | PlanBuf::I32(_))) if b.len() == n => {}
+            _ => return bad(format!("output buffer {} is not an f32 or i32 buffer of {n} elements", self.output)),
+        }
+        if let Some(e) = self.error_flag {
+            if e == self.output || !matches!(self.buffers.get(e), Some(PlanBuf::I32(d)) if d.len() == 1) {
+                return bad(format!("error flag {e} is not a one-element i32 buffer"));
+            }
         }
         for s in &self.steps {
             let threads: u64 = s.block.iter().map(|&b| u64::from(b)).product();

@@ -1,7 +1,8 @@
 //! `tdl-mlir`: tdlc's GPU backend, built on MLIR 22 through melior.
 //!
 //! Kernels: [`attention`], [`matmul`], [`elementwise`], [`rows`] (reduce,
-//! softmax, layernorm, rmsnorm, rope) and [`movement`], each one body
+//! softmax, layernorm, rmsnorm, rope) and [`movement`] (masks: [`mask`];
+//! index lambdas and score modifiers: [`lambda`]), each one body
 //! wrapped as a `gpu.func` and as host functions, run through a
 //! [`launch::LaunchPlan`] (`plan_*` per kind) on a GPU or, for the
 //! numerics, on the host ([`host::run_plan`], [`host::HostHooks`]);
@@ -33,7 +34,9 @@ mod error;
 mod gpu;
 pub mod host;
 mod jit;
+pub mod lambda;
 pub mod launch;
+pub mod mask;
 pub mod matmul;
 pub mod movement;
 pub mod program;

@@ -171,6 +171,7 @@ pub fn plan_matmul<'a>(args: &MatMulArgs<'a>) -> Result<Option<LaunchPlan<'a>>, 
         steps: Vec::new(),
         output: 2,
         output_shape: out_shape,
+        error_flag: None,
     };
     if numel == 0 {
         return Ok(Some(plan));

@@ -128,5 +128,12 @@ pub fn plan_move<'a>(k: &MoveKernel, args: &MoveArgs<'a>) -> Result<Option<Launc
     } else {
         vec![LaunchStep { func: "tdl_move".into(), grid, block: [BLOCK as u32, 1, 1], shared_bytes: 0, params }]
     };
-    Ok(Some(LaunchPlan { code: cached_code("move", &f), buffers, steps, output: 0, output_shape: args.shape.to_vec() }))
+    Ok(Some(LaunchPlan {
+        code: cached_code("move", &f),
+        buffers,
+        steps,
+        output: 0,
+        output_shape: args.shape.to_vec(),
+        error_flag: None,
+    }))
 }

@@ -30,17 +30,17 @@ fn last_dim(p: &KernelProgram, b: BufId) -> Option<(usize, usize)> {
 }
 
 fn attention_spec(p: &KernelProgram, a: &AttentionKernel) -> Result<GpuAttentionSpec, String> {
-    if a.score.is_some() {
-        return Err("not supported yet: score modifiers in the GPU attention kernel".into());
-    }
     let (Some((rq, d)), Some((rk, _)), Some((rv, dv))) = (last_dim(p, a.q), last_dim(p, a.k), last_dim(p, a.v)) else {
         return Err("not supported yet: symbolic head dimensions in the GPU attention kernel".into());
     };
-    if (rq, rk, rv) != (3, 3, 3) {
+    if rq < 2 || rk != rq || rv != rq {
         return Err(format!(
-            "not supported yet: operands of rank {rq}/{rk}/{rv} in the GPU attention kernel (it takes [heads, T, D])"
+            "not supported yet: operands of rank {rq}/{rk}/{rv} in the GPU attention kernel (it takes q, k, v of one rank, leading axes flattened into heads)"
         ));
     }
+    let ty = |b: BufId| p.buffer(b).map(|x| (x.dtype, x.shape.len()));
+    let mask_ops = a.mask.as_ref().map(|m| m.operands.iter().map(|&b| ty(b)).collect()).unwrap_or_default();
+    let score_ops = a.score_operands.iter().map(|o| o.and_then(ty)).collect();
     Ok(fit(GpuAttentionSpec {
         d,
         dv,
@@ -48,6 +48,8 @@ fn attention_spec(p: &KernelProgram, a: &AttentionKernel) -> Result<GpuAttention
         tile_k: a.tile_k,
         scale: a.scale,
         mask: a.mask.as_ref().map(|m| m.expr.clone()),
+        score: a.score.clone(),
+        operands: vec![mask_ops, score_ops],
     }))
 }
 

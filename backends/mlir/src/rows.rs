@@ -301,7 +301,14 @@ fn row_plan<'a>(
             params: ps,
         }]
     };
-    Ok(Some(LaunchPlan { code: cached_code("row", &f), buffers, steps, output: 1, output_shape: out_shape }))
+    Ok(Some(LaunchPlan {
+        code: cached_code("row", &f),
+        buffers,
+        steps,
+        output: 1,
+        output_shape: out_shape,
+        error_flag: None,
+    }))
 }
 
 /// The launch plan of a reduce hook call (`Ok(None)`: not supported).
@@ -387,6 +394,7 @@ pub fn plan_row<'a>(k: &RowKernel, args: &RowArgs<'a>) -> Result<Option<LaunchPl
                 steps,
                 output: 1,
                 output_shape: shape.to_vec(),
+                error_flag: None,
             }))
         }
     }
@@ -400,8 +408,122 @@ fn float_in(p: &KernelProgram, bufs: &[tdl_kernel::ir::BufId]) -> Result<(), Mli
     }
 }
 
+/// An `i32` reduction (the interpreter's: `sum` wraps, `max`, `mean` as
+/// the `f64` quotient of the `i64` sum truncated, 0 over an empty axis):
+/// one thread per output element folding its row in order. Parameters
+/// `%x`, `%out` (`memref<?xi32>`), `i64`s `n` (the axis), `inner`, the
+/// output count.
+fn reduce_i32_func(op: ReduceOp, name: &str) -> Func {
+    let mi = "memref<?xi32>";
+    let params = vec![
+        ("%x".to_string(), mi.to_string()),
+        ("%out".to_string(), mi.to_string()),
+        ("%n_".to_string(), "i64".to_string()),
+        ("%inner_".to_string(), "i64".to_string()),
+        ("%cnt_".to_string(), "i64".to_string()),
+    ];
+    let sum_fin = "%res = arith.addi %acc, %c0i : i32";
+    let (acc_ty, init, fold, fin) = match op {
+        ReduceOp::Sum => ("i32", "%c0i", "%a1 = arith.addi %a, %v : i32", sum_fin),
+        ReduceOp::Max => ("i32", "%first", "%a1 = arith.maxsi %a, %v : i32", sum_fin),
+        ReduceOp::Mean => (
+            "i64",
+            "%c0l",
+            "%vl = arith.extsi %v : i32 to i64\n          %a1 = arith.addi %a, %vl : i64",
+            "%sf = arith.sitofp %acc : i64 to f64\n        %nf = arith.sitofp %n_ : i64 to f64\n        %qf = arith.divf %sf, %nf : f64\n        %qi = arith.fptosi %qf : f64 to i32\n        %nz = arith.cmpi ne, %n_, %c0l : i64\n        %res = arith.select %nz, %qi, %c0i : i32",
+        ),
+    };
+    let body = format!(
+        "    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c0i = arith.constant 0 : i32
+    %c0l = arith.constant 0 : i64
+    %cblock = arith.constant {BLOCK} : index
+    %N = arith.index_cast %n_ : i64 to index
+    %inner = arith.index_cast %inner_ : i64 to index
+    %cnt = arith.index_cast %cnt_ : i64 to index
+    PHASE{{
+      %lin0 = arith.muli %bx, %cblock : index
+      %lin = arith.addi %lin0, %tx : index
+      %inb = arith.cmpi ult, %lin, %cnt : index
+      scf.if %inb {{
+        %o = arith.divui %lin, %inner : index
+        %jj = arith.remui %lin, %inner : index
+        %on = arith.muli %o, %N : index
+        %oni = arith.muli %on, %inner : index
+        %base = arith.addi %oni, %jj : index
+        %first = memref.load %x[%base] : {mi}
+        %acc = scf.for %i = %c0 to %N step %c1 iter_args(%a = {init}) -> ({acc_ty}) {{
+          %ix0 = arith.muli %i, %inner : index
+          %ix = arith.addi %base, %ix0 : index
+          %v = memref.load %x[%ix] : {mi}
+          {fold}
+          scf.yield %a1 : {acc_ty}
+        }}
+        {fin}
+        memref.store %res, %out[%lin] : {mi}
+      }}
+    }}PHASE
+"
+    );
+    Func { name: name.to_string(), params, block: [BLOCK as u32, 1], shared: Vec::new(), body }
+}
+
+/// The launch plan of an `i32` reduction of `x` (of `shape`, contiguous)
+/// as the interpreter computes it (the interpreter has no hook for
+/// integer reductions; a GPU runner or test calls this directly).
+/// `Ok(None)`: not supported (`max` over an empty axis, an error).
+/// The output is an [`PlanBuf::I32`] of zeros written as `i32`.
+pub fn plan_reduce_i32<'a>(
+    k: &ReduceKernel,
+    x: &'a [i32],
+    shape: &[usize],
+) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    let Some(&n) = shape.get(k.axis) else { return Ok(None) };
+    let outer: usize = shape[..k.axis].iter().product();
+    let inner: usize = shape[k.axis + 1..].iter().product();
+    if x.len() != outer * n * inner || (k.op == ReduceOp::Max && n == 0) {
+        return Ok(None);
+    }
+    let mut out_shape: Vec<usize> = shape.to_vec();
+    if k.keepdims {
+        out_shape[k.axis] = 1;
+    } else {
+        out_shape.remove(k.axis);
+    }
+    let cnt = outer * inner;
+    let Some(grid) = grid_1d(cnt) else { return Ok(None) };
+    let params = vec![
+        Param::flat(0, x.len()),
+        Param::flat(1, cnt),
+        Param::I64(n as i64),
+        Param::I64(inner.max(1) as i64),
+        Param::I64(cnt as i64),
+    ];
+    let steps = if cnt == 0 || x.is_empty() {
+        Vec::new()
+    } else {
+        vec![LaunchStep { func: "tdl_ireduce".into(), grid, block: [BLOCK as u32, 1, 1], shared_bytes: 0, params }]
+    };
+    Ok(Some(LaunchPlan {
+        code: cached_code("ireduce", &reduce_i32_func(k.op, "tdl_ireduce")),
+        buffers: vec![PlanBuf::I32(Cow::Borrowed(x)), PlanBuf::I32(Cow::Owned(vec![0; cnt]))],
+        steps,
+        output: 1,
+        output_shape: out_shape,
+        error_flag: None,
+    }))
+}
+
 /// The `gpu.func` of reduce kernel `k` of `p` (for [`crate::program`]).
 pub(crate) fn ir_reduce_func(p: &KernelProgram, k: &ReduceKernel, fname: &str) -> Result<(String, String), MlirError> {
+    let dt = |b| p.buffer(b).map(|x| x.dtype);
+    if dt(k.x.buf) == Some(tdl_ir::DType::I32) && dt(k.out) == Some(tdl_ir::DType::I32) {
+        return Ok((
+            reduce_i32_func(k.op, fname).gpu(),
+            format!("i32 reduce ({:?}), one thread per output element", k.op),
+        ));
+    }
     float_in(p, &[k.x.buf, k.out])?;
     Ok((
         row_func(Kind::Reduce(k.op), fname).gpu(),

@@ -156,7 +156,8 @@ mod attention {
     fn host_run_matches_naive_attention() {
         for (tq, tk) in [(16, 16), (8, 32)] {
             for (what, mask, visible) in cases() {
-                let spec = GpuAttentionSpec { d: 16, dv: 8, tile_q: tq, tile_k: tk, scale: None, mask };
+                let spec =
+                    GpuAttentionSpec { d: 16, dv: 8, tile_q: tq, tile_k: tk, scale: None, mask, ..Default::default() };
                 let code = Rc::new(code(&spec).unwrap_or_else(|e| panic!("{what}: {e}")));
                 let engine = compile_host(&code).unwrap_or_else(|e| panic!("{what}: {e}"));
                 for (hq, hk, t, s) in [(2, 2, 37, 37), (4, 2, 5, 37), (2, 1, 40, 19), (1, 1, 1, 1)] {
@@ -184,6 +185,7 @@ mod attention {
                         }],
                         output: 3,
                         output_shape: vec![hq, t, dv],
+                        error_flag: None,
                     };
                     let o = run_plan(&engine, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
                     let want = reference(&q, &k, &v, (hq, hk, t, s, d, dv), 0.25, visible);
@@ -201,7 +203,15 @@ mod attention {
     fn gpu_kernel_lowers_to_ptx() {
         for chip in ["sm_90", "sm_80"] {
             for (what, mask, _) in cases() {
-                let spec = GpuAttentionSpec { d: 64, dv: 64, tile_q: 64, tile_k: 64, scale: Some(0.125), mask };
+                let spec = GpuAttentionSpec {
+                    d: 64,
+                    dv: 64,
+                    tile_q: 64,
+                    tile_k: 64,
+                    scale: Some(0.125),
+                    mask,
+                    ..Default::default()
+                };
                 let context = new_context();
                 let text = gpu_module(&spec, "tdl_attn", "attn").unwrap();
                 let mut module = parse_module(&context, &text).unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
@@ -222,11 +232,28 @@ mod attention {
 
     #[test]
     fn unsupported_masks_and_sizes_say_so() {
-        let lambda = MaskExpr::Document { ids: 0 };
-        let spec = GpuAttentionSpec { d: 16, dv: 16, tile_q: 16, tile_k: 16, scale: None, mask: Some(lambda) };
+        // `s` is only defined in a score modifier.
+        let lambda = MaskExpr::Lambda(tdl_ir::ScalarExpr::Var(tdl_ir::LambdaVar::S));
+        let spec = GpuAttentionSpec {
+            d: 16,
+            dv: 16,
+            tile_q: 16,
+            tile_k: 16,
+            scale: None,
+            mask: Some(lambda),
+            ..Default::default()
+        };
         let e = host_module(&spec, "attn").unwrap_err().to_string();
-        assert!(e.contains("not supported yet") && e.contains("document"), "{e}");
-        let big = GpuAttentionSpec { d: 512, dv: 512, tile_q: 128, tile_k: 128, scale: None, mask: None };
+        assert!(e.contains("not supported yet") && e.contains("score `s`"), "{e}");
+        let big = GpuAttentionSpec {
+            d: 512,
+            dv: 512,
+            tile_q: 128,
+            tile_k: 128,
+            scale: None,
+            mask: None,
+            ..Default::default()
+        };
         let e = gpu_module(&big, "m", "k").unwrap_err().to_string();
         assert!(e.contains("not supported yet") && e.contains("workgroup memory"), "{e}");
     }
@@ -652,5 +679,641 @@ mod kernels {
             })
             .collect();
         close(&run(&plan), &want, "copy");
+    }
+}
+
+// ---- Masks, lambdas, score modifiers, attention ranks, integer outputs:
+// ---- plans run on the host against independent implementations here.
+
+mod masks_and_lambdas {
+    use super::kernels::{fill, ptx, run};
+    use tdl_ir::eval::{eval, ArrayView, Env, Val};
+    use tdl_ir::{
+        ArrayRef, BinaryOp, Bindings, ConstValue, DType, LambdaVar, MaskExpr, ReduceOp, ScalarBinary, ScalarExpr,
+        ScalarUnary, UnaryOp,
+    };
+    use tdl_kernel::interp::{Elems, StridedView};
+    use tdl_kernel::ir::{
+        Access, AttentionKernel, BufId, ElementwiseKernel, EwInst, EwOp, KvSplit, MaskUse, ReduceKernel,
+    };
+    use tdl_kernel::F32Tensor;
+    use tdl_mlir::host::{compile_host, run_plan, run_plan_i32};
+    use tdl_mlir::launch::LaunchPlan;
+    use tdl_mlir::mask::ArrayData;
+
+    /// An operand: element type, shape, values.
+    type Op = (DType, Vec<usize>, Vec<f64>);
+
+    fn view(o: &Op) -> ArrayData<'_> {
+        ArrayData { dtype: o.0, shape: &o.1, data: &o.2 }
+    }
+
+    fn na_visible(len: i64, kk: i64, d: i64, causal: bool, a: i64, b: i64) -> bool {
+        let g = a % d;
+        if b % d != g {
+            return false;
+        }
+        let (i, j) = (a / d, b / d);
+        if causal {
+            (i - kk + 1).max(0) <= j && j <= i
+        } else {
+            let lg = (len - g + d - 1) / d;
+            let start = (i - kk / 2).clamp(0, lg - kk);
+            start <= j && j < start + kk
+        }
+    }
+
+    /// The mask as the language contract writes it (an oracle independent
+    /// of the code generator).
+    fn holds(m: &MaskExpr, (q, k, h, t, s): (i64, i64, i64, i64, i64), ops: &[Op], b: &Bindings) -> bool {
+        let rec = |x: &MaskExpr| holds(x, (q, k, h, t, s), ops, b);
+        let causal = k <= q + s - t;
+        match m {
+            MaskExpr::Causal => causal,
+            MaskExpr::Local { left, right } => q - left <= k && k <= q + right,
+            MaskExpr::Window { w } => causal && q - (w - 1) <= k && k <= q,
+            MaskExpr::Dilated { w, d } => causal && q - k < w * d && (q - k).rem_euclid(*d) == 0,
+            MaskExpr::Sink { n } => k < *n,
+            MaskExpr::Strided { stride, offset } => (k + offset).rem_euclid(*stride) == 0,
+            MaskExpr::Neighborhood { kernel, grid, dilation, causal: cz } => {
+                let (mut qr, mut kr, mut ok) = (q, k, true);
+                for ax in (0..grid.len()).rev() {
+                    let (a, bb) = (qr % grid[ax], kr % grid[ax]);
+                    qr /= grid[ax];
+                    kr /= grid[ax];
+                    ok &= na_visible(grid[ax], kernel[ax], dilation[ax], cz[ax], a, bb);
+                }
+                ok
+            }
+            MaskExpr::Blocks { layout, block } => {
+                let (shape, data): (&[usize], &[f64]) = match layout {
+                    ArrayRef::Const(c) => (&c.shape, &c.data),
+                    ArrayRef::Operand(i) => (&ops[*i].1, &ops[*i].2),
+                };
+                data[(q / block[0]) as usize * shape[1] + (k / block[1]) as usize] != 0.0
+            }
+            MaskExpr::Document { ids } => ops[*ids].2[q as usize] == ops[*ids].2[k as usize],
+            MaskExpr::Lambda(e) => lambda_val(e, (q, k, h), None, ops, b).unwrap() == Val::Bool(true),
+            MaskExpr::And(x, y) => rec(x) && rec(y),
+            MaskExpr::Or(x, y) => rec(x) || rec(y),
+            MaskExpr::Not(x) => !rec(x),
+        }
+    }
+
+    fn lambda_val(
+        e: &ScalarExpr,
+        (q, k, h): (i64, i64, i64),
+        s: Option<f32>,
+        ops: &[Op],
+        b: &Bindings,
+    ) -> Result<Val<f32>, String> {
+        let views: Vec<Option<ArrayView<'_>>> =
+            ops.iter().map(|o| Some(ArrayView { dtype: o.0, shape: &o.1, data: &o.2 })).collect();
+        eval(e, &Env { q, k, h, s, bindings: b, operands: &views })
+    }
+
+    fn var(v: LambdaVar) -> ScalarExpr {
+        ScalarExpr::Var(v)
+    }
+
+    fn bin(op: ScalarBinary, a: ScalarExpr, b: ScalarExpr) -> ScalarExpr {
+        ScalarExpr::binary(op, a, b)
+    }
+
+    fn idx(array: ArrayRef, i: ScalarExpr) -> ScalarExpr {
+        ScalarExpr::Index { array, indices: vec![i] }
+    }
+
+    fn ints(v: &[i64]) -> ConstValue {
+        ConstValue { dtype: DType::I32, shape: vec![v.len()], data: v.iter().map(|&x| x as f64).collect() }
+    }
+
+    fn and(a: MaskExpr, b: MaskExpr) -> MaskExpr {
+        MaskExpr::And(Box::new(a), Box::new(b))
+    }
+
+    fn mask_kernel(m: &MaskExpr, ops: usize) -> ElementwiseKernel {
+        ElementwiseKernel {
+            inputs: vec![],
+            masks: vec![MaskUse { expr: m.clone(), operands: (0..ops as u32).map(BufId).collect() }],
+            body: vec![EwInst { op: EwOp::Mask(0), dtype: DType::Bool }],
+            out: BufId(9),
+        }
+    }
+
+    /// Runs mask `m` as an elementwise chain writing `bool` over `[heads,
+    /// t, s]` (the plan's i32 output) and compares it with [`holds`].
+    fn check_mask(what: &str, m: &MaskExpr, (heads, t, s): (usize, usize, usize), ops: &[Op], b: &Bindings) {
+        let k = mask_kernel(m, ops.len());
+        let shape = [heads, t, s];
+        let masks = vec![ops.iter().map(view).collect::<Vec<_>>()];
+        let plan = tdl_mlir::elementwise::plan_elementwise_arrays(&k, &shape, &[], &masks, b)
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .unwrap_or_else(|| panic!("{what}: declined"));
+        assert!(plan.output_is_i32(), "{what}: not an i32 output");
+        let engine = compile_host(&plan.code).unwrap_or_else(|e| panic!("{what}: {e}\n{}", plan.code.host_module));
+        let got = run_plan_i32(&engine, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut n = 0;
+        for h in 0..heads {
+            for q in 0..t {
+                for kk in 0..s {
+                    let want = holds(m, (q as i64, kk as i64, h as i64, t as i64, s as i64), ops, b);
+                    assert_eq!(got[n], i32::from(want), "{what}: h={h} q={q} k={kk}");
+                    n += 1;
+                }
+            }
+        }
+        ptx(&plan.code, &["tdl_ew"]);
+    }
+
+    /// Every mask kind at odd sizes (T ≠ S where the mask allows it),
+    /// through an elementwise chain writing the mask as `bool`.
+    #[test]
+    fn every_mask_kind_matches_its_definition() {
+        let b: Bindings = [("T".to_string(), 7), ("S".to_string(), 11)].into_iter().collect();
+        let nb = |kernel: Vec<i64>, grid: Vec<i64>, dilation: Vec<i64>, causal: Vec<bool>| MaskExpr::Neighborhood {
+            kernel,
+            grid,
+            dilation,
+            causal,
+        };
+        let layout = ConstValue { dtype: DType::Bool, shape: vec![2, 3], data: vec![1.0, 0.0, 1.0, 0.0, 1.0, 1.0] };
+        let ids: Op = (DType::I32, vec![11], vec![0., 0., 1., 1., 1., 2., 2., 2., 2., 3., 3.]);
+        let bl: Op = (DType::Bool, vec![3, 4], vec![1., 0., 0., 1., 1., 1., 0., 0., 0., 1., 1., 1.]);
+        type Case = (&'static str, MaskExpr, (usize, usize, usize), Vec<Op>);
+        let cases: Vec<Case> = vec![
+            ("causal", MaskExpr::Causal, (2, 7, 11), vec![]),
+            ("local(3, 2)", MaskExpr::Local { left: 3, right: 2 }, (1, 7, 11), vec![]),
+            ("window(4)", MaskExpr::Window { w: 4 }, (1, 11, 7), vec![]),
+            ("dilated(3, 2)", MaskExpr::Dilated { w: 3, d: 2 }, (1, 13, 13), vec![]),
+            (
+                "sink(2) | !causal",
+                MaskExpr::Or(Box::new(MaskExpr::Sink { n: 2 }), Box::new(MaskExpr::Not(Box::new(MaskExpr::Causal)))),
+                (1, 7, 11),
+                vec![],
+            ),
+            ("strided(3, 1)", MaskExpr::Strided { stride: 3, offset: 1 }, (1, 5, 11), vec![]),
+            ("strided(4, -7)", MaskExpr::Strided { stride: 4, offset: -7 }, (1, 5, 11), vec![]),
+            ("na1d dilated", nb(vec![5], vec![23], vec![2], vec![false]), (1, 23, 23), vec![]),
+            ("na1d causal", nb(vec![3], vec![17], vec![1], vec![true]), (1, 17, 17), vec![]),
+            ("na2d", nb(vec![3, 5], vec![5, 7], vec![1, 1], vec![true, false]), (1, 35, 35), vec![]),
+            ("na3d", nb(vec![3, 3, 3], vec![3, 6, 5], vec![1, 2, 1], vec![false, false, true]), (1, 90, 90), vec![]),
+            ("blocks const", MaskExpr::Blocks { layout: ArrayRef::Const(layout), block: [4, 4] }, (1, 7, 11), vec![]),
+            ("blocks operand", MaskExpr::Blocks { layout: ArrayRef::Operand(0), block: [3, 3] }, (2, 7, 11), vec![bl]),
+            ("document & causal", and(MaskExpr::Document { ids: 0 }, MaskExpr::Causal), (1, 11, 11), vec![ids.clone()]),
+            (
+                "lambda: abs, min/max, h, where, symbols",
+                MaskExpr::Lambda(bin(
+                    ScalarBinary::And,
+                    bin(
+                        ScalarBinary::Le,
+                        ScalarExpr::Unary(
+                            ScalarUnary::Abs,
+                            Box::new(bin(ScalarBinary::Sub, var(LambdaVar::Q), var(LambdaVar::K))),
+                        ),
+                        bin(
+                            ScalarBinary::Max,
+                            ScalarExpr::Int(1),
+                            bin(
+                                ScalarBinary::Min,
+                                bin(ScalarBinary::Mul, var(LambdaVar::H), ScalarExpr::Int(3)),
+                                ScalarExpr::Sym("T".into()),
+                            ),
+                        ),
+                    ),
+                    ScalarExpr::Select(
+                        Box::new(bin(ScalarBinary::Eq, var(LambdaVar::H), ScalarExpr::Int(0))),
+                        Box::new(bin(ScalarBinary::Le, var(LambdaVar::K), var(LambdaVar::Q))),
+                        Box::new(bin(
+                            ScalarBinary::Lt,
+                            var(LambdaVar::K),
+                            bin(ScalarBinary::Sub, ScalarExpr::Sym("S".into()), ScalarExpr::Int(2)),
+                        )),
+                    ),
+                )),
+                (3, 7, 11),
+                vec![],
+            ),
+            (
+                "lambda: floor / and % of negatives, float compare, ids",
+                MaskExpr::Lambda(bin(
+                    ScalarBinary::Or,
+                    bin(
+                        ScalarBinary::Eq,
+                        bin(
+                            ScalarBinary::Mod,
+                            bin(ScalarBinary::Sub, var(LambdaVar::K), var(LambdaVar::Q)),
+                            ScalarExpr::Int(-3),
+                        ),
+                        bin(
+                            ScalarBinary::Div,
+                            bin(ScalarBinary::Sub, var(LambdaVar::K), var(LambdaVar::Q)),
+                            ScalarExpr::Int(4),
+                        ),
+                    ),
+                    bin(
+                        ScalarBinary::Gt,
+                        bin(
+                            ScalarBinary::Div,
+                            ScalarExpr::Float(1.5),
+                            ScalarExpr::Unary(ScalarUnary::Exp, Box::new(idx(ArrayRef::Operand(0), var(LambdaVar::K)))),
+                        ),
+                        ScalarExpr::Float(0.3),
+                    ),
+                )),
+                (1, 11, 11),
+                vec![ids],
+            ),
+        ];
+        for (what, m, dims, ops) in &cases {
+            check_mask(what, m, *dims, ops, &b);
+        }
+    }
+
+    /// A lambda reading an array out of range sets the error flag and the
+    /// run fails (the interpreter's error); a `where` guarding the read, or
+    /// a mask conjunction whose left side decides, reads nothing out of range.
+    #[test]
+    fn lambda_out_of_range_fails_and_guards_avoid_it() {
+        let b = Bindings::new();
+        let ids: Op = (DType::I32, vec![4], vec![3.0, 1.0, 4.0, 1.0]);
+        let read = |i: ScalarExpr| idx(ArrayRef::Operand(0), i);
+        let oob = MaskExpr::Lambda(bin(ScalarBinary::Ge, read(var(LambdaVar::Q)), ScalarExpr::Int(0)));
+        let k = mask_kernel(&oob, 1);
+        let masks = vec![vec![view(&ids)]];
+        let plan = tdl_mlir::elementwise::plan_elementwise_arrays(&k, &[9, 5], &[], &masks, &b).unwrap().unwrap();
+        assert!(plan.error_flag.is_some());
+        let engine = compile_host(&plan.code).unwrap();
+        let e = run_plan_i32(&engine, &plan).unwrap_err().to_string();
+        assert!(e.contains("out of range") && e.contains("lambda"), "{e}");
+        // In range at 4 × 5: no error.
+        let plan = tdl_mlir::elementwise::plan_elementwise_arrays(&k, &[4, 5], &[], &masks, &b).unwrap().unwrap();
+        assert!(run_plan_i32(&engine, &plan).unwrap().iter().all(|&x| x == 1));
+        let guarded_where = MaskExpr::Lambda(ScalarExpr::Select(
+            Box::new(bin(ScalarBinary::Lt, var(LambdaVar::Q), ScalarExpr::Int(4))),
+            Box::new(bin(ScalarBinary::Ne, read(var(LambdaVar::Q)), ScalarExpr::Int(1))),
+            Box::new(bin(ScalarBinary::Le, var(LambdaVar::K), var(LambdaVar::Q))),
+        ));
+        let guarded_and = and(
+            MaskExpr::Lambda(bin(ScalarBinary::Lt, var(LambdaVar::Q), ScalarExpr::Int(4))),
+            MaskExpr::Lambda(bin(ScalarBinary::Ne, read(var(LambdaVar::Q)), ScalarExpr::Int(4))),
+        );
+        for (what, m) in [("where", guarded_where), ("&", guarded_and)] {
+            check_mask(what, &m, (1, 9, 5), std::slice::from_ref(&ids), &b);
+        }
+    }
+
+    fn attn_kernel(tile_q: usize, tile_k: usize, scale: Option<f64>) -> AttentionKernel {
+        AttentionKernel {
+            q: BufId(0),
+            k: BufId(1),
+            v: BufId(2),
+            mask: None,
+            scale,
+            score: None,
+            score_operands: vec![],
+            tile_q,
+            tile_k,
+            kv_split: KvSplit::None,
+            out: BufId(3),
+        }
+    }
+
+    struct AttnCase {
+        what: &'static str,
+        q: Vec<usize>,
+        k: Vec<usize>,
+        dv: usize,
+        mask: Option<(MaskExpr, Vec<Op>)>,
+        score: Option<(ScalarExpr, Vec<Op>)>,
+    }
+
+    /// Naive attention in f64 over the flattened heads, the mask by
+    /// [`holds`], the score modifier by the evaluator (in `f32`, as the
+    /// interpreter).
+    fn naive(c: &AttnCase, q: &[f32], k: &[f32], v: &[f32], b: &Bindings) -> Vec<f64> {
+        let r = c.q.len();
+        let (t, d, s, dv) = (c.q[r - 2], c.q[r - 1], c.k[r - 2], c.dv);
+        let (hq, hk) = if r >= 3 { (c.q[r - 3], c.k[r - 3]) } else { (1, 1) };
+        let lead: usize = c.q[..r - 2].iter().product();
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut out = vec![0f64; lead * t * dv];
+        for li in 0..lead {
+            let h = li % hq;
+            let kh = (li / hq) * hk + h / (hq / hk);
+            for qi in 0..t {
+                let mut sc = Vec::new();
+                for kj in 0..s {
+                    let at = (qi as i64, kj as i64, h as i64, t as i64, s as i64);
+                    if let Some((m, ops)) = &c.mask {
+                        if !holds(m, at, ops, b) {
+                            continue;
+                        }
+                    }
+                    let dot: f64 =
+                        (0..d).map(|x| f64::from(q[(li * t + qi) * d + x]) * f64::from(k[(kh * s + kj) * d + x])).sum();
+                    let mut val = dot * scale;
+                    if let Some((e, ops)) = &c.score {
+                        val = match lambda_val(e, (at.0, at.1, at.2), Some(val as f32), ops, b).unwrap() {
+                            Val::Float(f) => f64::from(f),
+                            Val::Int(i) => i as f64,
+                            Val::Bool(_) => unreachable!(),
+                        };
+                    }
+                    sc.push((kj, val));
+                }
+                if sc.is_empty() {
+                    continue;
+                }
+                let mx = sc.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x.1 - mx).exp()).sum();
+                for (kj, x) in &sc {
+                    let w = (x - mx).exp() / z;
+                    for y in 0..dv {
+                        out[(li * t + qi) * dv + y] += w * f64::from(v[(kh * s + kj) * dv + y]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Attention through `plan_attention_arrays`: document, blocks (an
+    /// operand), neighborhood and lambda masks, score modifiers reading
+    /// constants, operands and symbols, GQA, and operands of rank 2, 3 and
+    /// 4, at sizes that are not multiples of the tiles; the PTX of each.
+    #[test]
+    fn attention_masks_scores_and_ranks() {
+        let b: Bindings = [("S".to_string(), 23)].into_iter().collect();
+        let slopes: Op = (DType::F32, vec![3], vec![0.5, 0.25, 0.125]);
+        let spans = ArrayRef::Const(ints(&[2, 5, 9]));
+        let (q_, k_, h_, s_) = (var(LambdaVar::Q), var(LambdaVar::K), var(LambdaVar::H), var(LambdaVar::S));
+        let dist = ScalarExpr::Unary(ScalarUnary::Abs, Box::new(bin(ScalarBinary::Sub, q_.clone(), k_.clone())));
+        let alibi =
+            bin(ScalarBinary::Sub, s_.clone(), bin(ScalarBinary::Mul, idx(ArrayRef::Operand(0), h_.clone()), dist));
+        let softcap = bin(
+            ScalarBinary::Mul,
+            ScalarExpr::Float(3.0),
+            ScalarExpr::Unary(ScalarUnary::Tanh, Box::new(bin(ScalarBinary::Div, s_.clone(), ScalarExpr::Float(3.0)))),
+        );
+        let sym_bias = bin(
+            ScalarBinary::Add,
+            s_,
+            bin(
+                ScalarBinary::Div,
+                bin(ScalarBinary::Sub, ScalarExpr::Sym("S".into()), k_.clone()),
+                ScalarExpr::Float(10.0),
+            ),
+        );
+        let ids: Op = (DType::I32, vec![37], (0..37).map(|i| f64::from(i / 7)).collect());
+        let layout: Op = (DType::Bool, vec![5, 6], (0..30).map(|i| f64::from(i % 3 != 1)).collect());
+        let cases = vec![
+            AttnCase {
+                what: "rank 3, GQA 4:2, document & causal, T ≠ S",
+                q: vec![4, 29, 16],
+                k: vec![2, 37, 16],
+                dv: 8,
+                mask: Some((and(MaskExpr::Document { ids: 0 }, MaskExpr::Causal), vec![ids])),
+                score: None,
+            },
+            AttnCase {
+                what: "rank 4, GQA 3:1, causal & lambda spans[h], ALiBi from an operand",
+                q: vec![2, 3, 21, 16],
+                k: vec![2, 1, 21, 16],
+                dv: 16,
+                mask: Some((
+                    and(
+                        MaskExpr::Causal,
+                        MaskExpr::Lambda(bin(
+                            ScalarBinary::Lt,
+                            bin(ScalarBinary::Sub, q_.clone(), k_.clone()),
+                            idx(spans, h_),
+                        )),
+                    ),
+                    vec![],
+                )),
+                score: Some((alibi, vec![slopes])),
+            },
+            AttnCase {
+                what: "rank 2, blocks(operand), soft-capping",
+                q: vec![19, 16],
+                k: vec![23, 16],
+                dv: 8,
+                mask: Some((MaskExpr::Blocks { layout: ArrayRef::Operand(0), block: [4, 4] }, vec![layout])),
+                score: Some((softcap, vec![])),
+            },
+            AttnCase {
+                what: "rank 3, neighborhood 2-D, a score reading a symbol",
+                q: vec![2, 35, 16],
+                k: vec![2, 35, 16],
+                dv: 16,
+                mask: Some((
+                    MaskExpr::Neighborhood {
+                        kernel: vec![3, 5],
+                        grid: vec![5, 7],
+                        dilation: vec![1, 1],
+                        causal: vec![false, true],
+                    },
+                    vec![],
+                )),
+                score: Some((sym_bias, vec![])),
+            },
+        ];
+        let b35: Bindings = [("S".to_string(), 35)].into_iter().collect();
+        for c in &cases {
+            let bind = if c.k[c.k.len() - 2] == 35 { &b35 } else { &b };
+            let r = c.q.len();
+            let mut vs = c.k.clone();
+            vs[r - 1] = c.dv;
+            let n = |s: &[usize]| s.iter().product::<usize>();
+            let q = F32Tensor { shape: c.q.clone(), data: fill(n(&c.q), 1) };
+            let k = F32Tensor { shape: c.k.clone(), data: fill(n(&c.k), 2) };
+            let v = F32Tensor { shape: vs.clone(), data: fill(n(&vs), 3) };
+            for (tq, tk) in [(16, 16), (8, 32)] {
+                let ak = attn_kernel(tq, tk, None);
+                let mops: Vec<ArrayData<'_>> =
+                    c.mask.as_ref().map(|(_, o)| o.iter().map(view).collect()).unwrap_or_default();
+                let sops: Vec<Option<ArrayData<'_>>> =
+                    c.score.as_ref().map(|(_, o)| o.iter().map(|x| Some(view(x))).collect()).unwrap_or_default();
+                let plan = tdl_mlir::attention::plan_attention_arrays(
+                    &ak,
+                    (&q, &k, &v),
+                    c.mask.as_ref().map(|(m, _)| (m, mops.as_slice())),
+                    c.score.as_ref().map(|(e, _)| (e, sops.as_slice())),
+                    bind,
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", c.what))
+                .unwrap_or_else(|| panic!("{}: declined", c.what));
+                let mut want_shape = c.q[..r - 1].to_vec();
+                want_shape.push(c.dv);
+                assert_eq!(plan.output_shape, want_shape, "{}", c.what);
+                let got = run(&plan);
+                let want = naive(c, &q.data, &k.data, &v.data, bind);
+                let err = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
+                assert!(err <= 2e-5, "{}, tiles {tq}×{tk}: max error {err:e}", c.what);
+                if tq == 16 {
+                    let p = ptx(&plan.code, &["tdl_attn"]);
+                    assert!(p.matches(".shared .align 16 .b8").count() >= 3, "{}: no shared tiles", c.what);
+                }
+            }
+        }
+    }
+
+    /// A score modifier reading an array out of range fails the run.
+    #[test]
+    fn score_modifier_out_of_range_fails() {
+        let b = Bindings::new();
+        let q = F32Tensor { shape: vec![1, 9, 8], data: fill(72, 1) };
+        let k = F32Tensor { shape: vec![1, 9, 8], data: fill(72, 2) };
+        let bias = ArrayRef::Const(ConstValue { dtype: DType::F32, shape: vec![4], data: vec![0.0, 0.1, 0.2, 0.3] });
+        let e = bin(
+            ScalarBinary::Add,
+            var(LambdaVar::S),
+            idx(bias, bin(ScalarBinary::Sub, var(LambdaVar::Q), var(LambdaVar::K))),
+        );
+        let plan = tdl_mlir::attention::plan_attention_arrays(
+            &attn_kernel(16, 16, None),
+            (&q, &k, &k),
+            Some((&MaskExpr::Causal, &[])),
+            Some((&e, &[])),
+            &b,
+        )
+        .unwrap()
+        .unwrap();
+        let engine = compile_host(&plan.code).unwrap();
+        let err = run_plan(&engine, &plan).unwrap_err().to_string();
+        assert!(err.contains("out of range") && err.contains("lambda"), "{err}");
+        // Within a window of 4 every read is in range.
+        let plan = tdl_mlir::attention::plan_attention_arrays(
+            &attn_kernel(16, 16, None),
+            (&q, &k, &k),
+            Some((&MaskExpr::Window { w: 4 }, &[])),
+            Some((&e, &[])),
+            &b,
+        )
+        .unwrap()
+        .unwrap();
+        let engine = compile_host(&plan.code).unwrap();
+        assert_eq!(run_plan(&engine, &plan).unwrap().len(), 72);
+    }
+
+    /// Elementwise chains of `i32` values writing `i32` and `bool`:
+    /// wrapping arithmetic, floor division (x / 0 == 0), abs, relu,
+    /// select, constants rounded as the interpreter does.
+    #[test]
+    fn integer_and_boolean_elementwise_outputs() {
+        let shape = [3usize, 7, 5];
+        let n: usize = shape.iter().product();
+        let x: Vec<i32> = (0..n as i32).map(|i| (i * 7919) % 201 - 100).collect();
+        let mut y: Vec<i32> = (0..5).map(|i| i - 2).collect();
+        y[0] = i32::MIN;
+        let ins = |i: usize, op: EwOp, dt: DType| -> EwInst {
+            let _ = i;
+            EwInst { op, dtype: dt }
+        };
+        let body = vec![
+            ins(0, EwOp::Load(0), DType::I32),                     // 0: x
+            ins(1, EwOp::Load(1), DType::I32),                     // 1: y (broadcast)
+            ins(2, EwOp::Binary(BinaryOp::Div, 0, 1), DType::I32), // 2: x / y
+            ins(3, EwOp::Unary(UnaryOp::Abs, 1), DType::I32),      // 3: |y|
+            ins(4, EwOp::Binary(BinaryOp::Mul, 2, 3), DType::I32), // 4
+            ins(5, EwOp::Const(2_147_483_650.7), DType::I32),      // 5: wraps
+            ins(6, EwOp::Binary(BinaryOp::Add, 4, 5), DType::I32), // 6
+            ins(7, EwOp::Unary(UnaryOp::Relu, 0), DType::I32),     // 7
+            ins(8, EwOp::Binary(BinaryOp::Sub, 6, 7), DType::I32), // 8
+        ];
+        let inputs = vec![Access::whole(BufId(0)), Access::whole(BufId(1))];
+        let views = vec![
+            StridedView { data: Elems::I32(&x), offset: 0, shape: shape.to_vec(), strides: vec![35, 5, 1] },
+            StridedView { data: Elems::I32(&y), offset: 0, shape: shape.to_vec(), strides: vec![0, 0, 1] },
+        ];
+        let b = Bindings::new();
+        let k = ElementwiseKernel { inputs: inputs.clone(), masks: vec![], body: body.clone(), out: BufId(2) };
+        let plan = tdl_mlir::elementwise::plan_elementwise_arrays(&k, &shape, &views, &[], &b).unwrap().unwrap();
+        let engine = compile_host(&plan.code).unwrap();
+        let got = run_plan_i32(&engine, &plan).unwrap();
+        let c5 = 2_147_483_650.7f64.trunc().rem_euclid(4_294_967_296.0) as u32 as i32;
+        let want: Vec<i32> = (0..n)
+            .map(|i| {
+                let (a, bb) = (x[i], y[i % 5]);
+                let q = tdl_ir::eval::int_div(i64::from(a), i64::from(bb)) as i32;
+                q.wrapping_mul(bb.wrapping_abs()).wrapping_add(c5).wrapping_sub(a.max(0))
+            })
+            .collect();
+        assert_eq!(got, want);
+        ptx(&plan.code, &["tdl_ew"]);
+        // bool: (x > … as a mask) selected with i32 values, stored 0/1.
+        let mut body2 = body;
+        body2.push(EwInst { op: EwOp::Mask(0), dtype: DType::Bool }); // 9
+        body2.push(EwInst { op: EwOp::Load(2), dtype: DType::Bool }); // 10
+        body2.push(EwInst { op: EwOp::Select(10, 9, 10), dtype: DType::Bool }); // 11
+        let flags: Vec<i32> = (0..n as i32).map(|i| i % 3 % 2).collect();
+        let mut views2 = views;
+        views2.push(StridedView {
+            data: Elems::I32(&flags),
+            offset: 0,
+            shape: shape.to_vec(),
+            strides: vec![35, 5, 1],
+        });
+        let mut inputs2 = inputs;
+        inputs2.push(Access::whole(BufId(3)));
+        let k2 = ElementwiseKernel {
+            inputs: inputs2,
+            masks: vec![MaskUse { expr: MaskExpr::Causal, operands: vec![] }],
+            body: body2,
+            out: BufId(4),
+        };
+        let plan = tdl_mlir::elementwise::plan_elementwise_arrays(&k2, &shape, &views2, &[], &b).unwrap().unwrap();
+        let engine = compile_host(&plan.code).unwrap();
+        let got = run_plan_i32(&engine, &plan).unwrap();
+        let want: Vec<i32> = (0..n)
+            .map(|i| {
+                let (qq, kk) = ((i / 5) % 7, i % 5);
+                i32::from(flags[i] != 0 && kk + 2 <= qq)
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    /// `i32` reductions (sum wraps, max, mean truncated) over a middle
+    /// and a last axis, against the interpreter's formulas.
+    #[test]
+    fn integer_reductions() {
+        for (shape, axis) in [(vec![3usize, 37, 5], 1usize), (vec![7, 300], 1), (vec![4, 3], 0)] {
+            let n: usize = shape.iter().product();
+            let mut x: Vec<i32> = (0..n as i32).map(|i| (i * 7919) % 2001 - 1000).collect();
+            x[1] = i32::MAX;
+            x[2] = i32::MAX;
+            let outer: usize = shape[..axis].iter().product();
+            let len = shape[axis];
+            let inner: usize = shape[axis + 1..].iter().product();
+            for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean] {
+                let k = ReduceKernel { op, axis, keepdims: true, x: Access::whole(BufId(0)), out: BufId(1) };
+                let plan: LaunchPlan<'_> = tdl_mlir::rows::plan_reduce_i32(&k, &x, &shape).unwrap().unwrap();
+                let engine = compile_host(&plan.code).unwrap();
+                let got = run_plan_i32(&engine, &plan).unwrap();
+                let mut want = Vec::new();
+                for o in 0..outer {
+                    for j in 0..inner {
+                        let at = |i: usize| x[(o * len + i) * inner + j];
+                        want.push(match op {
+                            ReduceOp::Sum => (0..len).fold(0i32, |a, i| a.wrapping_add(at(i))),
+                            ReduceOp::Max => (0..len).map(at).max().unwrap(),
+                            ReduceOp::Mean => {
+                                let s: i64 = (0..len).map(|i| i64::from(at(i))).sum();
+                                (s as f64 / len as f64).trunc() as i32
+                            }
+                        });
+                    }
+                }
+                assert_eq!(got, want, "{op:?} over axis {axis} of {shape:?}");
+                let mut out_shape = shape.clone();
+                out_shape[axis] = 1;
+                assert_eq!(plan.output_shape, out_shape);
+                if axis == 1 && shape[0] == 3 {
+                    ptx(&plan.code, &["tdl_ireduce"]);
+                }
+            }
+        }
     }
 }
