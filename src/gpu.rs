@@ -20,7 +20,8 @@ use tdl_cuda::{Cuda, DeviceBuffer, GpuModule, KernelArg};
 use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
 use tdl_kernel::ir::{AttentionKernel, ElementwiseKernel, MatMulKernel, MoveKernel, ReduceKernel, RowKernel};
 use tdl_kernel::{F32Tensor, KernelStats};
-use tdl_mlir::launch::{LaunchPlan, Param, PlanBuf};
+use tdl_mlir::host::PlanOutput;
+use tdl_mlir::launch::{LaunchPlan, Param, PlanBuf, LAMBDA_INDEX_ERROR};
 use tdl_mlir::MlirError;
 
 /// The executor name reports give the kernels run on the GPU.
@@ -92,8 +93,10 @@ impl GpuHooks {
         Ok(m)
     }
 
-    /// Runs `plan` on the device; the output, row-major.
-    fn run(&self, plan: &LaunchPlan<'_>) -> Result<Vec<f32>, String> {
+    /// Runs `plan` on the device; the output, row-major (`f32`, or `i32`
+    /// where [`LaunchPlan::output_is_i32`]). A set error flag is the
+    /// lambdas' out-of-range error.
+    fn run(&self, plan: &LaunchPlan<'_>) -> Result<PlanOutput, String> {
         plan.validate().map_err(|e| e.to_string())?;
         let module = self.module(&plan.code.key, &plan.code.mlir_module)?;
         let functions = plan
@@ -113,10 +116,25 @@ impl GpuHooks {
             })
             .map_err(|e| e.to_string())?;
         self.device_ms.set(self.device_ms.get() + f64::from(ms));
+        if let Some(e) = plan.error_flag {
+            let flag = bufs.get(e).ok_or("the plan's error flag is missing")?;
+            let mut v = [0i32];
+            self.cuda.download_i32(flag, &mut v).map_err(|e| e.to_string())?;
+            if v[0] != 0 {
+                return Err(LAMBDA_INDEX_ERROR.to_string());
+            }
+        }
         let out = bufs.get(plan.output).ok_or("the plan's output buffer is missing")?;
-        let mut data = vec![0f32; plan.output_shape.iter().product()];
-        self.cuda.download(out, &mut data).map_err(|e| e.to_string())?;
-        Ok(data)
+        let n = plan.output_shape.iter().product();
+        if plan.output_is_i32() {
+            let mut data = vec![0i32; n];
+            self.cuda.download_i32(out, &mut data).map_err(|e| e.to_string())?;
+            Ok(PlanOutput::I32(data))
+        } else {
+            let mut data = vec![0f32; n];
+            self.cuda.download(out, &mut data).map_err(|e| e.to_string())?;
+            Ok(PlanOutput::F32(data))
+        }
     }
 
     fn upload(&self, b: &PlanBuf<'_>) -> Result<DeviceBuffer, String> {
@@ -138,10 +156,10 @@ impl GpuHooks {
     fn hook<T>(
         &self,
         plan: Result<Option<LaunchPlan<'_>>, MlirError>,
-        wrap: impl FnOnce(Vec<f32>, Vec<usize>) -> T,
+        wrap: impl FnOnce(PlanOutput, Vec<usize>) -> Result<T, String>,
     ) -> Option<Result<T, String>> {
         match plan {
-            Ok(Some(p)) => Some(self.run(&p).map(|d| wrap(d, p.output_shape.clone()))),
+            Ok(Some(p)) => Some(self.run(&p).and_then(|d| wrap(d, p.output_shape.clone()))),
             Ok(None) | Err(MlirError::Unsupported(_)) => None,
             Err(e) => Some(Err(e.to_string())),
         }
@@ -170,31 +188,65 @@ pub fn ptx_of(mlir: &str, chip: &str) -> Result<String, MlirError> {
     tdl_mlir::extract_ptx(&module)
 }
 
+/// An `f32` output as a hook gives it back.
+fn f32_run(out: PlanOutput, _shape: Vec<usize>) -> Result<F32Run, String> {
+    match out {
+        PlanOutput::F32(d) => Ok((d, EXECUTOR)),
+        PlanOutput::I32(_) => Err("the GPU kernel wrote i32 values where f32 were expected".into()),
+    }
+}
+
+/// An `i32` output as a hook gives it back.
+fn i32_run(out: PlanOutput, _shape: Vec<usize>) -> Result<(Vec<i32>, &'static str), String> {
+    match out {
+        PlanOutput::I32(d) => Ok((d, EXECUTOR)),
+        PlanOutput::F32(_) => Err("the GPU kernel wrote f32 values where i32 were expected".into()),
+    }
+}
+
 impl Hooks for GpuHooks {
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
-        self.hook(tdl_mlir::attention::plan_attention(k, args), |data, shape| {
-            (F32Tensor { shape, data }, EXECUTOR, KernelStats::default())
+        self.hook(tdl_mlir::attention::plan_attention(k, args), |out, shape| {
+            let (data, _) = f32_run(out, Vec::new())?;
+            Ok((F32Tensor { shape, data }, EXECUTOR, KernelStats::default()))
         })
     }
 
     fn matmul(&self, _k: &MatMulKernel, args: &MatMulArgs<'_>) -> Option<Result<F32Run, String>> {
-        self.hook(tdl_mlir::matmul::plan_matmul(args), |d, _| (d, EXECUTOR))
+        self.hook(tdl_mlir::matmul::plan_matmul(args), f32_run)
     }
 
     fn elementwise(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<F32Run, String>> {
-        self.hook(tdl_mlir::elementwise::plan_elementwise(k, args), |d, _| (d, EXECUTOR))
+        self.hook(tdl_mlir::elementwise::plan_elementwise(k, args), f32_run)
+    }
+
+    fn elementwise_i32(
+        &self,
+        k: &ElementwiseKernel,
+        args: &ElementwiseArgs<'_>,
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        self.hook(tdl_mlir::elementwise::plan_elementwise(k, args), i32_run)
     }
 
     fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
-        self.hook(tdl_mlir::rows::plan_reduce(k, args), |d, _| (d, EXECUTOR))
+        self.hook(tdl_mlir::rows::plan_reduce(k, args), f32_run)
+    }
+
+    fn reduce_i32(
+        &self,
+        k: &ReduceKernel,
+        x: &[i32],
+        shape: &[usize],
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        self.hook(tdl_mlir::rows::plan_reduce_i32(k, x, shape), i32_run)
     }
 
     fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
-        self.hook(tdl_mlir::rows::plan_row(k, args), |d, _| (d, EXECUTOR))
+        self.hook(tdl_mlir::rows::plan_row(k, args), f32_run)
     }
 
     fn movement(&self, k: &MoveKernel, args: &MoveArgs<'_>) -> Option<Result<F32Run, String>> {
-        self.hook(tdl_mlir::movement::plan_move(k, args), |d, _| (d, EXECUTOR))
+        self.hook(tdl_mlir::movement::plan_move(k, args), f32_run)
     }
 }
 

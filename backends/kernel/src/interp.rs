@@ -173,6 +173,17 @@ pub trait Hooks {
         None
     }
 
+    /// Runs a reduction of an `i32` (or `bool`, 0/1) input `x` of `shape`,
+    /// or returns `None`: the row-major `i32` output.
+    fn reduce_i32(
+        &self,
+        _k: &ReduceKernel,
+        _x: &[i32],
+        _shape: &[usize],
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        None
+    }
+
     /// Runs a row kernel (softmax, layernorm, rmsnorm, rope), or returns
     /// `None`. The result is the row-major output in `f32`, before rounding.
     fn row(&self, _k: &RowKernel, _args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
@@ -978,10 +989,23 @@ impl<'a> Ctx<'a> {
         if k.op == ReduceOp::Max && n == 0 {
             return Err(err(format!("`max` over the empty axis {} of {:?} has no maximum", k.axis, shape)));
         }
-        if let Val::F(t) = x {
-            let r = self.hooks.reduce(k, &RowArgs { x: &t.data, shape: &shape, params: Vec::new() });
-            if let Some(v) = self.hook_f32(r, dtype, out)? {
-                return Ok(v);
+        match x {
+            Val::F(t) => {
+                let r = self.hooks.reduce(k, &RowArgs { x: &t.data, shape: &shape, params: Vec::new() });
+                if let Some(v) = self.hook_f32(r, dtype, out)? {
+                    return Ok(v);
+                }
+            }
+            Val::I(_, d) => {
+                if let Some(r) = self.hooks.reduce_i32(k, d, &shape) {
+                    let (data, name) = r.map_err(err)?;
+                    let n: usize = out.iter().product();
+                    if data.len() != n {
+                        return Err(err(format!("the {name} executor gave {} values, not {n}", data.len())));
+                    }
+                    self.executor = name;
+                    return Ok(Val::I(out.to_vec(), data));
+                }
             }
         }
         match x {

@@ -231,6 +231,16 @@ impl Hooks for HostHooks {
         Some(out.map(|d| (d, EXECUTOR)))
     }
 
+    fn reduce_i32(
+        &self,
+        k: &ReduceKernel,
+        x: &[i32],
+        shape: &[usize],
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        let out = self.run_with("reduce", crate::rows::plan_reduce_i32(k, x, shape), run_plan_i32)?;
+        Some(out.map(|d| (d, EXECUTOR)))
+    }
+
     fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
         let kind = match k.op {
             RowOp::Softmax { .. } => "softmax",
