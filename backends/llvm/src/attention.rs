@@ -246,19 +246,13 @@ define internal float @tdl_expf(float %x) #1 {{
   %r1 = fsub float %c, %a
   %b = fmul float %n, {ln2_lo}
   %r = fsub float %r1, %b
-  %p0 = fmul float %r, {c0}
-  %p1 = fadd float %p0, {c1}
-  %p2 = fmul float %p1, %r
-  %p3 = fadd float %p2, {c2}
-  %p4 = fmul float %p3, %r
-  %p5 = fadd float %p4, {c3}
-  %p6 = fmul float %p5, %r
-  %p7 = fadd float %p6, {c4}
-  %p8 = fmul float %p7, %r
-  %p9 = fadd float %p8, {c5}
+  %p1 = call float @llvm.fmuladd.f32(float %r, float {c0}, float {c1})
+  %p3 = call float @llvm.fmuladd.f32(float %p1, float %r, float {c2})
+  %p5 = call float @llvm.fmuladd.f32(float %p3, float %r, float {c3})
+  %p7 = call float @llvm.fmuladd.f32(float %p5, float %r, float {c4})
+  %p9 = call float @llvm.fmuladd.f32(float %p7, float %r, float {c5})
   %r2 = fmul float %r, %r
-  %p10 = fmul float %p9, %r2
-  %p11 = fadd float %p10, %r
+  %p11 = call float @llvm.fmuladd.f32(float %p9, float %r2, float %r)
   %y = fadd float %p11, 1.0
   %ni = fptosi float %n to i32
   %e = add i32 %ni, 127
@@ -269,6 +263,7 @@ define internal float @tdl_expf(float %x) #1 {{
   ret float %zero
 }}
 declare float @llvm.rint.f32(float)
+declare float @llvm.fmuladd.f32(float, float, float)
 ",
         c0 = c[0],
         c1 = c[1],
