@@ -279,15 +279,15 @@ fn decode_splits_the_kv_range() {
 }
 
 /// Whether the CPU backend compiles kernel `k` of `p` (where it does not,
-/// the interpreter runs it): every attention and elementwise kernel
-/// (lambda masks, score modifiers and integer outputs included) and every
-/// other kernel writing a floating-point buffer. Attentions are judged in
+/// the interpreter runs it): every attention, elementwise and reduce
+/// kernel (lambda masks, score modifiers and integer values included) and
+/// every other kernel writing a floating-point buffer. Attentions are judged in
 /// aggregate.
 fn cpu_compiles(p: &KernelProgram, k: &KernelBody) -> Option<bool> {
     let float = p.buffer(k.out()).is_some_and(|b| b.dtype.is_float());
     match k {
-        KernelBody::Attention(_) | KernelBody::Elementwise(_) => Some(true),
-        KernelBody::MatMul(_) | KernelBody::Reduce(_) | KernelBody::Row(_) | KernelBody::Move(_) => Some(float),
+        KernelBody::Attention(_) | KernelBody::Elementwise(_) | KernelBody::Reduce(_) => Some(true),
+        KernelBody::MatMul(_) | KernelBody::Row(_) | KernelBody::Move(_) => Some(float),
     }
 }
 

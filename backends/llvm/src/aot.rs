@@ -32,8 +32,8 @@
 //! loops otherwise (a symbol bound to 1 can turn an operand into a
 //! broadcast, say), so a result is never wrong. What each kernel got is
 //! [`AotGraph::report`]'s; the kernels no code generator compiles (integer
-//! reductions, integer matmuls and moves, lambdas the lambda compiler
-//! declines) run in the executor's loops.
+//! matmuls and moves, lambdas the lambda compiler declines) run in the
+//! executor's loops.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -392,6 +392,15 @@ impl Hooks for InProcess {
 
     fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
         self.hooks.reduce(k, args)
+    }
+
+    fn reduce_i32(
+        &self,
+        k: &ReduceKernel,
+        x: &[i32],
+        shape: &[usize],
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        self.hooks.reduce_i32(k, x, shape)
     }
 
     fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {

@@ -135,6 +135,16 @@ impl Hooks for CpuHooks {
         answer(crate::rows::run_reduce(k, args, host, &self.kernels, self.threads))
     }
 
+    fn reduce_i32(
+        &self,
+        k: &ReduceKernel,
+        x: &[i32],
+        shape: &[usize],
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        let host = self.host.as_ref()?;
+        answer(crate::rows::run_reduce_i32(k, x, shape, host, &self.kernels, self.threads))
+    }
+
     fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
         let host = self.host.as_ref()?;
         answer(crate::rows::run_row(k, args, host, &self.kernels, self.threads))

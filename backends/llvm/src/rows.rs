@@ -23,6 +23,8 @@
 //! * layernorm: `mean = Σx/d`, `var = Σ(x-mean)²/d`,
 //!   `out = (x-mean)·(1/sqrt(var + eps))·g + b`; rmsnorm:
 //!   `out = x·(1/sqrt(Σx²/d + eps))·g`, `eps` rounded to `f32`.
+//! * `i32` reductions: `sum` wraps, `max`, `mean` as an `i64` sum divided
+//!   in `f64` and truncated, exactly the interpreter's.
 //! * rope: the same `cos`/`sin` table the interpreter builds (in `f64`,
 //!   rounded to `f32`; cached per `(positions, d, base)`), then
 //!   `x₁·cos - x₂·sin`, `x₂·cos + x₁·sin`.
@@ -166,6 +168,77 @@ fn reduce_ir(op: ReduceOp, last: bool, host: &HostTarget) -> String {
                 });
             }
         }
+    });
+    finish(ir, host)
+}
+
+/// An `i32` reduction (`x` and `out` hold `i32`s), one accumulator per
+/// output, in the interpreter's order: `sum` wraps, `max` is the largest,
+/// `mean` sums in `i64`, divides by `n` in `f64` and truncates (0 when
+/// `n = 0`).
+fn reduce_i32_ir(op: ReduceOp, last: bool, host: &HostTarget) -> String {
+    let mut ir = Ir::with_text(header());
+    let (co, ci, cj) = (ir.alloca("i64", 1), ir.alloca("i64", 1), ir.alloca("i64", 1));
+    let (acc, acc64) = (ir.alloca("i32", 1), ir.alloca("i64", 1));
+    let (j0, j1, stride) = if last { ("0", "1", "1") } else { ("%j0", "%j1", "%inner") };
+    ir.for_range(&co, "%r0", "%r1", |ir, o| {
+        let xb0 = ir.op("mul", "i64", o, "%n");
+        let xb = if last { xb0 } else { ir.op("mul", "i64", &xb0, "%inner") };
+        let ob = if last { o.to_string() } else { ir.op("mul", "i64", o, "%inner") };
+        ir.for_range(&cj, j0, j1, |ir, j| {
+            let base = ir.op("add", "i64", &xb, j);
+            let xo = ir.gep("i32", "%x", &base);
+            let at = |ir: &mut Ir, i: &str| {
+                let off = ir.op("mul", "i64", i, stride);
+                let p = ir.gep("i32", &xo, &off);
+                ir.load("i32", &p)
+            };
+            let result = match op {
+                ReduceOp::Sum | ReduceOp::Max => {
+                    let (init, start) = if op == ReduceOp::Max { (at(ir, "0"), "1") } else { ("0".into(), "0") };
+                    ir.line(format!("store i32 {init}, ptr {acc}"));
+                    ir.for_range(&ci, start, "%n", |ir, i| {
+                        let v = at(ir, i);
+                        let a = ir.load("i32", &acc);
+                        let r = if op == ReduceOp::Max {
+                            let t = ir.tmp();
+                            ir.line(format!("{t} = call i32 @llvm.smax.i32(i32 {a}, i32 {v})"));
+                            t
+                        } else {
+                            ir.op("add", "i32", &a, &v)
+                        };
+                        ir.line(format!("store i32 {r}, ptr {acc}"));
+                    });
+                    ir.load("i32", &acc)
+                }
+                ReduceOp::Mean => {
+                    ir.line(format!("store i64 0, ptr {acc64}"));
+                    ir.for_range(&ci, "0", "%n", |ir, i| {
+                        let v = at(ir, i);
+                        let w = ir.tmp();
+                        ir.line(format!("{w} = sext i32 {v} to i64"));
+                        let a = ir.load("i64", &acc64);
+                        let r = ir.op("add", "i64", &a, &w);
+                        ir.line(format!("store i64 {r}, ptr {acc64}"));
+                    });
+                    let sum = ir.load("i64", &acc64);
+                    let (sf, nf) = (ir.tmp(), ir.tmp());
+                    ir.line(format!("{sf} = sitofp i64 {sum} to double"));
+                    ir.line(format!("{nf} = uitofp i64 %n to double"));
+                    let q = ir.op("fdiv", "double", &sf, &nf);
+                    // Non-zero `n`: the quotient lies in i32's range.
+                    let nz = ir.op("icmp ne", "i64", "%n", "0");
+                    let qs = ir.tmp();
+                    ir.line(format!("{qs} = select i1 {nz}, double {q}, double 0.0"));
+                    let t = ir.tmp();
+                    ir.line(format!("{t} = fptosi double {qs} to i32"));
+                    t
+                }
+            };
+            let oi = ir.op("add", "i64", &ob, j);
+            let po = ir.gep("i32", "%out", &oi);
+            ir.line(format!("store i32 {result}, ptr {po}"));
+        });
     });
     finish(ir, host)
 }
@@ -351,6 +424,7 @@ fn rope_ir(host: &HostTarget) -> String {
 pub(crate) fn row_ir(code: &RowCode, host: &HostTarget) -> String {
     match *code {
         RowCode::Reduce { op, last } => reduce_ir(op, last, host),
+        RowCode::ReduceI32 { op, last } => reduce_i32_ir(op, last, host),
         RowCode::Softmax { last } => softmax_ir(last, host),
         RowCode::Norm { layer, eps_bits } => norm_ir(layer, f32::from_bits(eps_bits), host),
         RowCode::Rope => rope_ir(host),
@@ -389,6 +463,19 @@ pub fn run_reduce(
     threads: usize,
 ) -> Option<Result<Vec<f32>, LlvmError>> {
     let r = tdl_rt::rows::run_reduce(k, args, threads, &JitRows { host, cache })?;
+    Some(r.map_err(LlvmError::from))
+}
+
+/// Runs a reduction of an `i32` input, or `None` when it is not supported.
+pub fn run_reduce_i32(
+    k: &ReduceKernel,
+    x: &[i32],
+    shape: &[usize],
+    host: &HostTarget,
+    cache: &KernelCache,
+    threads: usize,
+) -> Option<Result<Vec<i32>, LlvmError>> {
+    let r = tdl_rt::rows::run_reduce_i32(k, x, shape, threads, &JitRows { host, cache })?;
     Some(r.map_err(LlvmError::from))
 }
 

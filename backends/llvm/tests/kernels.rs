@@ -467,6 +467,40 @@ fn reductions_match_the_interpreter() {
     }
 }
 
+/// `i32` reductions: sums wrap (values near `i32::MAX`), means truncate
+/// toward zero (negative sums too), max; over the last and inner axes, an
+/// empty axis for sum and mean.
+#[test]
+fn integer_reductions_match_the_interpreter() {
+    let hooks = CpuHooks::new(2);
+    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+        for (shape, axis) in
+            [(vec![7, 33], 1), (vec![7, 33], 0), (vec![3, 9, 5], 1), (vec![5, 2, 70], 2), (vec![4, 0, 3], 1)]
+        {
+            if op == ReduceOp::Max && shape[axis] == 0 {
+                continue;
+            }
+            let mut out_shape = shape.clone();
+            out_shape.remove(axis);
+            let mut p = Prog::default();
+            let x = p.input(DType::I32, &shape);
+            let out = p.temp(DType::I32, &out_shape);
+            let prog =
+                p.program(KernelBody::Reduce(ReduceKernel { op, axis, keepdims: false, x: Access::whole(x), out }));
+            let n: usize = shape.iter().product();
+            for big in [false, true] {
+                let data = (0..n as i64)
+                    .map(|i| {
+                        let v = (i * 7919 % 2001) - 1000;
+                        (if big { v.signum() * (i64::from(i32::MAX) - v.abs()) } else { v }) as f64
+                    })
+                    .collect();
+                check(&prog, &[tensor(DType::I32, &shape, data)], &hooks, EXECUTOR, EXACT);
+            }
+        }
+    }
+}
+
 /// Rows of `[rows, cols]` for softmax: random, fully `-inf`, a NaN, a
 /// `+inf`, huge magnitudes, a single `-inf`.
 fn softmax_input(rows: usize, cols: usize, seed: u64) -> Tensor {

@@ -51,7 +51,7 @@ use crate::RtError;
 
 /// The descriptor format's version; an artifact of another version is
 /// refused (the runtime it links must match the compiler that wrote it).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// What the executor's `--stats` calls the compiled kernels of an artifact.
 pub const EXECUTOR: &str = "cpu (AOT)";
@@ -263,6 +263,16 @@ impl Hooks for AotHooks {
     fn reduce(&self, k: &ReduceKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {
         let l = self.row_lookup(k.out, |b| matches!(b, KernelBody::Reduce(x) if x == k))?;
         answer(crate::rows::run_reduce(k, args, self.threads, &l))
+    }
+
+    fn reduce_i32(
+        &self,
+        k: &ReduceKernel,
+        x: &[i32],
+        shape: &[usize],
+    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+        let l = self.row_lookup(k.out, |b| matches!(b, KernelBody::Reduce(r) if r == k))?;
+        answer(crate::rows::run_reduce_i32(k, x, shape, self.threads, &l))
     }
 
     fn row(&self, k: &RowKernel, args: &RowArgs<'_>) -> Option<Result<F32Run, String>> {

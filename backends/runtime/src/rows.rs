@@ -40,6 +40,10 @@ pub enum RowCode {
     Norm { layer: bool, eps_bits: u32 },
     /// Rotate-half rope.
     Rope,
+    /// A reduction of `i32` values to `i32`s (`x` and `out` hold `i32`):
+    /// sum wrapping, max, mean as the interpreter's (the `i64` sum over
+    /// `n` in `f64`, truncated).
+    ReduceI32 { op: ReduceOp, last: bool },
 }
 
 impl RowCode {
@@ -48,6 +52,7 @@ impl RowCode {
         let axis = |last: bool| if last { "the last axis" } else { "an inner axis" };
         match self {
             RowCode::Reduce { op, last } => format!("{op:?} over {}", axis(*last)).to_lowercase(),
+            RowCode::ReduceI32 { op, last } => format!("i32 {op:?} over {}", axis(*last)).to_lowercase(),
             RowCode::Softmax { last } => format!("softmax over {}", axis(*last)),
             RowCode::Norm { layer: true, .. } => "layernorm rows".into(),
             RowCode::Norm { layer: false, .. } => "rmsnorm rows".into(),
@@ -95,7 +100,8 @@ pub trait RowSource {
 /// Everything one call of the row function needs.
 struct Call<'x> {
     code: RowCode,
-    x: &'x [f32],
+    /// The input (`f32`, or `i32` for [`RowCode::ReduceI32`]), as a pointer.
+    x: Shared<f32>,
     p0: &'x [f32],
     p1: &'x [f32],
     n: usize,
@@ -109,8 +115,13 @@ struct Call<'x> {
     row_elems: usize,
 }
 
-fn run_call(call: &Call<'_>, source: &dyn RowSource, threads: usize) -> Option<Result<Vec<f32>, RtError>> {
-    let mut out = vec![0f32; call.n_out];
+/// Runs `call`, writing `T`s (4-byte `f32` or `i32`, as the code writes).
+fn run_call<T: Copy + Default>(
+    call: &Call<'_>,
+    source: &dyn RowSource,
+    threads: usize,
+) -> Option<Result<Vec<T>, RtError>> {
+    let mut out = vec![T::default(); call.n_out];
     if call.rows == 0 || call.cols == 0 || call.n_out == 0 {
         return Some(Ok(out));
     }
@@ -131,9 +142,9 @@ fn run_call(call: &Call<'_>, source: &dyn RowSource, threads: usize) -> Option<R
         (call.rows.div_ceil(rpi), rpi, call.cols)
     };
     let nblocks = call.cols.div_ceil(cw);
-    let outp = Shared(out.as_mut_ptr());
+    let outp = Shared(out.as_mut_ptr().cast::<f32>());
     let ptr = |s: &[f32]| Shared(s.as_ptr().cast_mut());
-    let (xp, p0, p1) = (ptr(call.x), ptr(call.p0), ptr(call.p1));
+    let (xp, p0, p1) = (call.x, ptr(call.p0), ptr(call.p1));
     let run = par_for(items, threads, |i| {
         let (r0, r1, j0, j1) = if cw < call.cols {
             let (r, b) = (i / nblocks, i % nblocks);
@@ -180,7 +191,38 @@ pub fn run_reduce(
     }
     let call = Call {
         code: RowCode::Reduce { op: k.op, last: inner == 1 },
-        x: args.x,
+        x: Shared(args.x.as_ptr().cast_mut()),
+        p0: &[],
+        p1: &[],
+        n,
+        inner,
+        rows: outer,
+        cols: inner,
+        n_out: outer * inner,
+        row_elems: n * inner,
+    };
+    run_call(&call, source, threads)
+}
+
+/// [`run_reduce`] of an `i32` (or `bool`, 0/1) input `x` of `shape`: the
+/// `i32` results ([`RowCode::ReduceI32`]).
+pub fn run_reduce_i32(
+    k: &ReduceKernel,
+    x: &[i32],
+    shape: &[usize],
+    threads: usize,
+    source: &dyn RowSource,
+) -> Option<Result<Vec<i32>, RtError>> {
+    let &n = shape.get(k.axis)?;
+    let outer: usize = shape[..k.axis].iter().product();
+    let inner: usize = shape[k.axis + 1..].iter().product();
+    let total = outer.checked_mul(n)?.checked_mul(inner)?;
+    if total != x.len() || (k.op == ReduceOp::Max && n == 0) {
+        return None;
+    }
+    let call = Call {
+        code: RowCode::ReduceI32 { op: k.op, last: inner == 1 },
+        x: Shared(x.as_ptr().cast::<f32>().cast_mut()),
         p0: &[],
         p1: &[],
         n,
@@ -211,7 +253,7 @@ pub fn run_row(
     let rows = numel.checked_div(d).unwrap_or(0);
     let base = Call {
         code: RowCode::Rope,
-        x: args.x,
+        x: Shared(args.x.as_ptr().cast_mut()),
         p0: &[],
         p1: &[],
         n: d,
@@ -286,9 +328,10 @@ fn unit_product(dims: &[Dim]) -> Option<bool> {
 /// forms of an axis whose inner size depends on the symbols: it is 1 when
 /// they are). `Err` says why the kernel gets no compiled code.
 pub fn row_codes(p: &KernelProgram, body: &KernelBody) -> Result<Vec<RowCode>, String> {
-    let input = |a: &tdl_kernel::ir::Access| -> Result<Vec<Dim>, String> {
+    let is_float = |a: &tdl_kernel::ir::Access| p.buffer(a.buf).is_some_and(|b| b.dtype.is_float());
+    let input = |a: &tdl_kernel::ir::Access, ints: bool| -> Result<Vec<Dim>, String> {
         let buf = p.buffer(a.buf).ok_or_else(|| format!("no buffer {}", a.buf))?;
-        if !buf.dtype.is_float() {
+        if !buf.dtype.is_float() && !ints {
             return Err(format!("its input holds {} values (compiled code reads f32)", buf.dtype.name()));
         }
         a.shape(&buf.shape)
@@ -304,11 +347,23 @@ pub fn row_codes(p: &KernelProgram, body: &KernelBody) -> Result<Vec<RowCode>, S
     };
     match body {
         KernelBody::Reduce(k) => {
-            let shape = input(&k.x)?;
-            Ok(forms(&shape, k.axis)?.into_iter().map(|last| RowCode::Reduce { op: k.op, last }).collect())
+            let shape = input(&k.x, true)?;
+            let float = is_float(&k.x);
+            Ok(forms(&shape, k.axis)?
+                .into_iter()
+                .map(
+                    |last| {
+                        if float {
+                            RowCode::Reduce { op: k.op, last }
+                        } else {
+                            RowCode::ReduceI32 { op: k.op, last }
+                        }
+                    },
+                )
+                .collect())
         }
         KernelBody::Row(k) => {
-            let shape = input(&k.x)?;
+            let shape = input(&k.x, false)?;
             let eps_bits = |eps: f64| (eps as f32).to_bits();
             match &k.op {
                 RowOp::Softmax { axis } => {
