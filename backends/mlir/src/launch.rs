@@ -54,6 +54,8 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 
+use tdl_kernel::KernelStats;
+
 use crate::MlirError;
 
 /// The code of a kernel: one MLIR text per target, from the same bodies.
@@ -199,6 +201,12 @@ pub struct LaunchPlan<'a> {
     /// 0; non-zero after the run: an index was out of range; see the
     /// module docs), or `None`.
     pub error_flag: Option<usize>,
+    /// What the launches will do, counted as the Kernel IR interpreter
+    /// counts it (attention plans: programs = heads × q-tiles, kv-tiles
+    /// visited, Full and Partial, mask evaluations, the iteration space's
+    /// counts, KV splits and merged rows; not `score_evals`, which only a
+    /// run knows), for `--stats`; `None` for the other kinds.
+    pub stats: Option<KernelStats>,
 }
 
 /// The largest `grid[0]`.

@@ -78,13 +78,13 @@ fn errors_instead_of_crashes() {
 // ---- The FA2 attention kernel (tdl_mlir::attention): one body, host and GPU.
 
 mod attention {
-    use std::borrow::Cow;
-    use std::rc::Rc;
     use tdl_ir::MaskExpr;
 
-    use tdl_mlir::attention::{code, gpu_module, host_module, GpuAttentionSpec};
+    use tdl_ir::Bindings;
+    use tdl_kernel::ir::{AttentionKernel, BufId, KvSplit};
+    use tdl_kernel::F32Tensor;
+    use tdl_mlir::attention::{gpu_module, host_module, plan_attention_arrays, GpuAttentionSpec};
     use tdl_mlir::host::{compile_host, run_plan};
-    use tdl_mlir::launch::{LaunchPlan, LaunchStep, Param, PlanBuf};
     use tdl_mlir::{extract_ptx, new_context, nvvm_pipeline, parse_module, run_pipeline, verify_module};
 
     fn fill(n: usize, seed: u64) -> Vec<f32> {
@@ -156,38 +156,40 @@ mod attention {
     fn host_run_matches_naive_attention() {
         for (tq, tk) in [(16, 16), (8, 32)] {
             for (what, mask, visible) in cases() {
-                let spec =
-                    GpuAttentionSpec { d: 16, dv: 8, tile_q: tq, tile_k: tk, scale: None, mask, ..Default::default() };
-                let code = Rc::new(code(&spec).unwrap_or_else(|e| panic!("{what}: {e}")));
-                let engine = compile_host(&code).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let ak = AttentionKernel {
+                    q: BufId(0),
+                    k: BufId(1),
+                    v: BufId(2),
+                    mask: None,
+                    scale: None,
+                    score: None,
+                    score_operands: vec![],
+                    tile_q: tq,
+                    tile_k: tk,
+                    kv_split: KvSplit::None,
+                    out: BufId(3),
+                };
+                let mut engine = None;
                 for (hq, hk, t, s) in [(2, 2, 37, 37), (4, 2, 5, 37), (2, 1, 40, 19), (1, 1, 1, 1)] {
                     let (d, dv) = (16, 8);
                     let (q, k, v) = (fill(hq * t * d, 1), fill(hk * s * d, 2), fill(hk * s * dv, 3));
-                    let plan = LaunchPlan {
-                        code: Rc::clone(&code),
-                        buffers: vec![
-                            PlanBuf::F32(Cow::Borrowed(&q)),
-                            PlanBuf::F32(Cow::Borrowed(&k)),
-                            PlanBuf::F32(Cow::Borrowed(&v)),
-                            PlanBuf::Zeroed(hq * t * dv),
-                        ],
-                        steps: vec![LaunchStep {
-                            func: "tdl_attn".into(),
-                            grid: [t.div_ceil(tq) as u32, hq as u32, 1],
-                            block: [tq as u32, 1, 1],
-                            shared_bytes: 0,
-                            params: vec![
-                                Param::contiguous(0, &[hq, t, d]),
-                                Param::contiguous(1, &[hk, s, d]),
-                                Param::contiguous(2, &[hk, s, dv]),
-                                Param::contiguous(3, &[hq, t, dv]),
-                            ],
-                        }],
-                        output: 3,
-                        output_shape: vec![hq, t, dv],
-                        error_flag: None,
-                    };
-                    let o = run_plan(&engine, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let qt = F32Tensor { shape: vec![hq, t, d], data: q.clone() };
+                    let kt = F32Tensor { shape: vec![hk, s, d], data: k.clone() };
+                    let vt = F32Tensor { shape: vec![hk, s, dv], data: v.clone() };
+                    let plan = plan_attention_arrays(
+                        &ak,
+                        (&qt, &kt, &vt),
+                        mask.as_ref().map(|m| (m, &[][..])),
+                        None,
+                        &Bindings::new(),
+                    )
+                    .unwrap_or_else(|e| panic!("{what}: {e}"))
+                    .unwrap_or_else(|| panic!("{what}: declined"));
+                    if engine.as_ref().is_none_or(|(key, _)| *key != plan.code.key) {
+                        let e = compile_host(&plan.code).unwrap_or_else(|e| panic!("{what}: {e}"));
+                        engine = Some((plan.code.key.clone(), e));
+                    }
+                    let o = run_plan(&engine.as_ref().unwrap().1, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
                     let want = reference(&q, &k, &v, (hq, hk, t, s, d, dv), 0.25, visible);
                     let err = o.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
                     assert!(err <= 1e-5, "{what}, tiles {tq}×{tk}, Hq={hq} Hk={hk} T={t} S={s}: max error {err:e}");
