@@ -2,14 +2,37 @@
 //! GPU kernel and the host check (design and evidence:
 //! `docs/design/gpu-mlir-research.md`).
 //!
-//! One workgroup runs one `(head, q-tile)` program with one thread per
-//! query row (`tile_q` threads). Phases, each ended by a barrier:
+//! One workgroup runs one `(head, q-tile, split)` program with one thread
+//! per query row (`tile_q` threads). Phases, each ended by a barrier:
 //! 0. load the Q tile into workgroup memory, clear the row state;
-//! 1. per kv-tile: load the K and V tiles cooperatively (zero past `S`);
-//! 2. per kv-tile, per row: scores `q·k·scale` (base-2 softmax), the mask
-//!    formula per element, the tile max, the online-softmax rescale and
-//!    `O += P·V`, all in registers;
-//! 3. one division per row; a row with no visible key gives zeros.
+//! 1. per visited kv-tile: load the K and V tiles cooperatively (zero past
+//!    `S`);
+//! 2. per visited kv-tile, per row: scores `q·k·scale` (base-2 softmax),
+//!    the mask formula per element in Partial tiles only (Full tiles
+//!    evaluate no mask, only the score modifier), the tile max, the
+//!    online-softmax rescale and `O += P·V`, all in registers;
+//! 3. one division per row (a row with no visible key gives zeros), or,
+//!    for a share of a KV split, the raw `(m, l, O)` stored for the merge.
+//!
+//! **Block-sparse iteration.** The plan computes the Kernel IR's iteration
+//! space (`tdl_passes::tiles::iteration_space`, the fitted tiles, the bound
+//! sizes) and uploads it flattened: `Runs: memref<?x4xi32>` holds
+//! `[start, end, partial, visited before]` per run of visited kv-tiles,
+//! `Offs: memref<?x?x3xi32>` holds `[first run, end run, visited]` per
+//! `(mask head, q-tile)` (head `h` reads mask head `h mod dim 0`; without
+//! a mask one row of all-Full runs). Empty tiles are never visited.
+//!
+//! **KV splits** (flash-decoding). When the Kernel IR's `kv_split`
+//! resolves (`tdl_kernel::target::resolve_kv_split`, busiest program,
+//! heads × q-tiles programs) to `n > 1`, the grid's z axis is the split:
+//! program `(h, qt, si)` runs its share `[si·per, (si+1)·per)` of the
+//! program's visited tiles (`per = ceil(visited / n)`) and writes `m`, `l`
+//! (base 2) and the unnormalised `O` to `Mp`, `Lp`: `[n, heads, T]` and
+//! `Op: [n, heads, T, Dv]` (zeroed scratch); the merge kernel
+//! `<kernel>_merge` (one thread per row) combines them — `m = max mᵢ`,
+//! `l = Σ 2^(mᵢ−m)·lᵢ`, `out = Σ 2^(mᵢ−m)·Oᵢ / l`, zeros when `l == 0`.
+//! Without a split the scratch views are empty (dim 0 is 0) and the kernel
+//! writes the output itself.
 //!
 //! The body is identical text in both wrappers; what differs is only
 //! (1) where the tiles live — workgroup attributions of a `gpu.func`
@@ -29,8 +52,9 @@
 //! modifier ([`crate::lambda`]) are compiled into the score computation: a
 //! mask that reads memory and the modifier run only at in-range `(q, k)`,
 //! the modifier only where the mask holds, as the interpreter evaluates
-//! them. Not supported yet: the block-sparse iteration space (every
-//! kv-tile is visited and the mask applied per element) and KV splits.
+//! them. The plan's [`LaunchPlan::stats`] are the interpreter's counts for
+//! the kernel's tiles (programs, visited/Full/Partial tiles, mask
+//! evaluations, splits, merged rows).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -659,10 +683,15 @@ fn arrays<'a>(ops: impl Iterator<Item = Option<(DType, &'a [usize], &'a [f64])>>
 /// The launch plan of an attention hook call: `Ok(None)` where the GPU
 /// kernel does not support it (operands [`flat_heads`] refuses, masks or
 /// modifiers it cannot express, masks the reference refuses at these
-/// sizes, unbound symbols, too many heads). Grid `(ceil(T/tile_q), heads,
-/// 1)`, `tile_q` threads; parameters Q, K, V, O (rank-3 memrefs over the
-/// flattened heads), then the mask's and modifier's extras
+/// sizes, an iteration space the tile classifier cannot compute, unbound
+/// symbols, too many heads). Step 1 `tdl_attn`: grid `(ceil(T/tile_q),
+/// heads, splits)`, `tile_q` threads; parameters Q, K, V, O (rank-3
+/// memrefs over the flattened heads), `Runs`, `Offs`, `Mp`, `Lp`, `Op`
+/// (see the module docs), then the mask's and modifier's extras
 /// ([`crate::mask::Extras`]; the error flag is [`LaunchPlan::error_flag`]).
+/// Step 2, only with splits > 1: `tdl_attn_merge`, grid `(ceil(heads·T /
+/// MERGE_THREADS), 1, 1)`, parameters `Mp`, `Lp`, `Op`, O. Sets
+/// [`LaunchPlan::stats`].
 pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Result<Option<LaunchPlan<'a>>, MlirError> {
     let mask_ops: Vec<ArrayData<'_>> = match args.mask {
         Some((_, data)) => {

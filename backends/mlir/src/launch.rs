@@ -44,6 +44,15 @@
 //! reports "an index is out of range of an array read in a lambda" when
 //! it is not 0 (the result is then not used).
 //!
+//! ## Attention
+//! An attention plan uploads its block-sparse iteration space as `i32`
+//! buffers ([`PlanBuf::I32`]) and, with a KV split, has two steps — the
+//! kernel, then its merge `<func>_merge` over zeroed scratch buffers
+//! ([`PlanBuf::Zeroed`]) — which a runner launches in order like any
+//! other steps (see [`crate::attention`]). [`LaunchPlan::stats`] holds
+//! the counts `--stats` reports (the Kernel IR interpreter's, for the
+//! kernel's tiles).
+//!
 //! ## Outputs
 //! The output buffer is `f32` ([`PlanBuf::Zeroed`]) except for
 //! elementwise chains writing `i32` or `bool` (and `i32` reductions),
