@@ -525,7 +525,8 @@ fn ptx_entry<'p>(ptx: &'p str, name: &str) -> Option<&'p str> {
 /// for the documented reasons only) verifies and lowers to PTX for sm_90
 /// in process; each generated kernel is an `.entry`, none calls an
 /// external function, attention and matmul keep their tiles in shared
-/// memory, attention uses no local memory.
+/// memory, attention (and its KV-split merge kernel, `<kernel>_merge`)
+/// uses no local memory.
 #[test]
 fn gpu_kernels_of_the_corpus_lower_to_ptx() {
     let target = Target::gpu("sm_90").expect("sm_90");
@@ -574,6 +575,11 @@ fn gpu_kernels_of_the_corpus_lower_to_ptx() {
                 if k.kind == "attention" && (entry.contains(".local") || !entry.contains("bar.sync")) {
                     failures.push(format!("{name}: `{}`: {fname} uses local memory or no barrier", g.name));
                 }
+                if k.kind == "attention"
+                    && ptx_entry(&ptx, &format!("{fname}_merge")).is_none_or(|m| m.contains(".local"))
+                {
+                    failures.push(format!("{name}: `{}`: no .entry {fname}_merge, or it uses local memory", g.name));
+                }
             }
         }
     }
@@ -591,11 +597,95 @@ fn gpu_kernels_of_the_corpus_lower_to_ptx() {
     assert_eq!(n_declined, 0, "kernels declined: {declined:?}");
 }
 
+/// What [`attention_stats`] saw.
+#[derive(Debug, Default)]
+struct GpuStats {
+    runs: usize,
+    compared: usize,
+    split: usize,
+    visited: u64,
+    total: u64,
+}
+
+/// The attention stats the GPU plans report (`LaunchPlan::stats`, through
+/// the hooks) against the Kernel IR interpreter's own, where the plan's
+/// fitted tiles are the Kernel IR's: programs, kv-tiles visited, Full and
+/// Partial, mask evaluations, the iteration space's counts, KV splits and
+/// merged rows must be equal.
+fn attention_stats(
+    p: &KernelProgram,
+    inputs: &[Tensor],
+    out: &tdl::kernel::interp::RunOutput,
+    seen: &mut GpuStats,
+    failures: &mut Vec<String>,
+    what: &str,
+) {
+    let last = |b| p.buffer(b).and_then(|x| x.shape.last()?.as_const()).map(|x| x as usize);
+    let same_tiles: Vec<bool> = p
+        .kernels
+        .iter()
+        .filter_map(|k| match &k.body {
+            KernelBody::Attention(a) => {
+                let (d, dv) = (last(a.q)?, last(a.v)?);
+                let spec = tdl::mlir::attention::GpuAttentionSpec {
+                    d,
+                    dv,
+                    tile_q: a.tile_q,
+                    tile_k: a.tile_k,
+                    ..Default::default()
+                };
+                let f = tdl::mlir::attention::fit(spec);
+                Some((f.tile_q, f.tile_k) == (a.tile_q, a.tile_k))
+            }
+            _ => None,
+        })
+        .collect();
+    let gpu: Vec<_> = out.kernels.iter().filter(|k| k.kind == "attention").collect();
+    if gpu.is_empty() {
+        return;
+    }
+    for k in &gpu {
+        let st = k.attention.clone().unwrap_or_default();
+        seen.runs += 1;
+        seen.visited += st.tiles_visited;
+        // The dense grid: the space's total, repeated over the batch as the visited tiles are.
+        seen.total += st.space_counts.map_or(st.tiles_visited, |c| match c.1 {
+            0 => c.0 as u64,
+            v => c.0 as u64 * st.tiles_visited / v as u64,
+        });
+        if st.kv_splits > 1 {
+            seen.split += 1;
+        }
+    }
+    if !same_tiles.iter().any(|&x| x) || same_tiles.len() != gpu.len() {
+        return;
+    }
+    let interp = match tdl::kernel::interp::run_with_hooks(p, inputs, &LIMITS, &tdl::kernel::interp::NoHooks) {
+        Ok(o) => o,
+        Err(e) => return failures.push(format!("{what}: the interpreter: {e}")),
+    };
+    let theirs: Vec<_> = interp.kernels.iter().filter(|k| k.kind == "attention").collect();
+    for ((g, i), same) in gpu.iter().zip(&theirs).zip(&same_tiles) {
+        if !same {
+            continue;
+        }
+        seen.compared += 1;
+        let (mut a, b) = (g.attention.clone().unwrap_or_default(), i.attention.clone().unwrap_or_default());
+        a.score_evals = b.score_evals;
+        if a != b {
+            failures.push(format!("{what}: attention `{}`: GPU plan stats {a:?}, interpreter {b:?}", g.name));
+        }
+    }
+}
+
 /// Issue 6, numerics without a GPU: every corpus program run with
 /// `HostHooks`, which runs every kernel the GPU code generator supports
 /// through the host wrapper of its body with the launch plan a GPU runner
 /// uses (MLIR, ExecutionEngine), the rest in the interpreter, against the
-/// reference at sizes 17 and 65 (GPU tiles). Every kernel, integer
+/// reference at sizes 17 and 65 (GPU tiles; decode shapes also at 1000,
+/// where the KV split applies). The attention stats the plans report
+/// (block-sparse iteration, KV splits) must equal the interpreter's where
+/// the tiles are the same ([`attention_stats`]). Every kernel, integer
 /// reductions included (`Hooks::reduce_i32`), must have run through the
 /// host bodies. Then lambdas keep the interpreter's
 /// errors and laziness on the GPU bodies too: an index out of range sets
@@ -605,6 +695,7 @@ fn gpu_kernels_of_the_corpus_lower_to_ptx() {
 fn gpu_kernel_bodies_match_the_reference_on_the_host() {
     let target = Target::gpu("sm_90").expect("sm_90");
     let hooks = tdl::mlir::host::HostHooks::new();
+    let mut stats = GpuStats::default();
     let mut runs = 0usize;
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
     let mut ran = std::collections::BTreeMap::<&str, usize>::new();
@@ -616,7 +707,16 @@ fn gpu_kernel_bodies_match_the_reference_on_the_host() {
             if p.kernels.is_empty() {
                 continue;
             }
-            for value in [17, 65] {
+            // Decode shapes (an attention with one query row) also at a long S,
+            // where the GPU cost model splits the kv-tiles.
+            let decode = p.kernels.iter().any(|k| match &k.body {
+                KernelBody::Attention(a) => p
+                    .buffer(a.q)
+                    .is_some_and(|b| b.shape.len() >= 2 && b.shape[b.shape.len() - 2].as_const() == Some(1)),
+                _ => false,
+            });
+            let values: &[i64] = if decode { &[17, 65, 1000] } else { &[17, 65] };
+            for &value in values {
                 let Some((inputs, reference)) = reference_run(g, value) else {
                     continue;
                 };
@@ -634,6 +734,14 @@ fn gpu_kernel_bodies_match_the_reference_on_the_host() {
                                 failures.push(format!("{name}: `{}` at {value} result {i}: {e}", g.name));
                             }
                         }
+                        attention_stats(
+                            &p,
+                            &inputs,
+                            &out,
+                            &mut stats,
+                            &mut failures,
+                            &format!("{name}: `{}` at {value}", g.name),
+                        );
                     }
                     Err(e) => failures.push(format!("{name}: `{}` at {value}: {e}", g.name)),
                 }
@@ -646,7 +754,14 @@ fn gpu_kernel_bodies_match_the_reference_on_the_host() {
         hooks.compiled(),
         kinds.iter().map(|(k, n)| format!("{k} {}/{n}", ran.get(k).copied().unwrap_or(0))).collect::<Vec<_>>().join(", ")
     );
+    println!(
+        "attention stats: {} runs, {} compared with the interpreter's (same tiles), {} with KV splits; kv-tiles visited {} of {}",
+        stats.runs, stats.compared, stats.split, stats.visited, stats.total
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // 32 compared, 3 split (decode_step at 65, decode_one at S = 1000) when written.
+    assert!(stats.compared >= 30 && stats.split >= 3, "too few attention stats compared: {stats:?}");
+    assert!(stats.visited < stats.total, "no kv-tile skipped in the corpus: {stats:?}");
     assert_eq!(hooks.runs(), ran.iter().map(|(k, n)| (*k, *n)).collect(), "the hooks' own counts");
     for (k, &n) in &kinds {
         let host = ran.get(k).copied().unwrap_or(0);

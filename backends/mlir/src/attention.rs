@@ -2,14 +2,37 @@
 //! GPU kernel and the host check (design and evidence:
 //! `docs/design/gpu-mlir-research.md`).
 //!
-//! One workgroup runs one `(head, q-tile)` program with one thread per
-//! query row (`tile_q` threads). Phases, each ended by a barrier:
+//! One workgroup runs one `(head, q-tile, split)` program with one thread
+//! per query row (`tile_q` threads). Phases, each ended by a barrier:
 //! 0. load the Q tile into workgroup memory, clear the row state;
-//! 1. per kv-tile: load the K and V tiles cooperatively (zero past `S`);
-//! 2. per kv-tile, per row: scores `q·k·scale` (base-2 softmax), the mask
-//!    formula per element, the tile max, the online-softmax rescale and
-//!    `O += P·V`, all in registers;
-//! 3. one division per row; a row with no visible key gives zeros.
+//! 1. per visited kv-tile: load the K and V tiles cooperatively (zero past
+//!    `S`);
+//! 2. per visited kv-tile, per row: scores `q·k·scale` (base-2 softmax),
+//!    the mask formula per element in Partial tiles only (Full tiles
+//!    evaluate no mask, only the score modifier), the tile max, the
+//!    online-softmax rescale and `O += P·V`, all in registers;
+//! 3. one division per row (a row with no visible key gives zeros), or,
+//!    for a share of a KV split, the raw `(m, l, O)` stored for the merge.
+//!
+//! **Block-sparse iteration.** The plan computes the Kernel IR's iteration
+//! space (`tdl_passes::tiles::iteration_space`, the fitted tiles, the bound
+//! sizes) and uploads it flattened: `Runs: memref<?x4xi32>` holds
+//! `[start, end, partial, visited before]` per run of visited kv-tiles,
+//! `Offs: memref<?x?x3xi32>` holds `[first run, end run, visited]` per
+//! `(mask head, q-tile)` (head `h` reads mask head `h mod dim 0`; without
+//! a mask one row of all-Full runs). Empty tiles are never visited.
+//!
+//! **KV splits** (flash-decoding). When the Kernel IR's `kv_split`
+//! resolves (`tdl_kernel::target::resolve_kv_split`, busiest program,
+//! heads × q-tiles programs) to `n > 1`, the grid's z axis is the split:
+//! program `(h, qt, si)` runs its share `[si·per, (si+1)·per)` of the
+//! program's visited tiles (`per = ceil(visited / n)`) and writes `m`, `l`
+//! (base 2) and the unnormalised `O` to `Mp`, `Lp`: `[n, heads, T]` and
+//! `Op: [n, heads, T, Dv]` (zeroed scratch); the merge kernel
+//! `<kernel>_merge` (one thread per row) combines them — `m = max mᵢ`,
+//! `l = Σ 2^(mᵢ−m)·lᵢ`, `out = Σ 2^(mᵢ−m)·Oᵢ / l`, zeros when `l == 0`.
+//! Without a split the scratch views are empty (dim 0 is 0) and the kernel
+//! writes the output itself.
 //!
 //! The body is identical text in both wrappers; what differs is only
 //! (1) where the tiles live — workgroup attributions of a `gpu.func`
@@ -29,8 +52,9 @@
 //! modifier ([`crate::lambda`]) are compiled into the score computation: a
 //! mask that reads memory and the modifier run only at in-range `(q, k)`,
 //! the modifier only where the mask holds, as the interpreter evaluates
-//! them. Not supported yet: the block-sparse iteration space (every
-//! kv-tile is visited and the mask applied per element) and KV splits.
+//! them. The plan's [`LaunchPlan::stats`] are the interpreter's counts for
+//! the kernel's tiles (programs, visited/Full/Partial tiles, mask
+//! evaluations, splits, merged rows).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -39,8 +63,10 @@ use std::rc::Rc;
 use tdl_ir::layout::AttentionLayout;
 use tdl_ir::{Bindings, DType, MaskExpr, ScalarExpr};
 use tdl_kernel::interp::AttentionArgs;
-use tdl_kernel::ir::AttentionKernel;
-use tdl_kernel::F32Tensor;
+use tdl_kernel::ir::{AttentionKernel, KvSplit};
+use tdl_kernel::target::resolve_kv_split;
+use tdl_kernel::{F32Tensor, KernelStats};
+use tdl_passes::tiles::{self, Ctx, IterSpace, MaskData, OperandData, Runs, TileClass};
 
 use crate::elementwise::Emit;
 use crate::lambda::{lambda, LamCtx, Ty};
@@ -78,18 +104,30 @@ fn f32_lit(x: f32) -> String {
     format!("0x{:08X}", x.to_bits())
 }
 
-/// The body: phases over `%t` (a thread), `%qt`, `%h` bound by the
-/// wrapper; `PHASE{` / `}PHASE` mark where a phase starts and ends.
+/// The body: phases over `%t` (a thread), `%qt`, `%h`, `%si` (the KV
+/// split) bound by the wrapper; `PHASE{` / `}PHASE` mark where a phase
+/// starts and ends. Returns the body and the extra parameters.
 fn body(spec: &GpuAttentionSpec) -> Result<(String, Extras), MlirError> {
     let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
     let scale_n = spec.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
     let scale = scale_n * std::f32::consts::LOG2_E;
-    let (score, x) = score_code(spec, scale_n)?;
+    let mut x = Extras::new(spec.operands.clone());
+    // Full tiles evaluate no mask (only the modifier, where in range);
+    // Partial tiles evaluate it per element.
+    let full = compute(d, dv, &score_code(spec, scale_n, &mut x, false)?);
+    let compute_phase = if spec.mask.is_some() {
+        let masked = compute(d, dv, &score_code(spec, scale_n, &mut x, true)?);
+        format!("      scf.if %part {{\n{masked}      }} else {{\n{full}      }}\n")
+    } else {
+        full
+    };
     let mut b = String::new();
     let _ = write!(
         b,
         "    %c0 = arith.constant 0 : index
     %c1 = arith.constant 1 : index
+    %c2 = arith.constant 2 : index
+    %c3 = arith.constant 3 : index
     %ctq = arith.constant {tq} : index
     %ctk = arith.constant {tk} : index
     %cd = arith.constant {d} : index
@@ -97,6 +135,7 @@ fn body(spec: &GpuAttentionSpec) -> Result<(String, Extras), MlirError> {
     %zero = arith.constant 0.0 : f32
     %one = arith.constant 1.0 : f32
     %false = arith.constant false
+    %i0 = arith.constant 0 : i32
     %ninf = arith.constant 0xFF800000 : f32
     %scale = arith.constant {scale} : f32
     %Hq = memref.dim %Q, %c0 : !qt
@@ -107,7 +146,23 @@ fn body(spec: &GpuAttentionSpec) -> Result<(String, Extras), MlirError> {
     %grp = arith.maxui %grp0, %c1 : index
     %hk = arith.divui %h, %grp : index
     %q0 = arith.muli %qt, %ctq : index
-    %nkt = arith.ceildivui %S, %ctk : index
+    // The program's runs of visited kv-tiles (the iteration space of its
+    // mask head) and its share of them (split %si of max(1, dim 0 of %Mp)).
+    %mh = memref.dim %Offs, %c0 : !ft
+    %hr = arith.remui %h, %mh : index
+    %rb32 = memref.load %Offs[%hr, %qt, %c0] : !ft
+    %re32 = memref.load %Offs[%hr, %qt, %c1] : !ft
+    %nv32 = memref.load %Offs[%hr, %qt, %c2] : !ft
+    %rb = arith.index_cast %rb32 : i32 to index
+    %re = arith.index_cast %re32 : i32 to index
+    %nv = arith.index_cast %nv32 : i32 to index
+    %ns0 = memref.dim %Mp, %c0 : !mt
+    %split = arith.cmpi ne, %ns0, %c0 : index
+    %ns = arith.maxui %ns0, %c1 : index
+    %per0 = arith.ceildivui %nv, %ns : index
+    %per = arith.maxui %per0, %c1 : index
+    %v0 = arith.muli %si, %per : index
+    %v1 = arith.addi %v0, %per : index
 PRE    PHASE{{
       %r = arith.addi %q0, %t : index
       %rv = arith.cmpi ult, %r, %T : index
@@ -123,7 +178,25 @@ PRE    PHASE{{
       memref.store %ninf, %m[%t] : !pv1
       memref.store %zero, %l[%t] : !pv1
     }}PHASE
-    scf.for %kt = %c0 to %nkt step %c1 {{
+    scf.for %ri = %rb to %re step %c1 {{
+      %ks32 = memref.load %Runs[%ri, %c0] : !rt
+      %ke32 = memref.load %Runs[%ri, %c1] : !rt
+      %kp32 = memref.load %Runs[%ri, %c2] : !rt
+      %kc32 = memref.load %Runs[%ri, %c3] : !rt
+      %ks = arith.index_cast %ks32 : i32 to index
+      %ke = arith.index_cast %ke32 : i32 to index
+      %kc = arith.index_cast %kc32 : i32 to index
+      %part = arith.cmpi ne, %kp32, %i0 : i32
+      // Tile kt is the program's visited tile kc + (kt - ks): keep those
+      // in [v0, v1).
+      %lo0 = arith.maxui %v0, %kc : index
+      %lo1 = arith.subi %lo0, %kc : index
+      %lo = arith.addi %ks, %lo1 : index
+      %hi0 = arith.maxui %v1, %kc : index
+      %hi1 = arith.subi %hi0, %kc : index
+      %hi2 = arith.addi %ks, %hi1 : index
+      %hi = arith.minui %hi2, %ke : index
+      scf.for %kt = %lo to %hi step %c1 {{
       %k0 = arith.muli %kt, %ctk : index
       // K and V tiles, loaded by the threads in turn (zero past S).
       PHASE{{
@@ -151,10 +224,53 @@ PRE    PHASE{{
         }}
       }}PHASE
       PHASE{{
-        %r = arith.addi %q0, %t : index
+COMPUTE      }}PHASE
+      }}
+    }}
+    PHASE{{
+      %r = arith.addi %q0, %t : index
+      %rv = arith.cmpi ult, %r, %T : index
+      scf.if %rv {{
+        %lf = memref.load %l[%t] : !pv1
+        %a = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
+        scf.if %split {{
+          // A share of a split program: the raw state, for the merge.
+          %mf = memref.load %m[%t] : !pv1
+          memref.store %mf, %Mp[%si, %h, %r] : !mt
+          memref.store %lf, %Lp[%si, %h, %r] : !mt
+          vector.store %a, %Op[%si, %h, %r, %c0] : !opt, vector<{dv}xf32>
+        }} else {{
+          %pos = arith.cmpf ogt, %lf, %zero : f32
+          %rcp = arith.divf %one, %lf : f32
+          %inv = arith.select %pos, %rcp, %zero : f32
+          %iv = vector.broadcast %inv : f32 to vector<{dv}xf32>
+          %o = arith.mulf %a, %iv : vector<{dv}xf32>
+          vector.store %o, %O[%h, %r, %c0] : !ot, vector<{dv}xf32>
+        }}
+      }}
+    }}PHASE
+",
+        scale = f32_lit(scale),
+    );
+    let mut pre = String::new();
+    if spec.mask.is_some() || spec.score.is_some() {
+        pre.push_str("    %T64 = arith.index_cast %T : index to i64\n    %S64 = arith.index_cast %S : index to i64\n");
+    }
+    if x.heads {
+        pre.push_str("    %h64 = arith.index_cast %h : index to i64\n    %hm = arith.remui %h64, %hn : i64\n");
+    }
+    Ok((b.replace("PRE", &pre).replace("COMPUTE", &compute_phase), x))
+}
+
+/// One kv-tile's work for row `%r` (inside the compute phase): the scores
+/// (`score`, defining `%s`), the tile max, the online-softmax rescale and
+/// `O += P·V`.
+fn compute(d: usize, dv: usize, score: &str) -> String {
+    format!(
+        "        %r = arith.addi %q0, %t : index
         %q = vector.load %Qs[%t, %c0] : !sq, vector<{d}xf32>
         %mx = scf.for %j = %c0 to %ctk step %c1 iter_args(%mx0 = %ninf) -> (f32) {{
-SCORE
+{score}
           %mx1 = arith.maximumf %mx0, %s : f32
           scf.yield %mx1 : f32
         }}
@@ -168,7 +284,7 @@ SCORE
         %alv = vector.broadcast %alpha : f32 to vector<{dv}xf32>
         %a1 = arith.mulf %a0, %alv : vector<{dv}xf32>
         %psum, %a2 = scf.for %j = %c0 to %ctk step %c1 iter_args(%ps0 = %zero, %ax = %a1) -> (f32, vector<{dv}xf32>) {{
-SCORE
+{score}
           %live = arith.cmpi eq, %dead, %false : i1
           %vis = arith.cmpf one, %s, %ninf : f32
           %ok = arith.andi %vis, %live : i1
@@ -186,34 +302,66 @@ SCORE
         %lnew = llvm.intr.fma(%lold, %alpha, %psum) : (f32, f32, f32) -> f32
         memref.store %lnew, %l[%t] : !pv1
         memref.store %mnew, %m[%t] : !pv1
-      }}PHASE
-    }}
-    PHASE{{
-      %r = arith.addi %q0, %t : index
-      %rv = arith.cmpi ult, %r, %T : index
-      scf.if %rv {{
-        %lf = memref.load %l[%t] : !pv1
-        %pos = arith.cmpf ogt, %lf, %zero : f32
-        %rcp = arith.divf %one, %lf : f32
-        %inv = arith.select %pos, %rcp, %zero : f32
-        %a = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
-        %iv = vector.broadcast %inv : f32 to vector<{dv}xf32>
-        %o = arith.mulf %a, %iv : vector<{dv}xf32>
-        vector.store %o, %O[%h, %r, %c0] : !ot, vector<{dv}xf32>
-      }}
-    }}PHASE
-",
-        scale = f32_lit(scale),
-    );
-    let mut pre = String::new();
-    if spec.mask.is_some() || spec.score.is_some() {
-        pre.push_str("    %T64 = arith.index_cast %T : index to i64\n    %S64 = arith.index_cast %S : index to i64\n");
-    }
-    if x.heads {
-        pre.push_str("    %h64 = arith.index_cast %h : index to i64\n    %hm = arith.remui %h64, %hn : i64\n");
-    }
-    Ok((b.replace("PRE", &pre).replace("SCORE", &score), x))
+"
+    )
 }
+
+/// The merge of the KV splits, one thread per output row (`%g = %b ·
+/// MERGE_THREADS + %t` over the flattened `[heads, T]` rows): `m = max mᵢ`,
+/// `l = Σ 2^(mᵢ−m)·lᵢ`, `out = Σ 2^(mᵢ−m)·Oᵢ / l` (base 2, as the
+/// kernel's scores), zeros when `l == 0`.
+fn merge_body(dv: usize) -> String {
+    let nt = MERGE_THREADS;
+    format!(
+        "    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c2 = arith.constant 2 : index
+    %cnt = arith.constant {nt} : index
+    %zero = arith.constant 0.0 : f32
+    %one = arith.constant 1.0 : f32
+    %ninf = arith.constant 0xFF800000 : f32
+    %ns = memref.dim %Mp, %c0 : !mt
+    %H = memref.dim %Mp, %c1 : !mt
+    %T = memref.dim %Mp, %c2 : !mt
+    %n = arith.muli %H, %T : index
+    %g0 = arith.muli %b, %cnt : index
+    %g = arith.addi %g0, %t : index
+    %in = arith.cmpi ult, %g, %n : index
+    scf.if %in {{
+      %h = arith.divui %g, %T : index
+      %r = arith.remui %g, %T : index
+      %m = scf.for %i = %c0 to %ns step %c1 iter_args(%a = %ninf) -> (f32) {{
+        %mi = memref.load %Mp[%i, %h, %r] : !mt
+        %a1 = arith.maximumf %a, %mi : f32
+        scf.yield %a1 : f32
+      }}
+      %zv = vector.broadcast %zero : f32 to vector<{dv}xf32>
+      %l, %o = scf.for %i = %c0 to %ns step %c1 iter_args(%la = %zero, %oa = %zv) -> (f32, vector<{dv}xf32>) {{
+        %mi = memref.load %Mp[%i, %h, %r] : !mt
+        %li = memref.load %Lp[%i, %h, %r] : !mt
+        %dm = arith.subf %mi, %m : f32
+        %e = llvm.call_intrinsic \"llvm.exp2.f32\"(%dm) : (f32) -> f32
+        %live = arith.cmpf one, %mi, %ninf : f32
+        %w = arith.select %live, %e, %zero : f32
+        %l1 = llvm.intr.fma(%w, %li, %la) : (f32, f32, f32) -> f32
+        %oi = vector.load %Op[%i, %h, %r, %c0] : !opt, vector<{dv}xf32>
+        %wb = vector.broadcast %w : f32 to vector<{dv}xf32>
+        %o1 = vector.fma %wb, %oi, %oa : vector<{dv}xf32>
+        scf.yield %l1, %o1 : f32, vector<{dv}xf32>
+      }}
+      %pos = arith.cmpf ogt, %l, %zero : f32
+      %rcp = arith.divf %one, %l : f32
+      %inv = arith.select %pos, %rcp, %zero : f32
+      %iv = vector.broadcast %inv : f32 to vector<{dv}xf32>
+      %o2 = arith.mulf %o, %iv : vector<{dv}xf32>
+      vector.store %o2, %O[%h, %r, %c0] : !ot, vector<{dv}xf32>
+    }}
+"
+    )
+}
+
+/// Threads per workgroup of the merge kernel.
+pub const MERGE_THREADS: usize = 64;
 
 /// The score of key `%j` of the tile for row `%r` (`%s`, base 2): `q·k·scale`
 /// then the score modifier, `-inf` where the key is past `S` or the mask
@@ -221,10 +369,10 @@ SCORE
 /// only at in-range `(q, k)` and the modifier only where the mask holds
 /// (`scf.if`), as the interpreter evaluates them; other masks are a
 /// branch-free select.
-fn score_code(spec: &GpuAttentionSpec, scale_n: f32) -> Result<(String, Extras), MlirError> {
+fn score_code(spec: &GpuAttentionSpec, scale_n: f32, x: &mut Extras, masked: bool) -> Result<String, MlirError> {
     let d = spec.d;
     let ctx = "GPU attention kernel";
-    let mut x = Extras::new(spec.operands.clone());
+    let mask_expr = if masked { spec.mask.as_ref() } else { None };
     let mut score = String::new();
     let _ = write!(
         score,
@@ -235,18 +383,18 @@ fn score_code(spec: &GpuAttentionSpec, scale_n: f32) -> Result<(String, Extras),
           %inS = arith.cmpi ult, %k, %S : index
 "
     );
-    let guarded = spec.score.is_some() || spec.mask.as_ref().is_some_and(reads_memory);
+    let guarded = spec.score.is_some() || mask_expr.is_some_and(reads_memory);
     let mcx = MaskCtx { q: "%r64", k: "%k64", h: "%hm", t: "%T64", s: "%S64", group: 0 };
     let idx64 = "%r64 = arith.index_cast %r : index to i64\n%k64 = arith.index_cast %k : index to i64";
     if !guarded {
         let _ = writeln!(score, "          %sc = arith.mulf %dot, %scale : f32");
-        let ok = match &spec.mask {
+        let ok = match mask_expr {
             Some(m) => {
                 let mut em = Emit::new("          ");
                 for l in idx64.lines() {
                     em.line(l);
                 }
-                let h = mask(&mut em, m, &mcx, &mut x, ctx)?;
+                let h = mask(&mut em, m, &mcx, x, ctx)?;
                 score.push_str(&em.s);
                 let _ = writeln!(score, "          %okm = arith.andi %inS, {h} : i1");
                 "%okm"
@@ -254,14 +402,14 @@ fn score_code(spec: &GpuAttentionSpec, scale_n: f32) -> Result<(String, Extras),
             None => "%inS",
         };
         let _ = write!(score, "          %s = arith.select {ok}, %sc, %ninf : f32");
-        return Ok((score, x));
+        return Ok(score);
     }
     let mut em = Emit::new("            ");
     for l in idx64.lines() {
         em.line(l);
     }
-    let holds = match &spec.mask {
-        Some(m) => mask(&mut em, m, &mcx, &mut x, ctx)?,
+    let holds = match mask_expr {
+        Some(m) => mask(&mut em, m, &mcx, x, ctx)?,
         None => em.v("arith.constant true"),
     };
     let mut es = em.fork();
@@ -270,7 +418,7 @@ fn score_code(spec: &GpuAttentionSpec, scale_n: f32) -> Result<(String, Extras),
             let scn = es.f(scale_n);
             let s0 = es.v(format!("arith.mulf %dot, {scn} : f32"));
             let lc = LamCtx { q: "%r64", k: "%k64", h: "%hm", s: Some(&s0), group: 1 };
-            let (v, t) = lambda(&mut es, e, &lc, &mut x).map_err(|err| match err {
+            let (v, t) = lambda(&mut es, e, &lc, x).map_err(|err| match err {
                 MlirError::Unsupported(why) => {
                     MlirError::Unsupported(format!("the score modifier ({why}) in the GPU attention kernel"))
                 }
@@ -304,7 +452,7 @@ fn score_code(spec: &GpuAttentionSpec, scale_n: f32) -> Result<(String, Extras),
           }}",
         em.s
     );
-    Ok((score, x))
+    Ok(score)
 }
 
 fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
@@ -312,7 +460,8 @@ fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
     format!(
         "!qt = memref<?x?x{d}xf32>\n!kt = memref<?x?x{d}xf32>\n!vt = memref<?x?x{dv}xf32>\n!ot = memref<?x?x{dv}xf32>\n\
          !sq = memref<{tq}x{d}xf32{smem}>\n!sk = memref<{tk}x{d}xf32{smem}>\n!sv = memref<{tk}x{dv}xf32{smem}>\n\
-         !pv1 = memref<{tq}xf32, strided<[?], offset: ?>>\n!pv2 = memref<{tq}x{dv}xf32, strided<[?, 1], offset: ?>>\n"
+         !pv1 = memref<{tq}xf32, strided<[?], offset: ?>>\n!pv2 = memref<{tq}x{dv}xf32, strided<[?, 1], offset: ?>>\n\
+         !rt = memref<?x4xi32>\n!ft = memref<?x?x3xi32>\n!mt = memref<?x?x?xf32>\n!opt = memref<?x?x?x{dv}xf32>\n"
     )
 }
 
@@ -320,7 +469,10 @@ fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
 /// shared memory, not used yet).
 pub const MAX_SHARED: usize = 48 << 10;
 
-const SIG: &str = "%Q: !qt, %K: !kt, %V: !vt, %O: !ot";
+const SIG: &str = "%Q: !qt, %K: !kt, %V: !vt, %O: !ot, %Runs: !rt, %Offs: !ft, %Mp: !mt, %Lp: !mt, %Op: !opt";
+
+/// The merge kernel's parameters.
+const MERGE_SIG: &str = "%Mp: !mt, %Lp: !mt, %Op: !opt, %O: !ot";
 
 fn check(spec: &GpuAttentionSpec) -> Result<(), MlirError> {
     let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
@@ -355,9 +507,11 @@ pub fn shared_bytes(spec: &GpuAttentionSpec) -> usize {
     4 * (spec.tile_q * spec.d + spec.tile_k * spec.d + spec.tile_k * spec.dv)
 }
 
-/// The type aliases and the `gpu.func` named `kernel` (aliases prefixed
-/// `prefix`, so several kernels share a module): launched with grid
-/// `(ceil(T / tile_q), Hq, 1)` and `tile_q` threads.
+/// The type aliases and the `gpu.func`s named `kernel` and
+/// `{kernel}_merge` (aliases prefixed `prefix`, so several kernels share a
+/// module): `kernel` is launched with grid `(ceil(T / tile_q), heads,
+/// splits)` and `tile_q` threads, the merge (only when splits > 1) with
+/// grid `(ceil(heads·T / MERGE_THREADS), 1, 1)` and [`MERGE_THREADS`].
 pub fn gpu_func(spec: &GpuAttentionSpec, kernel: &str, prefix: &str) -> Result<(String, String), MlirError> {
     check(spec)?;
     let tq = spec.tile_q;
@@ -366,11 +520,13 @@ pub fn gpu_func(spec: &GpuAttentionSpec, kernel: &str, prefix: &str) -> Result<(
     let body = body.replace("PHASE{", "scf.execute_region {").replace("}PHASE", "  scf.yield\n    }\n    gpu.barrier");
     let align = "{llvm.align = 16 : i64}";
     let sig = format!("{SIG}{}", extra_sig(&x));
+    let merge = merge_body(dv);
     let func = format!(
         "  gpu.func @{kernel}({sig}) workgroup(%Qs : !sq {align}, %Ks : !sk {align}, %Vs : !sv {align})
       kernel attributes {{known_block_size = array<i32: {tq}, 1, 1>}} {{
     %qt = gpu.block_id x
     %h = gpu.block_id y
+    %si = gpu.block_id z
     %t = gpu.thread_id x
     %m0 = memref.alloca() : memref<1xf32>
     %l0 = memref.alloca() : memref<1xf32>
@@ -380,11 +536,16 @@ pub fn gpu_func(spec: &GpuAttentionSpec, kernel: &str, prefix: &str) -> Result<(
     %acc = memref.reinterpret_cast %acc0 to offset: [0], sizes: [{tq}, {dv}], strides: [0, 1] : memref<{dv}xf32> to !pv2
 {body}    gpu.return
   }}
+  gpu.func @{kernel}_merge({MERGE_SIG}) kernel attributes {{known_block_size = array<i32: {MERGE_THREADS}, 1, 1>}} {{
+    %b = gpu.block_id x
+    %t = gpu.thread_id x
+{merge}    gpu.return
+  }}
 "
     );
     let prefixed = |t: String| {
         let mut t = t;
-        for a in ["qt", "kt", "vt", "ot", "sq", "sk", "sv", "pv1", "pv2"] {
+        for a in ["qt", "kt", "vt", "ot", "sq", "sk", "sv", "pv1", "pv2", "rt", "ft", "mt", "opt"] {
             t = t.replace(&format!("!{a}"), &format!("!{prefix}{a}"));
         }
         t
@@ -399,11 +560,12 @@ pub fn gpu_module(spec: &GpuAttentionSpec, module: &str, kernel: &str) -> Result
     Ok(format!("{aliases}module attributes {{gpu.container_module}} {{\ngpu.module @{module} {{\n{func}}}\n}}\n"))
 }
 
-/// The same body for the host: `@{name}(Q, K, V, O, %gx, %gy, %gz)` runs
-/// every `(q-tile, head)` program of the grid (`%gx` q-tiles, `%gy`
-/// heads), each a call of a per-program function whose phases are
-/// `scf.forall` loops over the threads. It takes the `gpu.func`'s
-/// parameters plus the grid (the [`crate::launch`] ABI).
+/// The same body for the host: `@{name}(params…, %gx, %gy, %gz)` runs
+/// every `(q-tile, head, split)` program of the grid (`%gx` q-tiles, `%gy`
+/// heads, `%gz` splits), each a call of a per-program function whose
+/// phases are `scf.forall` loops over the threads; `@{name}_merge(Mp, Lp,
+/// Op, O, %gx, %gy, %gz)` runs the merge's workgroups. Both take their
+/// `gpu.func`'s parameters plus the grid (the [`crate::launch`] ABI).
 pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirError> {
     check(spec)?;
     let (tq, dv) = (spec.tile_q, spec.dv);
@@ -415,10 +577,11 @@ pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirEr
         .iter()
         .map(|(n, t)| (format!(", {n}"), format!(", {t}")))
         .fold((String::new(), String::new()), |a, b| (a.0 + &b.0, a.1 + &b.1));
+    let merge = merge_body(dv);
     let mut out = types(spec, "");
     let _ = write!(
         out,
-        "func.func private @{name}_program({sig}, %h: index, %qt: index) {{
+        "func.func private @{name}_program({sig}, %h: index, %qt: index, %si: index) {{
     %Qs = memref.alloca() : !sq
     %Ks = memref.alloca() : !sk
     %Vs = memref.alloca() : !sv
@@ -435,8 +598,23 @@ func.func @{name}({sig}, %gx: index, %gy: index, %gz: index) {{
   %c1 = arith.constant 1 : index
   scf.for %h = %c0 to %gy step %c1 {{
     scf.for %qt = %c0 to %gx step %c1 {{
-      func.call @{name}_program(%Q, %K, %V, %O{xn}, %h, %qt) : (!qt, !kt, !vt, !ot{xt}, index, index) -> ()
+      scf.for %si = %c0 to %gz step %c1 {{
+        func.call @{name}_program(%Q, %K, %V, %O, %Runs, %Offs, %Mp, %Lp, %Op{xn}, %h, %qt, %si) : (!qt, !kt, !vt, !ot, !rt, !ft, !mt, !mt, !opt{xt}, index, index, index) -> ()
+      }}
     }}
+  }}
+  return
+}}
+func.func private @{name}_merge_block({MERGE_SIG}, %b: index) {{
+  scf.forall (%t) in ({MERGE_THREADS}) {{
+{merge}  }}
+  return
+}}
+func.func @{name}_merge({MERGE_SIG}, %gx: index, %gy: index, %gz: index) {{
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  scf.for %b = %c0 to %gx step %c1 {{
+    func.call @{name}_merge_block(%Mp, %Lp, %Op, %O, %b) : (!mt, !mt, !opt, !ot, index) -> ()
   }}
   return
 }}
@@ -453,7 +631,7 @@ fn extra_sig(x: &Extras) -> String {
 /// The extra parameters the kernel of `spec` takes after Q, K, V, O
 /// ([`crate::mask::Extras`]).
 pub fn extras(spec: &GpuAttentionSpec) -> Result<Extras, MlirError> {
-    Ok(score_code(spec, 1.0)?.1)
+    Ok(body(spec)?.1)
 }
 
 /// The code of the kernel of `spec`: the `gpu.func` and host wrapper
@@ -505,10 +683,15 @@ fn arrays<'a>(ops: impl Iterator<Item = Option<(DType, &'a [usize], &'a [f64])>>
 /// The launch plan of an attention hook call: `Ok(None)` where the GPU
 /// kernel does not support it (operands [`flat_heads`] refuses, masks or
 /// modifiers it cannot express, masks the reference refuses at these
-/// sizes, unbound symbols, too many heads). Grid `(ceil(T/tile_q), heads,
-/// 1)`, `tile_q` threads; parameters Q, K, V, O (rank-3 memrefs over the
-/// flattened heads), then the mask's and modifier's extras
+/// sizes, an iteration space the tile classifier cannot compute, unbound
+/// symbols, too many heads). Step 1 `tdl_attn`: grid `(ceil(T/tile_q),
+/// heads, splits)`, `tile_q` threads; parameters Q, K, V, O (rank-3
+/// memrefs over the flattened heads), `Runs`, `Offs`, `Mp`, `Lp`, `Op`
+/// (see the module docs), then the mask's and modifier's extras
 /// ([`crate::mask::Extras`]; the error flag is [`LaunchPlan::error_flag`]).
+/// Step 2, only with splits > 1: `tdl_attn_merge`, grid `(ceil(heads·T /
+/// MERGE_THREADS), 1, 1)`, parameters `Mp`, `Lp`, `Op`, O. Sets
+/// [`LaunchPlan::stats`].
 pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Result<Option<LaunchPlan<'a>>, MlirError> {
     let mask_ops: Vec<ArrayData<'_>> = match args.mask {
         Some((_, data)) => {
@@ -569,6 +752,28 @@ pub fn plan_attention_arrays<'a>(
         Err(MlirError::Unsupported(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
+    // The Kernel IR's block-sparse iteration space for these sizes, with
+    // the kernel's (fitted) tiles; where it cannot be computed, the
+    // interpreter runs the call (and reports why).
+    let space = match mask {
+        Some((m, ops)) => {
+            let data = MaskData {
+                operands: ops
+                    .iter()
+                    .map(|o| OperandData { dtype: o.dtype, shape: o.shape.to_vec(), data: o.data })
+                    .collect(),
+            };
+            let (Ok(ti), Ok(si)) = (i64::try_from(t), i64::try_from(s)) else {
+                return Ok(None);
+            };
+            let ctx = Ctx { t: ti, s: si, heads: mheads, bindings, data: &data };
+            match tiles::iteration_space(m, &ctx, spec.tile_q, spec.tile_k) {
+                Ok(sp) => Some(sp),
+                Err(_) => return Ok(None),
+            }
+        }
+        None => None,
+    };
     if q.data.len() != hq * t * layout.d || kk.data.len() != hk * s * layout.d || v.data.len() != hk * s * layout.dv {
         return Err(MlirError::BadPlan("attention operands do not match their shapes".into()));
     }
@@ -584,29 +789,173 @@ pub fn plan_attention_arrays<'a>(
         return Ok(None);
     };
     let gx = t.div_ceil(spec.tile_q) as u64;
-    let mut plan =
-        LaunchPlan { code: Rc::new(code), buffers, steps: Vec::new(), output: 3, output_shape: out_shape, error_flag };
+    let mut plan = LaunchPlan {
+        code: Rc::new(code),
+        buffers,
+        steps: Vec::new(),
+        output: 3,
+        output_shape: out_shape,
+        error_flag,
+        stats: None,
+    };
     if gx == 0 || hq == 0 {
+        plan.stats =
+            Some(KernelStats { space_counts: space.as_ref().map(IterSpace::counts), ..KernelStats::default() });
         return Ok(Some(plan));
     }
     if gx > MAX_GRID_X || hq as u64 > MAX_GRID_YZ {
         return Ok(None);
     }
+    let Some(sched) =
+        Schedule::new(space.as_ref(), (t, s, spec.tile_q, spec.tile_k), (hq, mheads), k.kv_split, layout.dv)
+    else {
+        return Ok(None);
+    };
+    let dv = layout.dv;
+    let bufs = &mut plan.buffers;
+    let (runs_buf, offs_buf) = (bufs.len(), bufs.len() + 1);
+    let n_runs = sched.runs.len() / 4;
+    let slot_heads = sched.offs.len() / (3 * gx as usize);
+    bufs.push(PlanBuf::I32(Cow::Owned(sched.runs)));
+    bufs.push(PlanBuf::I32(Cow::Owned(sched.offs)));
+    let splits = sched.stats.kv_splits;
+    // The splits' raw states: m, l and O (the kernel's memref types have
+    // offset 0, so each is a buffer of its own); without splits, empty
+    // views (dim 0 of %Mp is 0) over one element.
+    let (m_buf, l_buf, o_buf) = (bufs.len(), bufs.len() + 1, bufs.len() + 2);
+    let n_split = if splits > 1 { splits } else { 0 };
+    bufs.push(PlanBuf::Zeroed((n_split * hq * t).max(1)));
+    bufs.push(PlanBuf::Zeroed((n_split * hq * t).max(1)));
+    bufs.push(PlanBuf::Zeroed((n_split * hq * t * dv).max(1)));
+    let (mp, lp) = (Param::contiguous(m_buf, &[n_split, hq, t]), Param::contiguous(l_buf, &[n_split, hq, t]));
+    let op = Param::contiguous(o_buf, &[n_split, hq, t, dv]);
     let mut params = vec![
         Param::contiguous(0, &[hq, t, layout.d]),
         Param::contiguous(1, &[hk, s, layout.d]),
-        Param::contiguous(2, &[hk, s, layout.dv]),
-        Param::contiguous(3, &[hq, t, layout.dv]),
+        Param::contiguous(2, &[hk, s, dv]),
+        Param::contiguous(3, &[hq, t, dv]),
+        Param::contiguous(runs_buf, &[n_runs, 4]),
+        Param::contiguous(offs_buf, &[slot_heads, gx as usize, 3]),
+        mp.clone(),
+        lp.clone(),
+        op.clone(),
     ];
     params.extend(extra);
     plan.steps.push(LaunchStep {
         func: "tdl_attn".into(),
-        grid: [gx as u32, hq as u32, 1],
+        grid: [gx as u32, hq as u32, splits as u32],
         block: [spec.tile_q as u32, 1, 1],
         shared_bytes: 0,
         params,
     });
+    if splits > 1 {
+        let rows = (hq * t).div_ceil(MERGE_THREADS) as u64;
+        if rows > MAX_GRID_X {
+            return Ok(None);
+        }
+        plan.steps.push(LaunchStep {
+            func: "tdl_attn_merge".into(),
+            grid: [rows as u32, 1, 1],
+            block: [MERGE_THREADS as u32, 1, 1],
+            shared_bytes: 0,
+            params: vec![mp, lp, op, Param::contiguous(3, &[hq, t, dv])],
+        });
+    }
+    plan.stats = Some(sched.stats);
     Ok(Some(plan))
+}
+
+/// The most `f32`s of split state (`m`, `l` and `O` per split and row) a
+/// plan allocates; larger splits are reduced to fit (as the CPU runtime).
+pub const MAX_SPLIT_STATE: usize = 64 << 20;
+
+/// The flattened iteration space of one call, as the kernel reads it, and
+/// what the launch will do.
+struct Schedule {
+    /// `[start, end, partial, visited before]` per run of visited
+    /// kv-tiles (`i32`; one dummy run when there is none).
+    runs: Vec<i32>,
+    /// `[first run, end run, visited tiles]` per `(mask head, q-tile)`
+    /// (`[1, q-tiles, 3]` without a mask: every head shares the runs).
+    offs: Vec<i32>,
+    stats: KernelStats,
+}
+
+impl Schedule {
+    /// `None` when the space does not fit `i32` indices.
+    fn new(
+        space: Option<&IterSpace>,
+        (t, s, tq, tk): (usize, usize, usize, usize),
+        (hq, mheads): (usize, usize),
+        kv_split: KvSplit,
+        dv: usize,
+    ) -> Option<Schedule> {
+        let (nq, nk) = (t.div_ceil(tq), s.div_ceil(tk));
+        let all_full: Runs = if nk > 0 { vec![(0..nk, TileClass::Full)] } else { Vec::new() };
+        let slot_heads = if space.is_some() { mheads.max(1) } else { 1 };
+        let runs_of = |h: usize, qt: usize| -> &Runs {
+            match space {
+                Some(sp) => &sp.per_head[h][qt],
+                None => &all_full,
+            }
+        };
+        let (mut runs, mut offs) = (Vec::new(), Vec::new());
+        // Per slot: (visited, full, partial, mask evaluations).
+        let mut counts = Vec::with_capacity(slot_heads * nq);
+        for h in 0..slot_heads {
+            for qt in 0..nq {
+                let first = i32::try_from(runs.len() / 4).ok()?;
+                let bq = tq.min(t - qt * tq) as u64;
+                let (mut cum, mut full, mut partial, mut evals) = (0usize, 0u64, 0u64, 0u64);
+                for (r, class) in runs_of(h, qt) {
+                    let is_partial = *class == TileClass::Partial;
+                    runs.extend([
+                        i32::try_from(r.start).ok()?,
+                        i32::try_from(r.end).ok()?,
+                        i32::from(is_partial),
+                        i32::try_from(cum).ok()?,
+                    ]);
+                    cum += r.len();
+                    if is_partial {
+                        partial += r.len() as u64;
+                        // Elements of the (cut) tiles: the interpreter's mask evaluations.
+                        let keys = (r.end * tk).min(s) - r.start * tk;
+                        evals += bq * keys as u64;
+                    } else {
+                        full += r.len() as u64;
+                    }
+                }
+                offs.extend([first, i32::try_from(runs.len() / 4).ok()?, i32::try_from(cum).ok()?]);
+                counts.push((cum as u64, full, partial, evals));
+            }
+        }
+        if runs.is_empty() {
+            runs.extend([0; 4]);
+        }
+        let busiest = counts.iter().map(|c| c.0).max().unwrap_or(0) as usize;
+        let mut splits = resolve_kv_split(kv_split, hq * nq, busiest).clamp(1, MAX_GRID_YZ as usize);
+        while splits > 1 && splits.saturating_mul(hq * t).saturating_mul(dv + 2) > MAX_SPLIT_STATE {
+            splits -= 1;
+        }
+        let mut stats = KernelStats {
+            programs: (hq * nq) as u64,
+            space_counts: space.map(IterSpace::counts),
+            kv_splits: splits,
+            merged_rows: if splits > 1 { (hq * t) as u64 } else { 0 },
+            ..KernelStats::default()
+        };
+        // Flattened head h reads the runs of mask head h mod the mask heads.
+        for h in 0..hq {
+            let slot = if space.is_some() { h % mheads.max(1) } else { 0 };
+            for c in &counts[slot * nq..(slot + 1) * nq] {
+                stats.tiles_visited += c.0;
+                stats.full_tiles += c.1;
+                stats.partial_tiles += c.2;
+                stats.mask_evals += c.3;
+            }
+        }
+        Some(Schedule { runs, offs, stats })
+    }
 }
 
 pub use crate::launch::HOST_PIPELINE;

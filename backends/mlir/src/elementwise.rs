@@ -568,5 +568,6 @@ pub fn plan_elementwise_arrays<'a>(
         output: 0,
         output_shape: shape.to_vec(),
         error_flag,
+        stats: None,
     }))
 }

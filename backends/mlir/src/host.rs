@@ -196,14 +196,11 @@ impl HostHooks {
 impl Hooks for HostHooks {
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
         let plan = crate::attention::plan_attention(k, args);
-        let (shape, programs) = match &plan {
-            Ok(Some(p)) => {
-                (p.output_shape.clone(), p.steps.iter().map(|s| u64::from(s.grid[0]) * u64::from(s.grid[1])).sum())
-            }
-            _ => (Vec::new(), 0),
+        let (shape, stats) = match &plan {
+            Ok(Some(p)) => (p.output_shape.clone(), p.stats.clone().unwrap_or_default()),
+            _ => (Vec::new(), KernelStats::default()),
         };
         let out = self.run("attention", plan)?;
-        let stats = KernelStats { programs, ..KernelStats::default() };
         Some(out.map(|data| (F32Tensor { shape, data }, EXECUTOR, stats)))
     }
 

@@ -44,6 +44,15 @@
 //! reports "an index is out of range of an array read in a lambda" when
 //! it is not 0 (the result is then not used).
 //!
+//! ## Attention
+//! An attention plan uploads its block-sparse iteration space as `i32`
+//! buffers ([`PlanBuf::I32`]) and, with a KV split, has two steps — the
+//! kernel, then its merge `<func>_merge` over zeroed scratch buffers
+//! ([`PlanBuf::Zeroed`]) — which a runner launches in order like any
+//! other steps (see [`crate::attention`]). [`LaunchPlan::stats`] holds
+//! the counts `--stats` reports (the Kernel IR interpreter's, for the
+//! kernel's tiles).
+//!
 //! ## Outputs
 //! The output buffer is `f32` ([`PlanBuf::Zeroed`]) except for
 //! elementwise chains writing `i32` or `bool` (and `i32` reductions),
@@ -53,6 +62,8 @@
 
 use std::borrow::Cow;
 use std::rc::Rc;
+
+use tdl_kernel::KernelStats;
 
 use crate::MlirError;
 
@@ -199,6 +210,12 @@ pub struct LaunchPlan<'a> {
     /// 0; non-zero after the run: an index was out of range; see the
     /// module docs), or `None`.
     pub error_flag: Option<usize>,
+    /// What the launches will do, counted as the Kernel IR interpreter
+    /// counts it (attention plans: programs = heads × q-tiles, kv-tiles
+    /// visited, Full and Partial, mask evaluations, the iteration space's
+    /// counts, KV splits and merged rows; not `score_evals`, which only a
+    /// run knows), for `--stats`; `None` for the other kinds.
+    pub stats: Option<KernelStats>,
 }
 
 /// The largest `grid[0]`.

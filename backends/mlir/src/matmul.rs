@@ -172,6 +172,7 @@ pub fn plan_matmul<'a>(args: &MatMulArgs<'a>) -> Result<Option<LaunchPlan<'a>>, 
         output: 2,
         output_shape: out_shape,
         error_flag: None,
+        stats: None,
     };
     if numel == 0 {
         return Ok(Some(plan));

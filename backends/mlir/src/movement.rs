@@ -135,5 +135,6 @@ pub fn plan_move<'a>(k: &MoveKernel, args: &MoveArgs<'a>) -> Result<Option<Launc
         output: 0,
         output_shape: args.shape.to_vec(),
         error_flag: None,
+        stats: None,
     }))
 }

@@ -308,6 +308,7 @@ fn row_plan<'a>(
         output: 1,
         output_shape: out_shape,
         error_flag: None,
+        stats: None,
     }))
 }
 
@@ -395,6 +396,7 @@ pub fn plan_row<'a>(k: &RowKernel, args: &RowArgs<'a>) -> Result<Option<LaunchPl
                 output: 1,
                 output_shape: shape.to_vec(),
                 error_flag: None,
+                stats: None,
             }))
         }
     }
@@ -512,6 +514,7 @@ pub fn plan_reduce_i32<'a>(
         output: 1,
         output_shape: out_shape,
         error_flag: None,
+        stats: None,
     }))
 }
 

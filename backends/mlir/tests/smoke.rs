@@ -78,13 +78,13 @@ fn errors_instead_of_crashes() {
 // ---- The FA2 attention kernel (tdl_mlir::attention): one body, host and GPU.
 
 mod attention {
-    use std::borrow::Cow;
-    use std::rc::Rc;
     use tdl_ir::MaskExpr;
 
-    use tdl_mlir::attention::{code, gpu_module, host_module, GpuAttentionSpec};
+    use tdl_ir::Bindings;
+    use tdl_kernel::ir::{AttentionKernel, BufId, KvSplit};
+    use tdl_kernel::F32Tensor;
+    use tdl_mlir::attention::{gpu_module, host_module, plan_attention_arrays, GpuAttentionSpec};
     use tdl_mlir::host::{compile_host, run_plan};
-    use tdl_mlir::launch::{LaunchPlan, LaunchStep, Param, PlanBuf};
     use tdl_mlir::{extract_ptx, new_context, nvvm_pipeline, parse_module, run_pipeline, verify_module};
 
     fn fill(n: usize, seed: u64) -> Vec<f32> {
@@ -156,38 +156,40 @@ mod attention {
     fn host_run_matches_naive_attention() {
         for (tq, tk) in [(16, 16), (8, 32)] {
             for (what, mask, visible) in cases() {
-                let spec =
-                    GpuAttentionSpec { d: 16, dv: 8, tile_q: tq, tile_k: tk, scale: None, mask, ..Default::default() };
-                let code = Rc::new(code(&spec).unwrap_or_else(|e| panic!("{what}: {e}")));
-                let engine = compile_host(&code).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let ak = AttentionKernel {
+                    q: BufId(0),
+                    k: BufId(1),
+                    v: BufId(2),
+                    mask: None,
+                    scale: None,
+                    score: None,
+                    score_operands: vec![],
+                    tile_q: tq,
+                    tile_k: tk,
+                    kv_split: KvSplit::None,
+                    out: BufId(3),
+                };
+                let mut engine = None;
                 for (hq, hk, t, s) in [(2, 2, 37, 37), (4, 2, 5, 37), (2, 1, 40, 19), (1, 1, 1, 1)] {
                     let (d, dv) = (16, 8);
                     let (q, k, v) = (fill(hq * t * d, 1), fill(hk * s * d, 2), fill(hk * s * dv, 3));
-                    let plan = LaunchPlan {
-                        code: Rc::clone(&code),
-                        buffers: vec![
-                            PlanBuf::F32(Cow::Borrowed(&q)),
-                            PlanBuf::F32(Cow::Borrowed(&k)),
-                            PlanBuf::F32(Cow::Borrowed(&v)),
-                            PlanBuf::Zeroed(hq * t * dv),
-                        ],
-                        steps: vec![LaunchStep {
-                            func: "tdl_attn".into(),
-                            grid: [t.div_ceil(tq) as u32, hq as u32, 1],
-                            block: [tq as u32, 1, 1],
-                            shared_bytes: 0,
-                            params: vec![
-                                Param::contiguous(0, &[hq, t, d]),
-                                Param::contiguous(1, &[hk, s, d]),
-                                Param::contiguous(2, &[hk, s, dv]),
-                                Param::contiguous(3, &[hq, t, dv]),
-                            ],
-                        }],
-                        output: 3,
-                        output_shape: vec![hq, t, dv],
-                        error_flag: None,
-                    };
-                    let o = run_plan(&engine, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let qt = F32Tensor { shape: vec![hq, t, d], data: q.clone() };
+                    let kt = F32Tensor { shape: vec![hk, s, d], data: k.clone() };
+                    let vt = F32Tensor { shape: vec![hk, s, dv], data: v.clone() };
+                    let plan = plan_attention_arrays(
+                        &ak,
+                        (&qt, &kt, &vt),
+                        mask.as_ref().map(|m| (m, &[][..])),
+                        None,
+                        &Bindings::new(),
+                    )
+                    .unwrap_or_else(|e| panic!("{what}: {e}"))
+                    .unwrap_or_else(|| panic!("{what}: declined"));
+                    if engine.as_ref().is_none_or(|(key, _)| *key != plan.code.key) {
+                        let e = compile_host(&plan.code).unwrap_or_else(|e| panic!("{what}: {e}"));
+                        engine = Some((plan.code.key.clone(), e));
+                    }
+                    let o = run_plan(&engine.as_ref().unwrap().1, &plan).unwrap_or_else(|e| panic!("{what}: {e}"));
                     let want = reference(&q, &k, &v, (hq, hk, t, s, d, dv), 0.25, visible);
                     let err = o.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
                     assert!(err <= 1e-5, "{what}, tiles {tq}×{tk}, Hq={hq} Hk={hk} T={t} S={s}: max error {err:e}");
@@ -692,14 +694,16 @@ mod masks_and_lambdas {
         ArrayRef, BinaryOp, Bindings, ConstValue, DType, LambdaVar, MaskExpr, ReduceOp, ScalarBinary, ScalarExpr,
         ScalarUnary, UnaryOp,
     };
+    use tdl_kernel::attention::{attention_tiled_stats, AttentionSchedule, ScoreMod};
     use tdl_kernel::interp::{Elems, StridedView};
     use tdl_kernel::ir::{
         Access, AttentionKernel, BufId, ElementwiseKernel, EwInst, EwOp, KvSplit, MaskUse, ReduceKernel,
     };
-    use tdl_kernel::F32Tensor;
+    use tdl_kernel::{F32Tensor, KernelStats};
     use tdl_mlir::host::{compile_host, run_plan, run_plan_i32};
     use tdl_mlir::launch::LaunchPlan;
     use tdl_mlir::mask::ArrayData;
+    use tdl_passes::tiles::{MaskData, OperandData};
 
     /// An operand: element type, shape, values.
     type Op = (DType, Vec<usize>, Vec<f64>);
@@ -1195,6 +1199,206 @@ mod masks_and_lambdas {
         .unwrap();
         let engine = compile_host(&plan.code).unwrap();
         assert_eq!(run_plan(&engine, &plan).unwrap().len(), 72);
+    }
+
+    /// Runs `c` through `plan_attention_arrays` with tiles `tiles` and
+    /// `split`, checks it against [`naive`] and its stats against the
+    /// Kernel IR interpreter's for the same tiles (all but `score_evals`,
+    /// which only a run knows); returns the stats.
+    fn sparse_case(c: &AttnCase, tiles: (usize, usize), split: KvSplit, b: &Bindings) -> (Vec<f32>, KernelStats) {
+        let r = c.q.len();
+        let mut vs = c.k.clone();
+        vs[r - 1] = c.dv;
+        let n = |s: &[usize]| s.iter().product::<usize>();
+        let q = F32Tensor { shape: c.q.clone(), data: fill(n(&c.q), 1) };
+        let k = F32Tensor { shape: c.k.clone(), data: fill(n(&c.k), 2) };
+        let v = F32Tensor { shape: vs.clone(), data: fill(n(&vs), 3) };
+        let ak = AttentionKernel { kv_split: split, ..attn_kernel(tiles.0, tiles.1, None) };
+        let mops: Vec<ArrayData<'_>> = c.mask.as_ref().map(|(_, o)| o.iter().map(view).collect()).unwrap_or_default();
+        let plan = tdl_mlir::attention::plan_attention_arrays(
+            &ak,
+            (&q, &k, &v),
+            c.mask.as_ref().map(|(m, _)| (m, mops.as_slice())),
+            c.score.as_ref().map(|(e, _)| (e, &[][..])),
+            b,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", c.what))
+        .unwrap_or_else(|| panic!("{}: declined", c.what));
+        let got = run(&plan);
+        let want = naive(c, &q.data, &k.data, &v.data, b);
+        let err = got.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
+        assert!(err <= 2e-5, "{}, tiles {tiles:?}, {split:?}: max error {err:e}", c.what);
+        let stats = plan.stats.clone().unwrap_or_else(|| panic!("{}: no stats", c.what));
+        let data = MaskData {
+            operands: c
+                .mask
+                .as_ref()
+                .map(|(_, o)| o.iter().map(|o| OperandData { dtype: o.0, shape: o.1.clone(), data: &o.2 }).collect())
+                .unwrap_or_default(),
+        };
+        let sm = c.score.as_ref().map(|(e, _)| ScoreMod { expr: e, operands: vec![] });
+        let sched = AttentionSchedule { tile_q: tiles.0, tile_k: tiles.1, kv_split: split };
+        let (_, theirs) =
+            attention_tiled_stats(&q, &k, &v, c.mask.as_ref().map(|(m, _)| (m, &data)), None, sm.as_ref(), b, &sched)
+                .unwrap_or_else(|e| panic!("{}: the interpreter: {e}", c.what));
+        assert_eq!(
+            KernelStats { score_evals: theirs.score_evals, ..stats.clone() },
+            theirs,
+            "{}, tiles {tiles:?}, {split:?}: stats",
+            c.what
+        );
+        assert_eq!(plan.steps.len(), if stats.kv_splits > 1 { 2 } else { 1 }, "{}: steps", c.what);
+        (got, stats)
+    }
+
+    fn case(what: &'static str, q: &[usize], k: &[usize], mask: Option<(MaskExpr, Vec<Op>)>) -> AttnCase {
+        AttnCase { what, q: q.to_vec(), k: k.to_vec(), dv: 8, mask, score: None }
+    }
+
+    /// The block-sparse iteration space at sizes that are not multiples of
+    /// the tiles (300 queries, 300 or 333 keys, tiles 16×16, GQA 2:1): every
+    /// mask kind, a lambda mask and a score modifier match naive attention,
+    /// and the plan's stats — the interpreter's own for these tiles — show
+    /// the skipped tiles.
+    #[test]
+    fn sparse_iteration_skips_tiles() {
+        let b = Bindings::new();
+        let (q, k, k333) = ([2, 300, 16], [1, 300, 16], [1, 333, 16]);
+        let (q_, k_) = (var(LambdaVar::Q), var(LambdaVar::K));
+        let near = MaskExpr::Lambda(bin(
+            ScalarBinary::Lt,
+            ScalarExpr::Unary(ScalarUnary::Abs, Box::new(bin(ScalarBinary::Sub, q_, k_))),
+            ScalarExpr::Int(20),
+        ));
+        let softcap = bin(
+            ScalarBinary::Mul,
+            ScalarExpr::Float(3.0),
+            ScalarExpr::Unary(
+                ScalarUnary::Tanh,
+                Box::new(bin(ScalarBinary::Div, var(LambdaVar::S), ScalarExpr::Float(3.0))),
+            ),
+        );
+        let sink_window = MaskExpr::Or(Box::new(MaskExpr::Sink { n: 4 }), Box::new(MaskExpr::Window { w: 16 }));
+        let layout: Op = (DType::Bool, vec![10, 11], (0..110).map(|i| f64::from(i % 4 == 0 || i % 12 == 0)).collect());
+        let ids: Op = (DType::I32, vec![333], (0..333).map(|i| f64::from(i / 50)).collect());
+        let hood = MaskExpr::Neighborhood {
+            kernel: vec![3, 5],
+            grid: vec![15, 20],
+            dilation: vec![1, 1],
+            causal: vec![false, false],
+        };
+        let cases = vec![
+            case("causal", &q, &k, Some((MaskExpr::Causal, vec![]))),
+            case("window(16)", &q, &k, Some((MaskExpr::Window { w: 16 }, vec![]))),
+            case("sink(4) | window(16), S = 333", &q, &k333, Some((sink_window, vec![]))),
+            case(
+                "blocks(operand, 32×32), S = 333",
+                &q,
+                &k333,
+                Some((MaskExpr::Blocks { layout: ArrayRef::Operand(0), block: [32, 32] }, vec![layout])),
+            ),
+            case(
+                "document & causal, S = 333",
+                &q,
+                &k333,
+                Some((and(MaskExpr::Document { ids: 0 }, MaskExpr::Causal), vec![ids])),
+            ),
+            case("neighborhood 2-D", &q, &k, Some((hood, vec![]))),
+            case("lambda |q - k| < 20", &q, &k, Some((near, vec![]))),
+            AttnCase {
+                score: Some((softcap, vec![])),
+                ..case("causal, soft-capping", &q, &k, Some((MaskExpr::Causal, vec![])))
+            },
+        ];
+        let dense = 2 * 19 * 19; // heads × q-tiles × kv-tiles at T = S = 300
+        for c in &cases {
+            let (_, st) = sparse_case(c, (16, 16), KvSplit::None, &b);
+            assert_eq!(st.programs, 2 * 19, "{}", c.what);
+            assert!(st.tiles_visited < dense, "{}: nothing skipped: {st:?}", c.what);
+            println!("{}: {st:?}", c.what);
+            match c.what {
+                "causal" | "causal, soft-capping" => {
+                    // 19·20/2 of 19² per head, the diagonal Partial.
+                    assert_eq!((st.tiles_visited, st.partial_tiles), (2 * 190, 2 * 19), "{}", c.what);
+                }
+                "window(16)" => assert!(st.tiles_visited <= 2 * 19 * 2, "{}: {st:?}", c.what),
+                _ => {}
+            }
+        }
+        // No mask: every tile Full, no mask evaluated.
+        let (_, st) = sparse_case(&case("none", &q, &k, None), (16, 16), KvSplit::None, &b);
+        assert_eq!((st.tiles_visited, st.full_tiles, st.mask_evals), (dense, dense, 0));
+    }
+
+    /// KV splits (flash-decoding): decode at T = 1, S = 1000 with GQA
+    /// (Fixed(3), the GPU cost model's Auto, a mask, a score modifier),
+    /// rows with no visible key (zeros), more splits than some programs'
+    /// tiles; against naive attention and the interpreter's stats; the
+    /// merge kernel's PTX.
+    #[test]
+    fn kv_splits_and_merge() {
+        let b = Bindings::new();
+        let auto = tdl_kernel::target::Target::gpu("sm_90").unwrap().kv_split();
+        let (q, k) = ([4, 1, 16], [2, 1000, 16]);
+        // The decode mask of the corpus: sinks and the last 128 keys.
+        let recent = MaskExpr::Lambda(bin(ScalarBinary::Gt, var(LambdaVar::K), ScalarExpr::Int(872)));
+        let sink_window = MaskExpr::Or(Box::new(MaskExpr::Sink { n: 4 }), Box::new(recent));
+        let softcap = bin(
+            ScalarBinary::Mul,
+            ScalarExpr::Float(3.0),
+            ScalarExpr::Unary(
+                ScalarUnary::Tanh,
+                Box::new(bin(ScalarBinary::Div, var(LambdaVar::S), ScalarExpr::Float(3.0))),
+            ),
+        );
+        let first_row = MaskExpr::Lambda(bin(ScalarBinary::Lt, var(LambdaVar::Q), ScalarExpr::Int(1)));
+        for (tiles, split, c, want_splits) in [
+            ((16, 16), KvSplit::Fixed(3), case("decode, no mask", &q, &k, None), 3),
+            ((16, 16), auto, case("decode, no mask", &q, &k, None), 31),
+            ((8, 32), auto, case("decode, causal", &q, &k, Some((MaskExpr::Causal, vec![]))), 16),
+            ((16, 16), auto, case("decode, sink(4) | k > 872", &q, &k, Some((sink_window, vec![]))), 5),
+            (
+                (16, 16),
+                auto,
+                AttnCase { score: Some((softcap, vec![])), ..case("decode, soft-capping", &q, &k, None) },
+                31,
+            ),
+            ((16, 16), KvSplit::Fixed(3), case("rows 1, 2 see no key", &[2, 3, 16], &k, Some((first_row, vec![]))), 3),
+            (
+                (16, 16),
+                KvSplit::Fixed(6),
+                case("causal, 6 splits of 1..7 tiles", &[2, 100, 16], &[2, 100, 16], Some((MaskExpr::Causal, vec![]))),
+                6,
+            ),
+            (
+                (16, 16),
+                KvSplit::Fixed(50),
+                case("50 splits of at most 7 tiles", &[2, 100, 16], &[2, 100, 16], Some((MaskExpr::Causal, vec![]))),
+                7,
+            ),
+        ] {
+            let (got, st) = sparse_case(&c, tiles, split, &b);
+            println!("{}, {split:?}: {st:?}", c.what);
+            assert_eq!(st.kv_splits, want_splits, "{}, {split:?}: {st:?}", c.what);
+            assert_eq!(st.merged_rows as usize, c.q[0] * c.q[1], "{}", c.what);
+            if c.what.starts_with("rows 1, 2") {
+                let dv = c.dv;
+                for h in 0..2 {
+                    assert!(got[(h * 3 + 1) * dv..(h * 3 + 3) * dv].iter().all(|&x| x == 0.0), "no zeros: {got:?}");
+                    assert!(got[h * 3 * dv..(h * 3 + 1) * dv].iter().any(|&x| x != 0.0));
+                }
+            }
+        }
+        // The merge kernel lowers with the attention kernel, no local memory.
+        let c = case("decode", &q, &k, None);
+        let qt = F32Tensor { shape: q.to_vec(), data: fill(64, 1) };
+        let kt = F32Tensor { shape: k.to_vec(), data: fill(32000, 2) };
+        let vt = F32Tensor { shape: vec![2, 1000, 8], data: fill(16000, 3) };
+        let ak = AttentionKernel { kv_split: KvSplit::Fixed(3), ..attn_kernel(16, 16, None) };
+        let plan = tdl_mlir::attention::plan_attention_arrays(&ak, (&qt, &kt, &vt), None, None, &b).unwrap().unwrap();
+        assert_eq!(plan.steps[1].func, "tdl_attn_merge", "{}", c.what);
+        let p = ptx(&plan.code, &["tdl_attn", "tdl_attn_merge"]);
+        assert!(!p.contains(".local"), "local memory used");
     }
 
     /// Elementwise chains of `i32` values writing `i32` and `bool`:
