@@ -206,9 +206,15 @@ fn i32_run(out: PlanOutput, _shape: Vec<usize>) -> Result<(Vec<i32>, &'static st
 
 impl Hooks for GpuHooks {
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
-        self.hook(tdl_mlir::attention::plan_attention(k, args), |out, shape| {
+        // The schedule's counts (programs, tiles visited, KV splits) are the plan's.
+        let plan = tdl_mlir::attention::plan_attention(k, args);
+        let stats = match &plan {
+            Ok(Some(p)) => p.stats.clone().unwrap_or_default(),
+            _ => KernelStats::default(),
+        };
+        self.hook(plan, |out, shape| {
             let (data, _) = f32_run(out, Vec::new())?;
-            Ok((F32Tensor { shape, data }, EXECUTOR, KernelStats::default()))
+            Ok((F32Tensor { shape, data }, EXECUTOR, stats))
         })
     }
 
