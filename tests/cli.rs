@@ -1625,13 +1625,13 @@ fn compile_emits_gpu_kernels_as_mlir_and_ptx() {
         assert!(out.stdout.contains("bar.sync"), "{}", out.describe());
     }
     // The transformer block: every kernel generated (matmul, rmsnorm,
-    // rope, copies, attention, elementwise), no note.
+    // rope, copies, attention and its KV-split merge, elementwise), no note.
     let block = example("block");
     let out = tdlc(["compile".as_ref(), block.as_os_str(), "--emit".as_ref(), "ptx".as_ref()]);
     assert_ok(&out);
     assert!(!out.stderr.contains("not supported yet"), "{}", out.describe());
-    assert_eq!(out.stdout.matches(".visible .entry k").count(), 16, "{}", out.describe());
-    for k in ["k0_h(", "k1_qkv(", "k7_a(", "k15_n30("] {
+    assert_eq!(out.stdout.matches(".visible .entry k").count(), 17, "{}", out.describe());
+    for k in ["k0_h(", "k1_qkv(", "k7_a(", "k7_a_merge(", "k15_n30("] {
         assert!(out.stdout.contains(k), "no entry {k}: {}", out.describe());
     }
     // Index lambdas (per-head spans, array reads) are generated too.
