@@ -98,9 +98,15 @@ fn pack_panel(args: &MatMulArgs<'_>, off: usize, g: &PanelGeometry, pt: usize, j
     } else {
         // Columns of B contiguous (a transposed view): down each column.
         for j in 0..bn {
-            let d = (j / nr) * tk * nr + j % nr;
-            for p in 0..bk {
-                dst[d + p * nr] = b[p * bp + j * bj];
+            let d = &mut dst[(j / nr) * tk * nr + j % nr..];
+            if bp == 1 {
+                for (p, &x) in b[j * bj..j * bj + bk].iter().enumerate() {
+                    d[p * nr] = x;
+                }
+            } else {
+                for p in 0..bk {
+                    d[p * nr] = b[p * bp + j * bj];
+                }
             }
         }
     }
