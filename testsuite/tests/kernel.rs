@@ -460,10 +460,28 @@ fn cpu_backend_one_compile_serves_every_sequence_length() {
 /// any tile.
 #[test]
 fn cpu_backend_lambdas_fail_and_guard_as_the_interpreter() {
+    let hooks = tdl::llvm::cpu::CpuHooks::new(2);
+    lambdas_fail_and_guard(&hooks, tdl::llvm::cpu::EXECUTOR, &|g| program(g, &LowerOptions::default()));
+}
+
+/// Lambdas that read arrays, on `hooks` (whose kernels run under
+/// `executor`), against the reference at T = 9 and 70: an index out of
+/// range (in a mask, in a score modifier, in an elementwise chain's mask)
+/// fails with the interpreter's words; a `where` or a conjunction guarding
+/// the read keeps it in range, every kernel runs on `executor` and the
+/// result matches.
+fn lambdas_fail_and_guard(
+    hooks: &dyn tdl::kernel::interp::Hooks,
+    executor: &str,
+    lower_for: &dyn Fn(&VerifiedGraph) -> KernelProgram,
+) {
     let src = "
 const lens = [3, 5]
 graph oob(q: f32[2, T, 16], k: f32[2, T, 16], v: f32[2, T, 16], ids: i32[4]) -> f32[2, T, 16] {
     return attention(q, k, v, mask = mask(q, k) => ids[k] >= -100000)
+}
+graph score_oob(q: f32[2, T, 16], k: f32[2, T, 16], v: f32[2, T, 16], ids: i32[4]) -> f32[2, T, 16] {
+    return attention(q, k, v, mask = causal, score = (s, q, k, h) => s + ids[q - k])
 }
 graph guarded(q: f32[2, T, 16], k: f32[2, T, 16], v: f32[2, T, 16], ids: i32[4]) -> f32[2, T, 16] {
     return attention(q, k, v, mask = causal & mask(q, k) => where(k < 4, ids[k] != 7, k < lens[1] + T), score = (s, q, k, h) => s * lens[h] - abs(q - k) / T)
@@ -476,30 +494,29 @@ graph ew_guarded(s: f32[2, T, T], ids: i32[4]) -> f32[2, T, T] {
 }
 ";
     let checked = check_ok("lambdas.tdl", src);
-    let hooks = tdl::llvm::cpu::CpuHooks::new(2);
     for t in [9i64, 70] {
         let b: Bindings = [("T".to_string(), t)].into_iter().collect();
         for g in &checked.graphs {
             let inputs = inputs_with(g.graph(), &b, &LIMITS).expect("inputs");
             let reference = run_with_limits(g, &inputs, &LIMITS);
-            let p = program(g, &LowerOptions::default());
-            let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, &hooks);
+            let p = lower_for(g);
+            let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, hooks);
             match (g.name.as_str(), reference, out) {
-                ("oob" | "ew_oob", Err(_), Err(e)) => {
+                ("oob" | "score_oob" | "ew_oob", Err(_), Err(e)) => {
                     let e = e.to_string();
                     assert!(e.contains("out of range") && e.contains("lambda"), "T={t}: {e}")
                 }
                 ("guarded" | "ew_guarded", Ok(r), Ok(o)) => {
                     assert!(
-                        o.kernels.iter().all(|k| k.executor == tdl::llvm::cpu::EXECUTOR),
-                        "T={t}: `{}` compiled: {:?}",
+                        o.kernels.iter().all(|k| k.executor == executor),
+                        "T={t}: `{}` ran elsewhere than {executor}: {:?}",
                         g.name,
                         o.kernels
                     );
                     let worst = compare(&r[0], &o.results[0]).unwrap_or_else(|e| panic!("T={t}: {e}"));
                     assert!(worst <= 1e-4, "T={t}: {worst}");
                 }
-                (name, r, o) => panic!("T={t}: `{name}`: reference {:?}, cpu {:?}", r.err(), o.err()),
+                (name, r, o) => panic!("T={t}: `{name}`: reference {:?}, {executor} {:?}", r.err(), o.err()),
             }
         }
     }
@@ -770,51 +787,9 @@ fn gpu_kernel_bodies_match_the_reference_on_the_host() {
     assert!(ran.get("attention").copied().unwrap_or(0) >= 160, "only {ran:?} runs took the GPU kernel bodies");
     assert!(ran.get("elementwise").copied().unwrap_or(0) >= 170, "only {ran:?} runs took the GPU kernel bodies");
 
-    let src = "
-const lens = [3, 5]
-graph oob(q: f32[2, T, 16], k: f32[2, T, 16], v: f32[2, T, 16], ids: i32[4]) -> f32[2, T, 16] {
-    return attention(q, k, v, mask = mask(q, k) => ids[k] >= -100000)
-}
-graph score_oob(q: f32[2, T, 16], k: f32[2, T, 16], v: f32[2, T, 16], ids: i32[4]) -> f32[2, T, 16] {
-    return attention(q, k, v, mask = causal, score = (s, q, k, h) => s + ids[q - k])
-}
-graph guarded(q: f32[2, T, 16], k: f32[2, T, 16], v: f32[2, T, 16], ids: i32[4]) -> f32[2, T, 16] {
-    return attention(q, k, v, mask = causal & mask(q, k) => where(k < 4, ids[k] != 7, k < lens[1] + T), score = (s, q, k, h) => s * lens[h] - abs(q - k) / T)
-}
-graph ew_oob(s: f32[2, T, T], ids: i32[4]) -> f32[2, T, T] {
-    return s * 2.0 + (mask(q, k) => ids[q] >= -100000)
-}
-graph ew_guarded(s: f32[2, T, T], ids: i32[4]) -> f32[2, T, T] {
-    return s * 2.0 + (causal & mask(q, k, h) => where(q < 4, ids[q] != 7, k + h < lens[h] + T / 2))
-}
-";
-    let checked = check_ok("lambdas.tdl", src);
-    for t in [9i64, 70] {
-        let b: Bindings = [("T".to_string(), t)].into_iter().collect();
-        for g in &checked.graphs {
-            let inputs = inputs_with(g.graph(), &b, &LIMITS).expect("inputs");
-            let reference = run_with_limits(g, &inputs, &LIMITS);
-            let p = lower(&fused(g), &target, &LowerOptions::default()).expect("lowers");
-            let out = tdl::kernel::interp::run_with_hooks(&p, &inputs, &LIMITS, &hooks);
-            match (g.name.as_str(), reference, out) {
-                ("oob" | "score_oob" | "ew_oob", Err(_), Err(e)) => {
-                    let e = e.to_string();
-                    assert!(e.contains("out of range") && e.contains("lambda"), "T={t}: {e}")
-                }
-                ("guarded" | "ew_guarded", Ok(r), Ok(o)) => {
-                    assert!(
-                        o.kernels.iter().all(|k| k.executor == tdl::mlir::host::EXECUTOR),
-                        "T={t}: `{}` ran elsewhere: {:?}",
-                        g.name,
-                        o.kernels
-                    );
-                    let worst = compare(&r[0], &o.results[0]).unwrap_or_else(|e| panic!("T={t}: {e}"));
-                    assert!(worst <= 1e-4, "T={t}: {worst}");
-                }
-                (name, r, o) => panic!("T={t}: `{name}`: reference {:?}, gpu bodies {:?}", r.err(), o.err()),
-            }
-        }
-    }
+    lambdas_fail_and_guard(&hooks, tdl::mlir::host::EXECUTOR, &|g| {
+        lower(&fused(g), &target, &LowerOptions::default()).expect("lowers")
+    });
 }
 
 /// The ahead-of-time path on the whole corpus: each graph's program
