@@ -1181,11 +1181,7 @@ fn bench(args: BenchArgs) -> Res<()> {
                 last = run()?;
                 times.push(hooks.take_device_ms());
             }
-            let kernels = last
-                .kernels
-                .iter()
-                .map(|k| bench::KernelLine { name: k.name.clone(), kind: k.kind, executor: k.executor })
-                .collect();
+            let kernels = kernel_lines(&last.kernels);
             (times, kernels)
         }
         (_, Some(p)) => {
@@ -1194,11 +1190,7 @@ fn bench(args: BenchArgs) -> Res<()> {
                 tdl::kernel::interp::run_with_hooks(p, &inputs, &limits, hooks.as_ref())
             })
             .map_err(|e| interp_failure(e, g, &name, &src))?;
-            let kernels = out
-                .kernels
-                .iter()
-                .map(|k| bench::KernelLine { name: k.name.clone(), kind: k.kind, executor: k.executor })
-                .collect();
+            let kernels = kernel_lines(&out.kernels);
             (times, kernels)
         }
         (_, None) => return Err(Failure::Internal("no Kernel IR program to run".into())),
@@ -1223,6 +1215,11 @@ fn bench(args: BenchArgs) -> Res<()> {
         print!("{}", report.to_text());
     }
     Ok(())
+}
+
+/// What ran each kernel, as `tdlc bench` reports it.
+fn kernel_lines(kernels: &[tdl::kernel::interp::KernelRun]) -> Vec<bench::KernelLine> {
+    kernels.iter().map(|k| bench::KernelLine { name: k.name.clone(), kind: k.kind, executor: k.executor }).collect()
 }
 
 fn summary(t: &Tensor) -> String {

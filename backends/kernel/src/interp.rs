@@ -653,6 +653,27 @@ impl<'a> Ctx<'a> {
         Ok(Some(Val::F(F32Tensor { shape: out.to_vec(), data })))
     }
 
+    /// [`Self::hook_f32`] for hooks giving `i32` values (`bool` ones must be
+    /// 0 or 1).
+    fn hook_i32(
+        &mut self,
+        r: Option<Result<(Vec<i32>, &'static str), String>>,
+        dtype: DType,
+        out: &[usize],
+    ) -> Result<Option<Val>, InterpError> {
+        let Some(r) = r else { return Ok(None) };
+        let (data, name) = r.map_err(err)?;
+        let n: usize = out.iter().product();
+        if data.len() != n {
+            return Err(err(format!("the {name} executor gave {} values, not {n}", data.len())));
+        }
+        if dtype == DType::Bool && data.iter().any(|&x| x != 0 && x != 1) {
+            return Err(err(format!("the {name} executor gave a bool that is not 0 or 1")));
+        }
+        self.executor = name;
+        Ok(Some(Val::I(out.to_vec(), data)))
+    }
+
     fn f32_buf(&self, b: BufId, what: &str) -> Result<&'a F32Tensor, InterpError> {
         match self.val(b)? {
             Val::F(t) => Ok(t),
@@ -885,17 +906,8 @@ impl<'a> Ctx<'a> {
                 if let Some(v) = self.hook_f32(r, dtype, out)? {
                     return Ok(v);
                 }
-            } else if let Some(r) = self.hooks.elementwise_i32(e, &args) {
-                let (data, name) = r.map_err(err)?;
-                let n: usize = out.iter().product();
-                if data.len() != n {
-                    return Err(err(format!("the {name} executor gave {} values, not {n}", data.len())));
-                }
-                if dtype == DType::Bool && data.iter().any(|&x| x != 0 && x != 1) {
-                    return Err(err(format!("the {name} executor gave a bool that is not 0 or 1")));
-                }
-                self.executor = name;
-                return Ok(Val::I(out.to_vec(), data));
+            } else if let Some(v) = self.hook_i32(self.hooks.elementwise_i32(e, &args), dtype, out)? {
+                return Ok(v);
             }
         }
         let width = out.last().copied().unwrap_or(1);
@@ -997,14 +1009,8 @@ impl<'a> Ctx<'a> {
                 }
             }
             Val::I(_, d) => {
-                if let Some(r) = self.hooks.reduce_i32(k, d, &shape) {
-                    let (data, name) = r.map_err(err)?;
-                    let n: usize = out.iter().product();
-                    if data.len() != n {
-                        return Err(err(format!("the {name} executor gave {} values, not {n}", data.len())));
-                    }
-                    self.executor = name;
-                    return Ok(Val::I(out.to_vec(), data));
+                if let Some(v) = self.hook_i32(self.hooks.reduce_i32(k, d, &shape), dtype, out)? {
+                    return Ok(v);
                 }
             }
         }

@@ -747,10 +747,8 @@ pub fn plan_attention_arrays<'a>(
         score: score.map(|(e, _)| e.clone()),
         operands: vec![types(&mask_ops), types(&score_ops)],
     });
-    let (code, x) = match code(&spec).and_then(|c| Ok((c, extras(&spec)?))) {
-        Ok(c) => c,
-        Err(MlirError::Unsupported(_)) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some((code, x)) = MlirError::declined(code(&spec).and_then(|c| Ok((c, extras(&spec)?))))? else {
+        return Ok(None);
     };
     // The Kernel IR's block-sparse iteration space for these sizes, with
     // the kernel's (fitted) tiles; where it cannot be computed, the

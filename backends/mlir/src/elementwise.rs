@@ -516,11 +516,7 @@ pub fn plan_elementwise_arrays<'a>(
     let groups: Vec<Vec<Option<ArrayData<'_>>>> = masks.iter().map(|m| m.iter().copied().map(Some).collect()).collect();
     let mask_types = groups.iter().map(|g| g.iter().map(|o| o.map(|o| (o.dtype, o.shape.len()))).collect()).collect();
     let spec = Spec { rank: shape.len(), input_float, mask_types, k };
-    let (f, x) = match func(&spec, "tdl_ew") {
-        Ok(f) => f,
-        Err(MlirError::Unsupported(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    let Some((f, x)) = MlirError::declined(func(&spec, "tdl_ew"))? else { return Ok(None) };
     let r = shape.len();
     if !k.masks.is_empty() {
         let (t, s) = (shape[r - 2], shape[r - 1]);

@@ -60,3 +60,15 @@ pub enum MlirError {
     #[error("MLIR returned invalid UTF-8: {0}")]
     Utf8(#[from] std::string::FromUtf8Error),
 }
+
+impl MlirError {
+    /// `r` with a "not supported yet" error as `None` (the kernel is
+    /// declined: the interpreter runs it), other errors kept.
+    pub fn declined<T>(r: Result<T, MlirError>) -> Result<Option<T>, MlirError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(MlirError::Unsupported(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -104,11 +104,7 @@ pub fn plan_move<'a>(k: &MoveKernel, args: &MoveArgs<'a>) -> Result<Option<Launc
     if args.srcs.is_empty() || args.srcs.iter().any(|s| s.shape.len() != rank || s.strides.len() != rank) {
         return Ok(None);
     }
-    let f = match func(&k.op, rank, args.srcs.len(), "tdl_move") {
-        Ok(f) => f,
-        Err(MlirError::Unsupported(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
+    let Some(f) = MlirError::declined(func(&k.op, rank, args.srcs.len(), "tdl_move"))? else { return Ok(None) };
     let n: usize = args.shape.iter().product();
     let mut buffers = vec![PlanBuf::Zeroed(n)];
     let mut params = vec![Param::contiguous(0, args.shape)];

@@ -182,16 +182,30 @@ pub fn run_reduce(
     source: &dyn RowSource,
 ) -> Option<Result<Vec<f32>, RtError>> {
     let shape = args.shape;
+    let x = Shared(args.x.as_ptr().cast_mut());
+    let call = reduce_call(k, shape, args.x.len(), x, |op, last| RowCode::Reduce { op, last })?;
+    run_call(&call, source, threads)
+}
+
+/// The call of a reduction over `x` (`len` elements of `shape`), or `None`
+/// when they do not agree (or `max` reduces an empty axis).
+fn reduce_call<'x>(
+    k: &ReduceKernel,
+    shape: &[usize],
+    len: usize,
+    x: Shared<f32>,
+    code: impl FnOnce(ReduceOp, bool) -> RowCode,
+) -> Option<Call<'x>> {
     let &n = shape.get(k.axis)?;
     let outer: usize = shape[..k.axis].iter().product();
     let inner: usize = shape[k.axis + 1..].iter().product();
     let total = outer.checked_mul(n)?.checked_mul(inner)?;
-    if total != args.x.len() || (k.op == ReduceOp::Max && n == 0) {
+    if total != len || (k.op == ReduceOp::Max && n == 0) {
         return None;
     }
-    let call = Call {
-        code: RowCode::Reduce { op: k.op, last: inner == 1 },
-        x: Shared(args.x.as_ptr().cast_mut()),
+    Some(Call {
+        code: code(k.op, inner == 1),
+        x,
         p0: &[],
         p1: &[],
         n,
@@ -200,8 +214,7 @@ pub fn run_reduce(
         cols: inner,
         n_out: outer * inner,
         row_elems: n * inner,
-    };
-    run_call(&call, source, threads)
+    })
 }
 
 /// [`run_reduce`] of an `i32` (or `bool`, 0/1) input `x` of `shape`: the
@@ -213,25 +226,8 @@ pub fn run_reduce_i32(
     threads: usize,
     source: &dyn RowSource,
 ) -> Option<Result<Vec<i32>, RtError>> {
-    let &n = shape.get(k.axis)?;
-    let outer: usize = shape[..k.axis].iter().product();
-    let inner: usize = shape[k.axis + 1..].iter().product();
-    let total = outer.checked_mul(n)?.checked_mul(inner)?;
-    if total != x.len() || (k.op == ReduceOp::Max && n == 0) {
-        return None;
-    }
-    let call = Call {
-        code: RowCode::ReduceI32 { op: k.op, last: inner == 1 },
-        x: Shared(x.as_ptr().cast::<f32>().cast_mut()),
-        p0: &[],
-        p1: &[],
-        n,
-        inner,
-        rows: outer,
-        cols: inner,
-        n_out: outer * inner,
-        row_elems: n * inner,
-    };
+    let xp = Shared(x.as_ptr().cast::<f32>().cast_mut());
+    let call = reduce_call(k, shape, x.len(), xp, |op, last| RowCode::ReduceI32 { op, last })?;
     run_call(&call, source, threads)
 }
 
