@@ -290,6 +290,7 @@ fn sgemm_ceiling(threads: usize, reps: usize) -> (f64, (usize, usize, usize)) {
         b_j: 1,
         a_offsets: vec![0],
         b_offsets: vec![0],
+        dtypes: [tdl_ir::DType::F32; 3],
     };
     let mut best = (0.0, (0, 0, 0));
     let host = Target::host().matmul_tiles(4);

@@ -21,11 +21,23 @@ use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks,
 use tdl_kernel::ir::{AttentionKernel, ElementwiseKernel, MatMulKernel, MoveKernel, ReduceKernel, RowKernel};
 use tdl_kernel::{F32Tensor, KernelStats};
 use tdl_mlir::host::PlanOutput;
-use tdl_mlir::launch::{LaunchPlan, Param, PlanBuf, LAMBDA_INDEX_ERROR};
+use tdl_mlir::launch::{LaunchPlan, Param, PlanBuf, Store, LAMBDA_INDEX_ERROR};
 use tdl_mlir::MlirError;
 
 /// The executor name reports give the kernels run on the GPU.
 pub const EXECUTOR: &str = "gpu (CUDA)";
+
+/// 16-bit values as the 4-byte words `tdl_cuda` copies: two to a word,
+/// the element at the lower address in the low half (little-endian), the
+/// last word padded with 0.
+pub fn pack_halves(d: &[u16]) -> Vec<i32> {
+    d.chunks(2).map(|p| (u32::from(p[0]) | u32::from(p.get(1).copied().unwrap_or(0)) << 16) as i32).collect()
+}
+
+/// The first `n` 16-bit values of words packed as [`pack_halves`] packs them.
+pub fn unpack_halves(words: &[i32], n: usize) -> Vec<u16> {
+    words.iter().flat_map(|&w| [w as u16, (w as u32 >> 16) as u16]).take(n).collect()
+}
 
 /// The PTX chip for a device of compute capability `major.minor`: the
 /// newest chip the code generator targets that the device runs (PTX is
@@ -130,6 +142,12 @@ impl GpuHooks {
             let mut data = vec![0i32; n];
             self.cuda.download_i32(out, &mut data).map_err(|e| e.to_string())?;
             Ok(PlanOutput::I32(data))
+        } else if plan.output_store() != Store::F32 {
+            // 16-bit floats, two to a 4-byte word (low half first).
+            let mut words = vec![0i32; n.div_ceil(2)];
+            self.cuda.download_i32(out, &mut words).map_err(|e| e.to_string())?;
+            let bits = unpack_halves(&words, n);
+            Ok(PlanOutput::F32(plan.output_store().widen_bits(&bits)))
         } else {
             let mut data = vec![0f32; n];
             self.cuda.download(out, &mut data).map_err(|e| e.to_string())?;
@@ -147,6 +165,8 @@ impl GpuHooks {
                 self.cuda.upload_i32(&words)
             }
             PlanBuf::Zeroed(n) => self.cuda.alloc(*n),
+            PlanBuf::Half(_, d) => self.cuda.upload_i32(&pack_halves(d)),
+            PlanBuf::ZeroedHalf(_, n) => self.cuda.alloc(n.div_ceil(2)),
         };
         r.map_err(|e| e.to_string())
     }
@@ -266,5 +286,18 @@ mod tests {
         assert_eq!(chip_for(10, 0), Ok("sm_90"));
         assert_eq!(chip_for(8, 6), Ok("sm_80"));
         assert!(chip_for(7, 5).unwrap_err().starts_with("not supported yet"));
+    }
+
+    #[test]
+    fn halves_pack_two_to_a_word_little_endian() {
+        let d: Vec<u16> = vec![0x3c00, 0xbc00, 0x7bff, 0x0001, 0xffff];
+        let w = pack_halves(&d);
+        assert_eq!(w.len(), 3);
+        // The bytes of the words are the bytes of the 16-bit values, in order.
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let want: Vec<u8> = d.iter().flat_map(|x| x.to_le_bytes()).chain([0, 0]).collect();
+        assert_eq!(bytes, want);
+        assert_eq!(unpack_halves(&w, 5), d);
+        assert_eq!(unpack_halves(&w, 4), d[..4]);
     }
 }

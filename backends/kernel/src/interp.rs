@@ -128,6 +128,9 @@ pub struct AttentionArgs<'x> {
     /// The score modifier and its operands (`None` without one).
     pub score: Option<&'x crate::attention::ScoreMod<'x>>,
     pub bindings: &'x Bindings,
+    /// The element types of q, k, v and the output (the values are `f32`,
+    /// already of these types; an executor may store them narrower).
+    pub dtypes: [DType; 4],
 }
 
 /// Native executors a backend plugs into the interpreter: a kernel a hook
@@ -278,6 +281,9 @@ pub struct MatMulArgs<'x> {
     pub b_j: usize,
     pub a_offsets: Vec<usize>,
     pub b_offsets: Vec<usize>,
+    /// The element types of A, B and the output (the values are `f32`,
+    /// already of these types; an executor may store them narrower).
+    pub dtypes: [DType; 3],
 }
 
 /// What a hook gives back: the output, its executor's name, its counts.
@@ -711,7 +717,8 @@ impl<'a> Ctx<'a> {
         });
         let sched = AttentionSchedule { tile_q: a.tile_q, tile_k: a.tile_k, kv_split: a.kv_split };
         let mask = a.mask.as_ref().map(|m| (&m.expr, &mask_data));
-        let args = AttentionArgs { q, k, v, mask, score: score.as_ref(), bindings: self.bindings };
+        let dtypes = [self.dtype(a.q)?, self.dtype(a.k)?, self.dtype(a.v)?, dtype];
+        let args = AttentionArgs { q, k, v, mask, score: score.as_ref(), bindings: self.bindings, dtypes };
         let (mut out, stats) = match self.hooks.attention(a, &args) {
             Some(r) => {
                 let (out, name, stats) = r.map_err(err)?;
@@ -761,8 +768,21 @@ impl<'a> Ctx<'a> {
                 b_offsets.push(rb.offset + bidx.iter().zip(&lb).map(|(i, s)| i * s).sum::<usize>());
                 next_index(&mut bidx, batch);
             }
-            let args =
-                MatMulArgs { a: &av.data, b: &bv.data, m: mm, n: nn, k: kk, a_i, a_p, b_p, b_j, a_offsets, b_offsets };
+            let dtypes = [self.dtype(m.a.buf)?, self.dtype(m.b.buf)?, dtype];
+            let args = MatMulArgs {
+                a: &av.data,
+                b: &bv.data,
+                m: mm,
+                n: nn,
+                k: kk,
+                a_i,
+                a_p,
+                b_p,
+                b_j,
+                a_offsets,
+                b_offsets,
+                dtypes,
+            };
             if let Some(r) = self.hooks.matmul(m, &args) {
                 let (mut out, name) = r.map_err(err)?;
                 if out.len() != nbatch * mm * nn {

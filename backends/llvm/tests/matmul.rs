@@ -36,6 +36,7 @@ fn jit_matmul_matches_a_plain_product() {
                     b_j,
                     a_offsets: (0..batch).map(|i| i * m * k).collect(),
                     b_offsets: (0..batch).map(|i| i * k * n).collect(),
+                    dtypes: [tdl_ir::DType::F32; 3],
                 };
                 let one = kern.run(&args, 1).unwrap();
                 let two = kern.run(&args, 2).unwrap();
@@ -78,6 +79,7 @@ fn jit_matmul_refuses_views_out_of_bounds() {
         b_j: 1,
         a_offsets: vec![0],
         b_offsets: vec![0],
+        dtypes: [tdl_ir::DType::F32; 3],
     };
     let e = kern.run(&args, 1).expect_err("16 elements needed, 12 given");
     assert!(e.to_string().contains("out of bounds"), "{e}");

@@ -70,7 +70,7 @@ use tdl_passes::tiles::{self, Ctx, IterSpace, MaskData, OperandData, Runs, TileC
 
 use crate::elementwise::Emit;
 use crate::lambda::{lambda, LamCtx, Ty};
-use crate::launch::{text_hash, KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X, MAX_GRID_YZ};
+use crate::launch::{text_hash, KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, Store, MAX_GRID_X, MAX_GRID_YZ};
 use crate::mask::{mask, plan_extras, reads_memory, ArrayData, Extras, MaskCtx};
 use crate::MlirError;
 
@@ -93,6 +93,10 @@ pub struct GpuAttentionSpec {
     /// Element type and rank of the operands the mask (group 0) and the
     /// score modifier (group 1) read, by position (`None`: not a tensor).
     pub operands: Vec<Vec<Option<(DType, usize)>>>,
+    /// How q, k, v and the output are stored ([`Store`]: `f16`/`bf16`
+    /// storage is widened on load and rounded on store; the arithmetic and
+    /// the shared tiles are `f32`).
+    pub store: [Store; 4],
 }
 
 fn unsupported(what: impl std::fmt::Display) -> MlirError {
@@ -168,8 +172,7 @@ PRE    PHASE{{
       %rv = arith.cmpi ult, %r, %T : index
       scf.for %dd = %c0 to %cd step %c1 {{
         %x = scf.if %rv -> f32 {{
-          %v = memref.load %Q[%h, %r, %dd] : !qt
-          scf.yield %v : f32
+{load_q}          scf.yield %v : f32
         }} else {{ scf.yield %zero : f32 }}
         memref.store %x, %Qs[%t, %dd] : !sq
       }}
@@ -208,15 +211,13 @@ PRE    PHASE{{
             %kin = arith.cmpi ult, %k, %S : index
             scf.for %dd = %c0 to %cd step %c1 {{
               %kx = scf.if %kin -> f32 {{
-                %a = memref.load %K[%hk, %k, %dd] : !kt
-                scf.yield %a : f32
+{load_k}                scf.yield %a : f32
               }} else {{ scf.yield %zero : f32 }}
               memref.store %kx, %Ks[%j, %dd] : !sk
             }}
             scf.for %dd = %c0 to %cdv step %c1 {{
               %vx = scf.if %kin -> f32 {{
-                %a = memref.load %V[%hk, %k, %dd] : !vt
-                scf.yield %a : f32
+{load_v}                scf.yield %a : f32
               }} else {{ scf.yield %zero : f32 }}
               memref.store %vx, %Vs[%j, %dd] : !sv
             }}
@@ -245,12 +246,15 @@ COMPUTE      }}PHASE
           %inv = arith.select %pos, %rcp, %zero : f32
           %iv = vector.broadcast %inv : f32 to vector<{dv}xf32>
           %o = arith.mulf %a, %iv : vector<{dv}xf32>
-          vector.store %o, %O[%h, %r, %c0] : !ot, vector<{dv}xf32>
-        }}
+{store_o}        }}
       }}
     }}PHASE
 ",
         scale = f32_lit(scale),
+        load_q = spec.store[0].load("v", "%Q[%h, %r, %dd]", "!qt", "          "),
+        load_k = spec.store[1].load("a", "%K[%hk, %k, %dd]", "!kt", "                "),
+        load_v = spec.store[2].load("a", "%V[%hk, %k, %dd]", "!vt", "                "),
+        store_o = spec.store[3].store("vector.store", "o", &format!("{dv}x"), "%O[%h, %r, %c0]", "!ot", "          "),
     );
     let mut pre = String::new();
     if spec.mask.is_some() || spec.score.is_some() {
@@ -310,8 +314,9 @@ fn compute(d: usize, dv: usize, score: &str) -> String {
 /// MERGE_THREADS + %t` over the flattened `[heads, T]` rows): `m = max mᵢ`,
 /// `l = Σ 2^(mᵢ−m)·lᵢ`, `out = Σ 2^(mᵢ−m)·Oᵢ / l` (base 2, as the
 /// kernel's scores), zeros when `l == 0`.
-fn merge_body(dv: usize) -> String {
+fn merge_body(dv: usize, out: Store) -> String {
     let nt = MERGE_THREADS;
+    let store_o = out.store("vector.store", "o2", &format!("{dv}x"), "%O[%h, %r, %c0]", "!ot", "      ");
     format!(
         "    %c0 = arith.constant 0 : index
     %c1 = arith.constant 1 : index
@@ -354,8 +359,7 @@ fn merge_body(dv: usize) -> String {
       %inv = arith.select %pos, %rcp, %zero : f32
       %iv = vector.broadcast %inv : f32 to vector<{dv}xf32>
       %o2 = arith.mulf %o, %iv : vector<{dv}xf32>
-      vector.store %o2, %O[%h, %r, %c0] : !ot, vector<{dv}xf32>
-    }}
+{store_o}    }}
 "
     )
 }
@@ -457,8 +461,9 @@ fn score_code(spec: &GpuAttentionSpec, scale_n: f32, x: &mut Extras, masked: boo
 
 fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
     let (tq, tk, d, dv) = (spec.tile_q, spec.tile_k, spec.d, spec.dv);
+    let [eq, ek, ev, eo] = spec.store.map(Store::mlir);
     format!(
-        "!qt = memref<?x?x{d}xf32>\n!kt = memref<?x?x{d}xf32>\n!vt = memref<?x?x{dv}xf32>\n!ot = memref<?x?x{dv}xf32>\n\
+        "!qt = memref<?x?x{d}x{eq}>\n!kt = memref<?x?x{d}x{ek}>\n!vt = memref<?x?x{dv}x{ev}>\n!ot = memref<?x?x{dv}x{eo}>\n\
          !sq = memref<{tq}x{d}xf32{smem}>\n!sk = memref<{tk}x{d}xf32{smem}>\n!sv = memref<{tk}x{dv}xf32{smem}>\n\
          !pv1 = memref<{tq}xf32, strided<[?], offset: ?>>\n!pv2 = memref<{tq}x{dv}xf32, strided<[?, 1], offset: ?>>\n\
          !rt = memref<?x4xi32>\n!ft = memref<?x?x3xi32>\n!mt = memref<?x?x?xf32>\n!opt = memref<?x?x?x{dv}xf32>\n"
@@ -520,7 +525,7 @@ pub fn gpu_func(spec: &GpuAttentionSpec, kernel: &str, prefix: &str) -> Result<(
     let body = body.replace("PHASE{", "scf.execute_region {").replace("}PHASE", "  scf.yield\n    }\n    gpu.barrier");
     let align = "{llvm.align = 16 : i64}";
     let sig = format!("{SIG}{}", extra_sig(&x));
-    let merge = merge_body(dv);
+    let merge = merge_body(dv, spec.store[3]);
     let func = format!(
         "  gpu.func @{kernel}({sig}) workgroup(%Qs : !sq {align}, %Ks : !sk {align}, %Vs : !sv {align})
       kernel attributes {{known_block_size = array<i32: {tq}, 1, 1>}} {{
@@ -577,7 +582,7 @@ pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirEr
         .iter()
         .map(|(n, t)| (format!(", {n}"), format!(", {t}")))
         .fold((String::new(), String::new()), |a, b| (a.0 + &b.0, a.1 + &b.1));
-    let merge = merge_body(dv);
+    let merge = merge_body(dv, spec.store[3]);
     let mut out = types(spec, "");
     let _ = write!(
         out,
@@ -703,9 +708,10 @@ pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Resu
         Some(sm) => arrays(sm.operands.iter().map(|o| o.as_ref().map(|o| (o.dtype, o.shape.as_slice(), o.data)))),
         None => Vec::new(),
     };
-    plan_attention_arrays(
+    plan_attention_stored(
         k,
         (args.q, args.k, args.v),
+        args.dtypes.map(Store::of),
         args.mask.map(|(m, _)| (m, mask_ops.as_slice())),
         args.score.map(|sm| (sm.expr, score_ops.as_slice())),
         args.bindings,
@@ -713,10 +719,24 @@ pub fn plan_attention<'a>(k: &AttentionKernel, args: &AttentionArgs<'a>) -> Resu
 }
 
 /// [`plan_attention`] with the mask's operands and the score modifier's
-/// (by position, `None`: not a tensor) as [`ArrayData`].
+/// (by position, `None`: not a tensor) as [`ArrayData`], every tensor
+/// stored as `f32`.
 pub fn plan_attention_arrays<'a>(
     k: &AttentionKernel,
+    qkv: (&'a F32Tensor, &'a F32Tensor, &'a F32Tensor),
+    mask: Option<(&MaskExpr, &[ArrayData<'_>])>,
+    score: Option<(&ScalarExpr, &[Option<ArrayData<'_>>])>,
+    bindings: &Bindings,
+) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    plan_attention_stored(k, qkv, [Store::F32; 4], mask, score, bindings)
+}
+
+/// [`plan_attention_arrays`] with q, k, v and the output stored as
+/// `store` says (their values must be of those types already).
+pub fn plan_attention_stored<'a>(
+    k: &AttentionKernel,
     (q, kk, v): (&'a F32Tensor, &'a F32Tensor, &'a F32Tensor),
+    store: [Store; 4],
     mask: Option<(&MaskExpr, &[ArrayData<'_>])>,
     score: Option<(&ScalarExpr, &[Option<ArrayData<'_>>])>,
     bindings: &Bindings,
@@ -746,6 +766,7 @@ pub fn plan_attention_arrays<'a>(
         mask: mask.map(|(m, _)| m.clone()),
         score: score.map(|(e, _)| e.clone()),
         operands: vec![types(&mask_ops), types(&score_ops)],
+        store,
     });
     let Some((code, x)) = MlirError::declined(code(&spec).and_then(|c| Ok((c, extras(&spec)?))))? else {
         return Ok(None);
@@ -778,10 +799,10 @@ pub fn plan_attention_arrays<'a>(
     let mut out_shape = layout.lead.clone();
     out_shape.extend([t, layout.dv]);
     let mut buffers = vec![
-        PlanBuf::F32(Cow::Borrowed(&q.data)),
-        PlanBuf::F32(Cow::Borrowed(&kk.data)),
-        PlanBuf::F32(Cow::Borrowed(&v.data)),
-        PlanBuf::Zeroed(hq * t * layout.dv),
+        store[0].input(&q.data),
+        store[1].input(&kk.data),
+        store[2].input(&v.data),
+        store[3].zeroed(hq * t * layout.dv),
     ];
     let Some((extra, error_flag)) = plan_extras(&x, &[mask_ops, score_ops], bindings, mheads, &mut buffers) else {
         return Ok(None);

@@ -47,7 +47,8 @@ pub enum PlanOutput {
 /// [`compile_host`]): allocates the buffers, calls each step's host
 /// wrapper through the packed interface with the step's expanded
 /// parameters and grid, checks the error flag and returns the output
-/// buffer (`f32` or `i32`, [`LaunchPlan::output_is_i32`]).
+/// buffer (`f32` — widened from a 16-bit [`LaunchPlan::output_store`] —
+/// or `i32`, [`LaunchPlan::output_is_i32`]).
 pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOutput, MlirError> {
     plan.validate()?;
     // The buffers the kernels write (zeroed ones, the output, the error
@@ -55,6 +56,7 @@ pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOut
     enum Owned {
         F(Vec<f32>),
         I(Vec<i32>),
+        H(Vec<u16>),
     }
     let written = |i: usize| i == plan.output || Some(i) == plan.error_flag;
     let mut owned: Vec<Option<Owned>> = plan
@@ -63,7 +65,9 @@ pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOut
         .enumerate()
         .map(|(i, b)| match b {
             PlanBuf::Zeroed(n) => Some(Owned::F(vec![0f32; *n])),
+            PlanBuf::ZeroedHalf(_, n) => Some(Owned::H(vec![0u16; *n])),
             PlanBuf::F32(d) if written(i) => Some(Owned::F(d.to_vec())),
+            PlanBuf::Half(_, d) if written(i) => Some(Owned::H(d.to_vec())),
             PlanBuf::I32(d) if written(i) => Some(Owned::I(d.to_vec())),
             _ => None,
         })
@@ -75,10 +79,12 @@ pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOut
         .map(|(b, o)| match (b, o) {
             (_, Some(Owned::F(v))) => v.as_mut_ptr().cast(),
             (_, Some(Owned::I(v))) => v.as_mut_ptr().cast(),
+            (_, Some(Owned::H(v))) => v.as_mut_ptr().cast(),
             (PlanBuf::F32(d), None) => d.as_ptr().cast_mut().cast(),
+            (PlanBuf::Half(_, d), None) => d.as_ptr().cast_mut().cast(),
             (PlanBuf::I32(d), None) => d.as_ptr().cast_mut().cast(),
             (PlanBuf::I64(d), None) => d.as_ptr().cast_mut().cast(),
-            (PlanBuf::Zeroed(_), None) => std::ptr::null_mut(),
+            (PlanBuf::Zeroed(_) | PlanBuf::ZeroedHalf(..), None) => std::ptr::null_mut(),
         })
         .collect();
     for step in &plan.steps {
@@ -108,8 +114,10 @@ pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOut
             return Err(MlirError::Run(LAMBDA_INDEX_ERROR.to_string()));
         }
     }
+    let store = plan.output_store();
     match owned.swap_remove(plan.output) {
         Some(Owned::F(v)) => Ok(PlanOutput::F32(v)),
+        Some(Owned::H(v)) => Ok(PlanOutput::F32(store.widen_bits(&v))),
         Some(Owned::I(v)) => Ok(PlanOutput::I32(v)),
         None => Err(MlirError::BadPlan("the output is not a buffer the kernels write".into())),
     }

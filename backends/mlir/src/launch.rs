@@ -63,6 +63,7 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 
+use tdl_ir::DType;
 use tdl_kernel::KernelStats;
 
 use crate::MlirError;
@@ -82,14 +83,113 @@ pub struct KernelCode {
 
 /// The pass pipeline that lowers a [`KernelCode::host_module`] to the LLVM
 /// dialect (thread loops made sequential).
+/// `arith-expand{include-bf16}` turns `bf16` conversions into integer
+/// arithmetic (x86 has no `bf16` instructions and LLVM would call
+/// `__truncsfbf2`, which Debian 12's libgcc lacks); `f16` conversions are
+/// the CPU's (F16C) or libgcc's.
 pub const HOST_PIPELINE: &str =
-    "builtin.module(scf-forall-to-parallel,convert-scf-to-cf,convert-vector-to-llvm,convert-to-llvm,reconcile-unrealized-casts)";
+    "builtin.module(scf-forall-to-parallel,arith-expand{include-bf16=true},convert-scf-to-cf,convert-vector-to-llvm,convert-to-llvm,reconcile-unrealized-casts)";
+
+/// How a floating-point tensor is stored in device memory: `f32`, or the
+/// 16-bit `f16`/`bf16` of a graph whose types say so (kernels widen what
+/// they read to `f32`, compute in `f32` and round what they write).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Store {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Store {
+    /// The storage of a buffer of element type `dtype` (integer types,
+    /// which no float kernel stores, as `f32`).
+    pub fn of(dtype: DType) -> Store {
+        match dtype {
+            DType::F16 => Store::F16,
+            DType::BF16 => Store::Bf16,
+            _ => Store::F32,
+        }
+    }
+
+    /// The MLIR element type.
+    pub fn mlir(self) -> &'static str {
+        match self {
+            Store::F32 => "f32",
+            Store::F16 => "f16",
+            Store::Bf16 => "bf16",
+        }
+    }
+
+    /// MLIR (one line each, `indent`ed) that loads `%{dst}` as `f32`:
+    /// `memref.load {src} : {ty}` (`src` e.g. `%Q[%h, %r, %dd]`), widened
+    /// from this storage.
+    pub fn load(self, dst: &str, src: &str, ty: &str, indent: &str) -> String {
+        match self {
+            Store::F32 => format!("{indent}%{dst} = memref.load {src} : {ty}\n"),
+            s => format!(
+                "{indent}%{dst}_s = memref.load {src} : {ty}\n{indent}%{dst} = arith.extf %{dst}_s : {} to f32\n",
+                s.mlir()
+            ),
+        }
+    }
+
+    /// MLIR that stores the `f32` value `%{val}` (of `shape`: `""` for a
+    /// scalar, `"64x"` for a `vector<64xf32>`) to `{dst} : {ty}` with
+    /// `op` (`memref.store`/`vector.store`), rounded to this storage.
+    pub fn store(self, op: &str, val: &str, shape: &str, dst: &str, ty: &str, indent: &str) -> String {
+        let vty = |e: &str| if shape.is_empty() { e.to_string() } else { format!("vector<{shape}{e}>") };
+        let suffix = if op == "vector.store" { format!(", {}", vty(self.mlir())) } else { String::new() };
+        match self {
+            Store::F32 => format!("{indent}{op} %{val}, {dst} : {ty}{suffix}\n"),
+            s => format!(
+                "{indent}%{val}_s = arith.truncf %{val} : {} to {}\n{indent}{op} %{val}_s, {dst} : {ty}{suffix}\n",
+                vty("f32"),
+                vty(s.mlir())
+            ),
+        }
+    }
+
+    /// The buffer holding `x` (`f32` values of this storage's type, as the
+    /// interpreter holds them: converting them is exact).
+    pub fn input(self, x: &[f32]) -> PlanBuf<'_> {
+        match self {
+            Store::F32 => PlanBuf::F32(Cow::Borrowed(x)),
+            Store::F16 => {
+                PlanBuf::Half(self, Cow::Owned(x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()))
+            }
+            Store::Bf16 => {
+                PlanBuf::Half(self, Cow::Owned(x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()))
+            }
+        }
+    }
+
+    /// A zeroed output buffer of `n` elements.
+    pub fn zeroed(self, n: usize) -> PlanBuf<'static> {
+        match self {
+            Store::F32 => PlanBuf::Zeroed(n),
+            s => PlanBuf::ZeroedHalf(s, n),
+        }
+    }
+
+    /// 16-bit values of this storage as `f32` (exact).
+    pub fn widen_bits(self, bits: &[u16]) -> Vec<f32> {
+        match self {
+            Store::Bf16 => bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect(),
+            _ => bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
+        }
+    }
+}
 
 /// A device buffer of a plan.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlanBuf<'a> {
     /// `f32` data to upload.
     F32(Cow<'a, [f32]>),
+    /// 16-bit floats (`f16` or `bf16` bits, [`Store`]) to upload.
+    Half(Store, Cow<'a, [u16]>),
+    /// `n` 16-bit floats, zero-filled (outputs).
+    ZeroedHalf(Store, usize),
     /// `i32` data to upload.
     I32(Cow<'a, [i32]>),
     /// `i64` data to upload (e.g. per-batch offsets).
@@ -103,6 +203,8 @@ impl PlanBuf<'_> {
     pub fn len(&self) -> usize {
         match self {
             PlanBuf::F32(d) => d.len(),
+            PlanBuf::Half(_, d) => d.len(),
+            PlanBuf::ZeroedHalf(_, n) => *n,
             PlanBuf::I32(d) => d.len(),
             PlanBuf::I64(d) => d.len(),
             PlanBuf::Zeroed(n) => *n,
@@ -117,6 +219,7 @@ impl PlanBuf<'_> {
     pub fn elem_bytes(&self) -> usize {
         match self {
             PlanBuf::I64(_) => 8,
+            PlanBuf::Half(..) | PlanBuf::ZeroedHalf(..) => 2,
             _ => 4,
         }
     }
@@ -234,6 +337,14 @@ impl LaunchPlan<'_> {
         matches!(self.buffers.get(self.output), Some(PlanBuf::I32(_)))
     }
 
+    /// How the (floating-point) output is stored.
+    pub fn output_store(&self) -> Store {
+        match self.buffers.get(self.output) {
+            Some(PlanBuf::Half(s, _) | PlanBuf::ZeroedHalf(s, _)) => *s,
+            _ => Store::F32,
+        }
+    }
+
     /// Checks that every memref of every step stays inside its buffer, that
     /// the output is an `f32` (or `i32`) buffer of the output shape's size, and that
     /// the launch dimensions are within the limits: what a runner checks
@@ -242,8 +353,14 @@ impl LaunchPlan<'_> {
         let bad = |m: String| Err(MlirError::BadPlan(m));
         let n: usize = self.output_shape.iter().product();
         match self.buffers.get(self.output) {
-            Some(b @ (PlanBuf::Zeroed(_) | PlanBuf::F32(_) | PlanBuf::I32(_))) if b.len() == n => {}
-            _ => return bad(format!("output buffer {} is not an f32 or i32 buffer of {n} elements", self.output)),
+            Some(b @ (PlanBuf::Zeroed(_) | PlanBuf::ZeroedHalf(..) | PlanBuf::F32(_) | PlanBuf::I32(_)))
+                if b.len() == n => {}
+            _ => {
+                return bad(format!(
+                    "output buffer {} is not a zeroed float or an i32 buffer of {n} elements",
+                    self.output
+                ))
+            }
         }
         if let Some(e) = self.error_flag {
             if e == self.output || !matches!(self.buffers.get(e), Some(PlanBuf::I32(d)) if d.len() == 1) {

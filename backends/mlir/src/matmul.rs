@@ -14,11 +14,15 @@
 //! row-major `[batch, M, N]` output. One kernel serves every matmul.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use tdl_kernel::interp::MatMulArgs;
 
-use crate::launch::{chunk_z, text_hash, KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X, MAX_GRID_YZ};
+use crate::launch::{
+    chunk_z, text_hash, KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, Store, MAX_GRID_X, MAX_GRID_YZ,
+};
 use crate::wrap::{gpu_module_text, Func};
 use crate::MlirError;
 
@@ -28,13 +32,16 @@ pub const TILE: usize = 16;
 /// The matmul kernel named `name`. Parameters, in order: `a`, `b`
 /// (`memref<?xf32>`), `c` (`memref<?x?x?xf32>`, `[batch, M, N]`),
 /// `a_offsets`, `b_offsets` (`memref<?xi64>`), then `i64`s `M, N, K, a_i,
-/// a_p, b_p, b_j, z0` (`z0`: the batch index of block z 0).
-pub(crate) fn func(name: &str) -> Func {
+/// a_p, b_p, b_j, z0` (`z0`: the batch index of block z 0). `store`: how
+/// A, B and C are stored (`f32` above; 16-bit floats are widened on load
+/// and C rounded on store, the products and sums are `f32`).
+pub(crate) fn func(name: &str, store: [Store; 3]) -> Func {
     let p = |n: &str, t: &str| (format!("%{n}"), t.to_string());
+    let [ea, eb, ec] = store.map(Store::mlir);
     let mut params = vec![
-        p("a", "memref<?xf32>"),
-        p("b", "memref<?xf32>"),
-        p("c", "memref<?x?x?xf32>"),
+        p("a", &format!("memref<?x{ea}>")),
+        p("b", &format!("memref<?x{eb}>")),
+        p("c", &format!("memref<?x?x?x{ec}>")),
         p("aoff", "memref<?xi64>"),
         p("boff", "memref<?xi64>"),
     ];
@@ -78,8 +85,7 @@ pub(crate) fn func(name: &str) -> Func {
           %x2 = arith.muli %pa, %ap : index
           %x3 = arith.addi %ao, %x1 : index
           %x4 = arith.addi %x3, %x2 : index
-          %v = memref.load %a[%x4] : memref<?xf32>
-          scf.yield %v : f32
+{load_a}          scf.yield %v : f32
         }} else {{ scf.yield %zero : f32 }}
         memref.store %av, %As[%ty, %tx] : memref<{TILE}x{TILE}xf32SMEM>
         %j = arith.addi %j0, %tx : index
@@ -92,8 +98,7 @@ pub(crate) fn func(name: &str) -> Func {
           %y2 = arith.muli %j, %bj : index
           %y3 = arith.addi %bo, %y1 : index
           %y4 = arith.addi %y3, %y2 : index
-          %v = memref.load %b[%y4] : memref<?xf32>
-          scf.yield %v : f32
+{load_b}          scf.yield %v : f32
         }} else {{ scf.yield %zero : f32 }}
         memref.store %bv, %Bs[%ty, %tx] : memref<{TILE}x{TILE}xf32SMEM>
       }}PHASE
@@ -117,10 +122,13 @@ pub(crate) fn func(name: &str) -> Func {
       %ok = arith.andi %iin, %jin : i1
       scf.if %ok {{
         %v = memref.load %Cs[%ty, %tx] : memref<{TILE}x{TILE}xf32SMEM>
-        memref.store %v, %c[%bat, %i, %j] : memref<?x?x?xf32>
-      }}
+{store_c}      }}
     }}PHASE
-"
+",
+        load_a = store[0].load("v", "%a[%x4]", &format!("memref<?x{ea}>"), "          "),
+        load_b = store[1].load("v", "%b[%y4]", &format!("memref<?x{eb}>"), "          "),
+        store_c =
+            store[2].store("memref.store", "v", "", "%c[%bat, %i, %j]", &format!("memref<?x?x?x{ec}>"), "        "),
     );
     let tile = format!("{TILE}x{TILE}xf32");
     Func {
@@ -140,7 +148,14 @@ pub(crate) fn code_of(kind: &str, f: &Func) -> KernelCode {
 }
 
 thread_local! {
-    static CODE: Rc<KernelCode> = Rc::new(code_of("matmul", &func("tdl_matmul")));
+    static CODES: RefCell<HashMap<[Store; 3], Rc<KernelCode>>> = RefCell::default();
+}
+
+/// The matmul kernel's code for `store`, made once per thread.
+fn code(store: [Store; 3]) -> Rc<KernelCode> {
+    CODES.with(|c| {
+        Rc::clone(c.borrow_mut().entry(store).or_insert_with(|| Rc::new(code_of("matmul", &func("tdl_matmul", store)))))
+    })
 }
 
 fn i64_of(x: usize) -> Result<i64, MlirError> {
@@ -158,13 +173,14 @@ pub fn plan_matmul<'a>(args: &MatMulArgs<'a>) -> Result<Option<LaunchPlan<'a>>, 
     }
     let out_shape = vec![batch, m, n];
     let numel = batch * m * n;
-    let code = CODE.with(Rc::clone);
+    let store = args.dtypes.map(Store::of);
+    let code = code(store);
     let mut plan = LaunchPlan {
         code,
         buffers: vec![
-            PlanBuf::F32(Cow::Borrowed(args.a)),
-            PlanBuf::F32(Cow::Borrowed(args.b)),
-            PlanBuf::Zeroed(numel),
+            store[0].input(args.a),
+            store[1].input(args.b),
+            store[2].zeroed(numel),
             PlanBuf::I64(Cow::Owned(args.a_offsets.iter().map(|&o| o as i64).collect())),
             PlanBuf::I64(Cow::Owned(args.b_offsets.iter().map(|&o| o as i64).collect())),
         ],
@@ -235,5 +251,6 @@ pub(crate) fn ir_func(
             return Err(MlirError::Unsupported("integer matmuls in the GPU code generator".into()));
         }
     }
-    Ok((func(fname).gpu(), format!("matmul, {TILE}×{TILE} tiles in workgroup memory")))
+    let store = [m.a.buf, m.b.buf, m.out].map(|b| Store::of(p.buffer(b).map_or(tdl_ir::DType::F32, |x| x.dtype)));
+    Ok((func(fname, store).gpu(), format!("matmul, {TILE}×{TILE} tiles in workgroup memory")))
 }

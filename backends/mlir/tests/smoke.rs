@@ -232,6 +232,90 @@ mod attention {
         }
     }
 
+    /// `f16`/`bf16` storage (alone and mixed with `f32`): the kernel reads
+    /// the 16-bit inputs, computes in `f32` and writes the output rounded
+    /// to its type — also through a KV split's merge — within one rounding
+    /// of naive attention over the same (already rounded) inputs; the PTX
+    /// loads and stores 16-bit values.
+    #[test]
+    fn half_storage_matches_naive_attention() {
+        use tdl_mlir::attention::plan_attention_stored;
+        use tdl_mlir::launch::{PlanBuf, Store};
+        let round = |st: Store, x: f32| match st {
+            Store::F16 => half::f16::from_f32(x).to_f32(),
+            Store::Bf16 => half::bf16::from_f32(x).to_f32(),
+            Store::F32 => x,
+        };
+        let ulp = |st: Store| match st {
+            Store::F16 => 2f64.powi(-10),
+            Store::Bf16 => 2f64.powi(-7),
+            Store::F32 => 1e-6,
+        };
+        let (f, h, b) = (Store::F32, Store::F16, Store::Bf16);
+        let (hq, hk, t, s, d, dv) = (4, 2, 37, 45, 16, 8);
+        for store in [[h, h, h, h], [b, b, b, b], [f, b, h, f], [h, f, f, b]] {
+            for split in [KvSplit::None, KvSplit::Fixed(3)] {
+                let ak = AttentionKernel {
+                    q: BufId(0),
+                    k: BufId(1),
+                    v: BufId(2),
+                    mask: None,
+                    scale: None,
+                    score: None,
+                    score_operands: vec![],
+                    tile_q: 16,
+                    tile_k: 16,
+                    kv_split: split,
+                    out: BufId(3),
+                };
+                let data = |n: usize, seed: u64, st: Store| -> Vec<f32> {
+                    fill(n, seed).into_iter().map(|x| round(st, x)).collect()
+                };
+                let (q, k, v) =
+                    (data(hq * t * d, 1, store[0]), data(hk * s * d, 2, store[1]), data(hk * s * dv, 3, store[2]));
+                let qt = F32Tensor { shape: vec![hq, t, d], data: q.clone() };
+                let kt = F32Tensor { shape: vec![hk, s, d], data: k.clone() };
+                let vt = F32Tensor { shape: vec![hk, s, dv], data: v.clone() };
+                let causal = MaskExpr::Causal;
+                let plan = plan_attention_stored(
+                    &ak,
+                    (&qt, &kt, &vt),
+                    store,
+                    Some((&causal, &[][..])),
+                    None,
+                    &Bindings::new(),
+                )
+                .unwrap()
+                .expect("planned");
+                assert_eq!(plan.output_store(), store[3]);
+                assert!(matches!(plan.buffers[0], PlanBuf::F32(_)) == (store[0] == f), "{store:?}");
+                assert_eq!(plan.steps.len(), if split == KvSplit::None { 1 } else { 2 });
+                let engine = compile_host(&plan.code).unwrap();
+                let o = run_plan(&engine, &plan).unwrap();
+                let want = reference(&q, &k, &v, (hq, hk, t, s, d, dv), 0.25, &|q, k, t, s| k <= q + s - t);
+                for (i, (&g, &w)) in o.iter().zip(&want).enumerate() {
+                    assert_eq!(round(store[3], g), g, "{store:?} {split:?}: output {i} ({g}) is not rounded");
+                    let tol = ulp(store[3]) * w.abs() + 1e-5;
+                    assert!((f64::from(g) - w).abs() <= tol, "{store:?} {split:?}: output {i}: {g} vs {w}");
+                }
+                if split == KvSplit::None {
+                    let text = &plan.code.mlir_module;
+                    assert!(text.contains(&format!("!qt = memref<?x?x{d}x{}>", store[0].mlir())), "{text}");
+                    let p = super::kernels::ptx(&plan.code, &["tdl_attn"]);
+                    if store.contains(&h) || store.contains(&b) {
+                        assert!(p.contains(".b16") || p.contains(".u16"), "no 16-bit loads or stores:\n{p}");
+                        // sm_80 has no `cvt.f32.bf16`: LLVM widens by a shift.
+                        let context = new_context();
+                        let mut m = parse_module(&context, text).unwrap();
+                        run_pipeline(&mut m, &nvvm_pipeline("sm_80").unwrap()).unwrap();
+                        let p80 = extract_ptx(&m).unwrap();
+                        assert!(p80.contains(".entry tdl_attn(") && !p80.contains(".extern .func"), "{p80}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unsupported_masks_and_sizes_say_so() {
         // `s` is only defined in a score modifier.
@@ -306,44 +390,68 @@ mod kernels {
     }
 
     /// Matmul at sizes that are not multiples of the tile, A row-major, B
-    /// read transposed, the batch broadcast (A shared by both batches).
+    /// read transposed, the batch broadcast (A shared by both batches); in
+    /// `f32` and with `f16`/`bf16` storage (inputs of those types, the
+    /// output rounded to its type once, from the `f32` sum).
     #[test]
     fn matmul_odd_sizes_transposed_and_broadcast() {
-        for (m, n, k) in [(37, 19, 70), (1, 1, 1), (16, 16, 16), (5, 33, 0)] {
-            let batch = 2;
-            let a = fill(m * k, 1); // [m, k], shared by both batches
-            let b = fill(batch * n * k, 2); // [batch, n, k], read as [k, n]
-            let args = MatMulArgs {
-                a: &a,
-                b: &b,
-                m,
-                n,
-                k,
-                a_i: k,
-                a_p: 1,
-                b_p: 1,
-                b_j: k,
-                a_offsets: vec![0, 0],
-                b_offsets: vec![0, n * k],
+        use tdl_ir::DType::{BF16, F16, F32};
+        use tdl_mlir::launch::Store;
+        for dtypes in [[F32; 3], [F16; 3], [BF16, BF16, F32], [F32, F16, BF16]] {
+            let store = dtypes.map(Store::of);
+            let round = |i: usize, x: f32| match store[i] {
+                Store::F16 => half::f16::from_f32(x).to_f32(),
+                Store::Bf16 => half::bf16::from_f32(x).to_f32(),
+                Store::F32 => x,
             };
-            let plan = tdl_mlir::matmul::plan_matmul(&args).unwrap().expect("supported");
-            let got = run(&plan);
-            let mut want = vec![0f32; batch * m * n];
-            for bi in 0..batch {
-                for i in 0..m {
-                    for j in 0..n {
-                        let mut s = 0f32;
-                        for p in 0..k {
-                            s += a[i * k + p] * b[bi * n * k + j * k + p];
+            for (m, n, k) in [(37, 19, 70), (1, 1, 1), (16, 16, 16), (5, 33, 0)] {
+                let batch = 2;
+                let a: Vec<f32> = fill(m * k, 1).into_iter().map(|x| round(0, x)).collect(); // [m, k], shared by both batches
+                let b: Vec<f32> = fill(batch * n * k, 2).into_iter().map(|x| round(1, x)).collect(); // [batch, n, k], read as [k, n]
+                let args = MatMulArgs {
+                    a: &a,
+                    b: &b,
+                    m,
+                    n,
+                    k,
+                    a_i: k,
+                    a_p: 1,
+                    b_p: 1,
+                    b_j: k,
+                    a_offsets: vec![0, 0],
+                    b_offsets: vec![0, n * k],
+                    dtypes,
+                };
+                let plan = tdl_mlir::matmul::plan_matmul(&args).unwrap().expect("supported");
+                assert_eq!(plan.output_store(), store[2]);
+                let got = run(&plan);
+                let mut want = vec![0f32; batch * m * n];
+                for bi in 0..batch {
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut s = 0f32;
+                            for p in 0..k {
+                                s += a[i * k + p] * b[bi * n * k + j * k + p];
+                            }
+                            want[(bi * m + i) * n + j] = s;
                         }
-                        want[(bi * m + i) * n + j] = s;
                     }
                 }
+                let what = format!("matmul {m}×{n}×{k} {dtypes:?}");
+                if store[2] == Store::F32 {
+                    close(&got, &want, &what);
+                } else {
+                    // One rounding of sums that may differ in their last f32 bits.
+                    let ulp = if store[2] == Store::F16 { 2f32.powi(-10) } else { 2f32.powi(-7) };
+                    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(round(2, g), g, "{what}: element {i} ({g}) is not rounded");
+                        assert!((g - w).abs() <= ulp * w.abs() + 1e-5, "{what}: element {i}: got {g}, want {w}");
+                    }
+                }
+                let ptx = ptx(&plan.code, &["tdl_matmul"]);
+                assert!(ptx.matches(".shared .align 16 .b8").count() >= 3, "tiles not in shared memory");
+                assert!(ptx.contains("bar.sync"));
             }
-            close(&got, &want, &format!("matmul {m}×{n}×{k}"));
-            let ptx = ptx(&plan.code, &["tdl_matmul"]);
-            assert!(ptx.matches(".shared .align 16 .b8").count() >= 3, "tiles not in shared memory");
-            assert!(ptx.contains("bar.sync"));
         }
     }
 
@@ -362,6 +470,7 @@ mod kernels {
             b_j: 1,
             a_offsets: vec![0],
             b_offsets: vec![0],
+            dtypes: [tdl_ir::DType::F32; 3],
         };
         assert!(tdl_mlir::matmul::plan_matmul(&args).is_err());
     }

@@ -327,6 +327,7 @@ mod tests {
                     b_j: bj,
                     a_offsets: vec![],
                     b_offsets: vec![],
+                    dtypes: [tdl_ir::DType::F32; 3],
                 };
                 let g = PanelGeometry { k, n, tk, tn, nr: 16 };
                 let off = 7;
