@@ -247,6 +247,11 @@ pub struct ElementwiseArgs<'x> {
     /// The operands of each of the kernel's masks, in order.
     pub masks: Vec<MaskData<'x>>,
     pub bindings: &'x Bindings,
+    /// The element types of the inputs (in order) and of the output (the
+    /// values are already of these types; an executor may store
+    /// floating-point ones narrower).
+    pub dtypes: Vec<DType>,
+    pub out_dtype: DType,
 }
 
 /// A row or reduce kernel's operands, as [`Hooks::row`] and
@@ -257,6 +262,9 @@ pub struct RowArgs<'x> {
     pub x: &'x [f32],
     pub shape: &'x [usize],
     pub params: Vec<&'x [f32]>,
+    /// The element types of `x` and of the output (the values are already
+    /// of these types; an executor may store them narrower).
+    pub dtypes: [DType; 2],
 }
 
 /// A data-movement kernel's sources (each through its view, not
@@ -264,6 +272,11 @@ pub struct RowArgs<'x> {
 pub struct MoveArgs<'x> {
     pub shape: &'x [usize],
     pub srcs: Vec<StridedView<'x>>,
+    /// The element types of the sources (in order) and of the output (the
+    /// values are already of these types; an executor may store them
+    /// narrower).
+    pub dtypes: Vec<DType>,
+    pub out_dtype: DType,
 }
 
 /// A matmul's operands, resolved: element `(b, i, p)` of A is
@@ -920,6 +933,8 @@ impl<'a> Ctx<'a> {
                     })
                     .collect(),
                 bindings: self.bindings,
+                dtypes: e.inputs.iter().map(|a| self.dtype(a.buf)).collect::<Result<_, _>>()?,
+                out_dtype: dtype,
             };
             if dtype.is_float() {
                 let r = self.hooks.elementwise(e, &args);
@@ -1023,7 +1038,8 @@ impl<'a> Ctx<'a> {
         }
         match x {
             Val::F(t) => {
-                let r = self.hooks.reduce(k, &RowArgs { x: &t.data, shape: &shape, params: Vec::new() });
+                let dtypes = [self.dtype(k.x.buf)?, dtype];
+                let r = self.hooks.reduce(k, &RowArgs { x: &t.data, shape: &shape, params: Vec::new(), dtypes });
                 if let Some(v) = self.hook_f32(r, dtype, out)? {
                     return Ok(v);
                 }
@@ -1089,7 +1105,8 @@ impl<'a> Ctx<'a> {
                 (_, s) => Err(err(format!("a norm parameter must be [{d}] (the input's last axis), found {s:?}"))),
             })
             .collect::<Result<_, _>>()?;
-        let r_hook = self.hooks.row(k, &RowArgs { x: &xt.data, shape: &shape, params: params.clone() });
+        let dtypes = [self.dtype(k.x.buf)?, dtype];
+        let r_hook = self.hooks.row(k, &RowArgs { x: &xt.data, shape: &shape, params: params.clone(), dtypes });
         if let Some(v) = self.hook_f32(r_hook, dtype, out)? {
             return Ok(v);
         }
@@ -1196,6 +1213,8 @@ impl<'a> Ctx<'a> {
                         strides: r.strides.clone(),
                     })
                     .collect(),
+                dtypes: k.srcs.iter().map(|a| self.dtype(a.buf)).collect::<Result<_, _>>()?,
+                out_dtype: dtype,
             };
             let r = self.hooks.movement(k, &args);
             if let Some(v) = self.hook_f32(r, dtype, out)? {

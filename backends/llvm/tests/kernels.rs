@@ -728,6 +728,8 @@ fn elementwise_code_is_vectorised() {
         }],
         masks: Vec::new(),
         bindings: &Default::default(),
+        dtypes: vec![],
+        out_dtype: tdl_ir::DType::F32,
     };
     let text = tdl_llvm::elementwise::elementwise_llvm_text(k, &args).unwrap().expect("supported");
     assert!(

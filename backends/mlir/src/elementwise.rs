@@ -24,7 +24,7 @@ use tdl_ir::{BinaryOp, DType, UnaryOp};
 use tdl_kernel::interp::{ElementwiseArgs, Elems, StridedView};
 use tdl_kernel::ir::{ElementwiseKernel, EwOp, KernelProgram};
 
-use crate::launch::{KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X};
+use crate::launch::{KernelCode, LaunchPlan, LaunchStep, Param, PlanBuf, Store, MAX_GRID_X};
 use crate::mask::{mask, plan_extras, ArrayData, Extras, MaskCtx};
 use crate::matmul::code_of;
 use crate::wrap::{f32_lit, Func};
@@ -311,8 +311,10 @@ pub(crate) fn per_element(
 /// What the code of an elementwise kernel depends on.
 struct Spec<'k> {
     rank: usize,
-    /// Per input: `f32` data (else `i32`).
-    input_float: Vec<bool>,
+    /// Per input: how its floating-point data is stored (`None`: `i32`).
+    inputs: Vec<Option<Store>>,
+    /// How a floating-point output is stored.
+    out: Store,
     /// Per mask: its operands' element types and ranks.
     mask_types: Vec<Vec<Option<(DType, usize)>>>,
     k: &'k ElementwiseKernel,
@@ -347,10 +349,10 @@ fn func(spec: &Spec<'_>, name: &str) -> Result<(Func, Extras), MlirError> {
     let r = spec.rank;
     let k = spec.k;
     let Some(last) = k.body.last() else { return Err(unsupported("an empty elementwise chain")) };
-    let out_elem = if last.dtype.is_float() { "f32" } else { "i32" };
+    let out_elem = if last.dtype.is_float() { spec.out.mlir() } else { "i32" };
     let mut params = vec![("%out".to_string(), dense(r, out_elem))];
-    for (i, &f) in spec.input_float.iter().enumerate() {
-        params.push((format!("%in{i}"), strided(r, if f { "f32" } else { "i32" })));
+    for (i, st) in spec.inputs.iter().enumerate() {
+        params.push((format!("%in{i}"), strided(r, st.map_or("i32", Store::mlir))));
     }
     if !k.masks.is_empty() && r < 2 {
         return Err(unsupported("masks on results of rank below 2"));
@@ -375,13 +377,19 @@ fn func(spec: &Spec<'_>, name: &str) -> Result<(Func, Extras), MlirError> {
             let dt = inst.dtype;
             let v = match &inst.op {
                 EwOp::Load(i) => {
-                    let Some(&fl) = spec.input_float.get(*i) else {
+                    let Some(&st) = spec.inputs.get(*i) else {
                         return Err(MlirError::BadPlan(format!("elementwise load of missing input {i}")));
                     };
-                    match (fl, dt) {
-                        (true, d) if d.is_float() => e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "f32"))),
-                        (false, DType::I32) => e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "i32"))),
-                        (false, DType::Bool) => {
+                    match (st, dt) {
+                        (Some(Store::F32), d) if d.is_float() => {
+                            e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "f32")))
+                        }
+                        (Some(st), d) if d.is_float() => {
+                            let h = e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, st.mlir())));
+                            e.v(format!("arith.extf {h} : {} to f32", st.mlir()))
+                        }
+                        (None, DType::I32) => e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "i32"))),
+                        (None, DType::Bool) => {
                             let v = e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "i32")));
                             let z = e.v("arith.constant 0 : i32");
                             e.v(format!("arith.cmpi ne, {v}, {z} : i32"))
@@ -450,7 +458,13 @@ fn func(spec: &Spec<'_>, name: &str) -> Result<(Func, Extras), MlirError> {
             vals.push(v);
         }
         let last_v = vals.last().cloned().unwrap_or_default();
-        let stored = if last.dtype == DType::Bool { e.v(format!("arith.extui {last_v} : i1 to i32")) } else { last_v };
+        let stored = match last.dtype {
+            DType::Bool => e.v(format!("arith.extui {last_v} : i1 to i32")),
+            d if d.is_float() && spec.out != Store::F32 => {
+                e.v(format!("arith.truncf {last_v} : f32 to {}", spec.out.mlir()))
+            }
+            _ => last_v,
+        };
         e.line(format!("memref.store {stored}, %out[{at}] : {out_ty}"));
         Ok(())
     })?;
@@ -463,13 +477,14 @@ fn func(spec: &Spec<'_>, name: &str) -> Result<(Func, Extras), MlirError> {
 /// The `gpu.func` of elementwise kernel `k` of `p` (for [`crate::program`]).
 pub(crate) fn ir_func(p: &KernelProgram, k: &ElementwiseKernel, fname: &str) -> Result<(String, String), MlirError> {
     let out = p.buffer(k.out).ok_or_else(|| MlirError::BadPlan("no output buffer".into()))?;
-    let input_float = k.inputs.iter().map(|a| p.buffer(a.buf).is_some_and(|b| b.dtype.is_float())).collect();
+    let inputs =
+        k.inputs.iter().map(|a| p.buffer(a.buf).filter(|b| b.dtype.is_float()).map(|b| Store::of(b.dtype))).collect();
     let mask_types = k
         .masks
         .iter()
         .map(|m| m.operands.iter().map(|&b| p.buffer(b).map(|x| (x.dtype, x.shape.len()))).collect())
         .collect();
-    let spec = Spec { rank: out.shape.len(), input_float, mask_types, k };
+    let spec = Spec { rank: out.shape.len(), inputs, out: Store::of(out.dtype), mask_types, k };
     let (f, _) = func(&spec, fname)?;
     Ok((f.gpu(), format!("elementwise, rank {}, {} output, one thread per element", spec.rank, out.dtype.name())))
 }
@@ -501,10 +516,12 @@ pub fn plan_elementwise<'a>(
         .iter()
         .map(|m| m.operands.iter().map(|o| ArrayData { dtype: o.dtype, shape: &o.shape, data: o.data }).collect())
         .collect();
-    plan_elementwise_arrays(k, args.shape, &args.inputs, &masks, args.bindings)
+    let stores = (0..args.inputs.len()).map(|i| Store::of(args.dtypes.get(i).copied().unwrap_or(DType::F32))).collect();
+    plan_elementwise_stored(k, args.shape, (&args.inputs, stores, Store::of(args.out_dtype)), &masks, args.bindings)
 }
 
-/// [`plan_elementwise`] with each mask's operands as [`ArrayData`].
+/// [`plan_elementwise`] with each mask's operands as [`ArrayData`],
+/// floating-point data stored as `f32`.
 pub fn plan_elementwise_arrays<'a>(
     k: &ElementwiseKernel,
     shape: &[usize],
@@ -512,10 +529,25 @@ pub fn plan_elementwise_arrays<'a>(
     masks: &[Vec<ArrayData<'_>>],
     bindings: &tdl_ir::Bindings,
 ) -> Result<Option<LaunchPlan<'a>>, MlirError> {
-    let input_float = inputs.iter().map(|v| matches!(v.data, Elems::F32(_))).collect();
+    plan_elementwise_stored(k, shape, (inputs, vec![Store::F32; inputs.len()], Store::F32), masks, bindings)
+}
+
+/// [`plan_elementwise_arrays`] with the floating-point inputs stored as
+/// `stores` say (by input; ignored for integer inputs) and a
+/// floating-point output as `out`.
+pub fn plan_elementwise_stored<'a>(
+    k: &ElementwiseKernel,
+    shape: &[usize],
+    (inputs, stores, out): (&[StridedView<'a>], Vec<Store>, Store),
+    masks: &[Vec<ArrayData<'_>>],
+    bindings: &tdl_ir::Bindings,
+) -> Result<Option<LaunchPlan<'a>>, MlirError> {
+    let in_store = |i: usize| stores.get(i).copied().unwrap_or_default();
+    let input_stores =
+        inputs.iter().enumerate().map(|(i, v)| matches!(v.data, Elems::F32(_)).then(|| in_store(i))).collect();
     let groups: Vec<Vec<Option<ArrayData<'_>>>> = masks.iter().map(|m| m.iter().copied().map(Some).collect()).collect();
     let mask_types = groups.iter().map(|g| g.iter().map(|o| o.map(|o| (o.dtype, o.shape.len()))).collect()).collect();
-    let spec = Spec { rank: shape.len(), input_float, mask_types, k };
+    let spec = Spec { rank: shape.len(), inputs: input_stores, out, mask_types, k };
     let Some((f, x)) = MlirError::declined(func(&spec, "tdl_ew"))? else { return Ok(None) };
     let r = shape.len();
     if !k.masks.is_empty() {
@@ -529,12 +561,12 @@ pub fn plan_elementwise_arrays<'a>(
     }
     let n: usize = shape.iter().product();
     let int_out = k.body.last().is_some_and(|l| !l.dtype.is_float());
-    let mut buffers = vec![if int_out { PlanBuf::I32(Cow::Owned(vec![0; n])) } else { PlanBuf::Zeroed(n) }];
+    let mut buffers = vec![if int_out { PlanBuf::I32(Cow::Owned(vec![0; n])) } else { out.zeroed(n) }];
     let mut params = vec![Param::contiguous(0, shape)];
-    for v in inputs {
+    for (i, v) in inputs.iter().enumerate() {
         let b = buffers.len();
         buffers.push(match v.data {
-            Elems::F32(d) => PlanBuf::F32(Cow::Borrowed(d)),
+            Elems::F32(d) => in_store(i).input(d),
             Elems::I32(d) => PlanBuf::I32(Cow::Borrowed(d)),
         });
         if v.shape.as_slice() != shape || v.strides.len() != shape.len() {

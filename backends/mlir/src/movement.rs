@@ -3,28 +3,30 @@
 //! output's rank; the code depends on the rank, the operator and the
 //! number of sources only.
 
-use std::borrow::Cow;
-
+use tdl_ir::DType;
 use tdl_kernel::interp::{Elems, MoveArgs};
 use tdl_kernel::ir::{KernelProgram, MoveKernel, MoveOp};
 
 use crate::elementwise::{cached_code, dense, grid_1d, per_element, strided, unsupported, BLOCK};
-use crate::launch::{LaunchPlan, LaunchStep, Param, PlanBuf};
+use crate::launch::{LaunchPlan, LaunchStep, Param, Store};
 use crate::wrap::Func;
 use crate::MlirError;
 
-fn func(op: &MoveOp, rank: usize, nsrc: usize, name: &str) -> Result<Func, MlirError> {
-    let st = strided(rank, "f32");
-    let mut params = vec![("%out".to_string(), dense(rank, "f32"))];
-    for i in 0..nsrc {
-        params.push((format!("%s{i}"), st.clone()));
+/// The kernel of `op` at `rank` over sources stored as `srcs` (one per
+/// source), writing an output stored as `out`; values move as `f32`.
+fn func(op: &MoveOp, rank: usize, (srcs, out): (&[Store], Store), name: &str) -> Result<Func, MlirError> {
+    let nsrc = srcs.len();
+    let mut params = vec![("%out".to_string(), dense(rank, out.mlir()))];
+    for (i, s) in srcs.iter().enumerate() {
+        params.push((format!("%s{i}"), strided(rank, s.mlir())));
     }
     let ax = |axis: usize| if axis < rank { Ok(axis) } else { Err(MlirError::BadPlan("axis out of range".into())) };
     let op = op.clone();
-    let st2 = st.clone();
-    per_element(name, params, &dense(rank, "f32"), rank, move |e, idx| {
+    let srcs = srcs.to_vec();
+    per_element(name, params, &dense(rank, out.mlir()), rank, move |e, idx| {
+        let st2 = &srcs;
         let v = match op {
-            MoveOp::Copy => e.v(format!("memref.load %s0[{}] : {st2}", idx.join(", "))),
+            MoveOp::Copy => load(e, 0, st2, idx, rank),
             MoveOp::Repeat { times, axis } => {
                 let axis = ax(axis)?;
                 if times < 1 {
@@ -33,17 +35,27 @@ fn func(op: &MoveOp, rank: usize, nsrc: usize, name: &str) -> Result<Func, MlirE
                 let t = e.v(format!("arith.constant {times} : index"));
                 let mut i2 = idx.to_vec();
                 i2[axis] = e.v(format!("arith.divui {}, {t} : index", idx[axis]));
-                e.v(format!("memref.load %s0[{}] : {st2}", i2.join(", ")))
+                load(e, 0, st2, &i2, rank)
             }
             MoveOp::Concat { axis } => {
                 let axis = ax(axis)?;
                 let c = e.v(format!("arith.constant {axis} : index"));
-                concat_val(e, 0, idx[axis].clone(), nsrc, idx, axis, &c, &st2)
+                concat_val(e, 0, idx[axis].clone(), nsrc, idx, axis, &c, st2)
             }
         };
-        let _ = writeln_store(e, &v, idx, rank);
+        let _ = writeln_store(e, &v, idx, (rank, out));
         Ok(())
     })
+}
+
+/// Element `idx` of source `s` (stored as `srcs[s]`) as `f32`.
+fn load(e: &mut crate::elementwise::Emit, s: usize, srcs: &[Store], idx: &[String], rank: usize) -> String {
+    let st = srcs[s];
+    let v = e.v(format!("memref.load %s{s}[{}] : {}", idx.join(", "), strided(rank, st.mlir())));
+    match st {
+        Store::F32 => v,
+        h => e.v(format!("arith.extf {v} : {} to f32", h.mlir())),
+    }
 }
 
 /// The value from source `s` on when the index along `axis` is `at`
@@ -58,27 +70,37 @@ fn concat_val(
     idx: &[String],
     axis: usize,
     c: &str,
-    st: &str,
+    srcs: &[Store],
 ) -> String {
     let mut i2 = idx.to_vec();
     i2[axis] = at.clone();
+    let rank = idx.len();
     if s + 1 == nsrc {
-        return e.v(format!("memref.load %s{s}[{}] : {st}", i2.join(", ")));
+        return load(e, s, srcs, &i2, rank);
     }
-    let len = e.v(format!("memref.dim %s{s}, {c} : {st}"));
+    let len = e.v(format!("memref.dim %s{s}, {c} : {}", strided(rank, srcs[s].mlir())));
     let inside = e.v(format!("arith.cmpi ult, {at}, {len} : index"));
     let r = e.v(format!("scf.if {inside} -> f32 {{"));
-    let v = e.v(format!("memref.load %s{s}[{}] : {st}", i2.join(", ")));
+    let v = load(e, s, srcs, &i2, rank);
     e.s.push_str(&format!("{}scf.yield {v} : f32\n{}}} else {{\n", e.indent, e.indent));
     let at2 = e.v(format!("arith.subi {at}, {len} : index"));
-    let w = concat_val(e, s + 1, at2, nsrc, idx, axis, c, st);
+    let w = concat_val(e, s + 1, at2, nsrc, idx, axis, c, srcs);
     e.s.push_str(&format!("{}scf.yield {w} : f32\n{}}}\n", e.indent, e.indent));
     r
 }
 
-fn writeln_store(e: &mut crate::elementwise::Emit, v: &str, idx: &[String], rank: usize) -> std::fmt::Result {
+fn writeln_store(
+    e: &mut crate::elementwise::Emit,
+    v: &str,
+    idx: &[String],
+    (rank, out): (usize, Store),
+) -> std::fmt::Result {
     use std::fmt::Write as _;
-    writeln!(e.s, "{}memref.store {v}, %out[{}] : {}", e.indent, idx.join(", "), dense(rank, "f32"))
+    let v = match out {
+        Store::F32 => v.to_string(),
+        h => e.v(format!("arith.truncf {v} : f32 to {}", h.mlir())),
+    };
+    writeln!(e.s, "{}memref.store {v}, %out[{}] : {}", e.indent, idx.join(", "), dense(rank, out.mlir()))
 }
 
 /// The `gpu.func` of data-movement kernel `k` of `p` (for [`crate::program`]).
@@ -94,7 +116,9 @@ pub(crate) fn ir_func(p: &KernelProgram, k: &MoveKernel, fname: &str) -> Result<
             return Err(unsupported("data movement between ranks"));
         }
     }
-    let f = func(&k.op, rank, k.srcs.len(), fname)?;
+    let store = |b: tdl_kernel::ir::BufId| Store::of(p.buffer(b).map_or(tdl_ir::DType::F32, |x| x.dtype));
+    let srcs: Vec<Store> = k.srcs.iter().map(|a| store(a.buf)).collect();
+    let f = func(&k.op, rank, (&srcs, store(k.out)), fname)?;
     Ok((f.gpu(), format!("{:?}, rank {rank}, one thread per element", k.op)))
 }
 
@@ -104,11 +128,14 @@ pub fn plan_move<'a>(k: &MoveKernel, args: &MoveArgs<'a>) -> Result<Option<Launc
     if args.srcs.is_empty() || args.srcs.iter().any(|s| s.shape.len() != rank || s.strides.len() != rank) {
         return Ok(None);
     }
-    let Some(f) = MlirError::declined(func(&k.op, rank, args.srcs.len(), "tdl_move"))? else { return Ok(None) };
+    let store = |d: Option<&DType>| Store::of(d.copied().unwrap_or(DType::F32));
+    let srcs: Vec<Store> = (0..args.srcs.len()).map(|i| store(args.dtypes.get(i))).collect();
+    let out = store(Some(&args.out_dtype));
+    let Some(f) = MlirError::declined(func(&k.op, rank, (&srcs, out), "tdl_move"))? else { return Ok(None) };
     let n: usize = args.shape.iter().product();
-    let mut buffers = vec![PlanBuf::Zeroed(n)];
+    let mut buffers = vec![out.zeroed(n)];
     let mut params = vec![Param::contiguous(0, args.shape)];
-    for v in &args.srcs {
+    for (v, st) in args.srcs.iter().zip(&srcs) {
         let Elems::F32(d) = v.data else { return Ok(None) };
         params.push(Param::MemRef {
             buf: buffers.len(),
@@ -116,7 +143,7 @@ pub fn plan_move<'a>(k: &MoveKernel, args: &MoveArgs<'a>) -> Result<Option<Launc
             sizes: v.shape.iter().map(|&s| s as i64).collect(),
             strides: v.strides.iter().map(|&s| s as i64).collect(),
         });
-        buffers.push(PlanBuf::F32(Cow::Borrowed(d)));
+        buffers.push(st.input(d));
     }
     let Some(grid) = grid_1d(n) else { return Ok(None) };
     let steps = if n == 0 {

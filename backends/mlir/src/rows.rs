@@ -19,7 +19,7 @@ use tdl_kernel::interp::RowArgs;
 use tdl_kernel::ir::{KernelProgram, ReduceKernel, RowKernel, RowOp};
 
 use crate::elementwise::{cached_code, grid_1d, unsupported, Emit, BLOCK};
-use crate::launch::{LaunchPlan, LaunchStep, Param, PlanBuf, MAX_GRID_X};
+use crate::launch::{LaunchPlan, LaunchStep, Param, PlanBuf, Store, MAX_GRID_X};
 use crate::wrap::{f32_lit, Func};
 use crate::MlirError;
 
@@ -39,7 +39,14 @@ const MEM: &str = "memref<?xf32>";
 
 /// A pass over the row: each thread folds `elem(v)` over its share with
 /// `comb` into `arr[%tx]`, then the tree; `pre` runs first in the phase.
-fn pass(out: &mut String, arr: &str, init: f32, comb: &str, pre: &str, elem: impl FnOnce(&mut Emit, &str) -> String) {
+fn pass(
+    out: &mut String,
+    (arr, xs): (&str, Store),
+    init: f32,
+    comb: &str,
+    pre: &str,
+    elem: impl FnOnce(&mut Emit, &str) -> String,
+) {
     let mut e = Emit::new("        ");
     let w = elem(&mut e, "%v");
     let _ = write!(
@@ -49,14 +56,14 @@ fn pass(out: &mut String, arr: &str, init: f32, comb: &str, pre: &str, elem: imp
       %acc = scf.for %i = %tx to %N step %crt iter_args(%a = %init) -> (f32) {{
         %ix0 = arith.muli %i, %inner : index
         %ix = arith.addi %base, %ix0 : index
-        %v = memref.load %x[%ix] : {MEM}
-{code}        %a1 = arith.{comb} %a, {w} : f32
+{load}{code}        %a1 = arith.{comb} %a, {w} : f32
         scf.yield %a1 : f32
       }}
       memref.store %acc, {arr}[%tx] : memref<{ROW_THREADS}xf32SMEM>
     }}PHASE
 ",
         init = f32_lit(init),
+        load = xs.load("v", "%x[%ix]", &mem(xs), "        "),
         code = e.s
     );
     let mut s = ROW_THREADS / 2;
@@ -86,26 +93,34 @@ fn total(arr: &str, name: &str) -> String {
 }
 
 /// A loop over the thread's share of the row writing `out[ix] = f(v)`.
-fn write_row(out: &mut String, pre: &str, f: impl FnOnce(&mut Emit, &str) -> String) {
+fn write_row(out: &mut String, [xs, os]: [Store; 2], pre: &str, f: impl FnOnce(&mut Emit, &str) -> String) {
     let mut e = Emit::new("        ");
     let w = f(&mut e, "%v");
+    let w = w.trim_start_matches('%');
     let _ = write!(
         out,
         "    PHASE{{
 {pre}      scf.for %i = %tx to %N step %crt {{
         %ix0 = arith.muli %i, %inner : index
         %ix = arith.addi %base, %ix0 : index
-        %v = memref.load %x[%ix] : {MEM}
-{code}        memref.store {w}, %out[%ix] : {MEM}
-      }}
+{load}{code}{store}      }}
     }}PHASE
 ",
-        code = e.s
+        load = xs.load("v", "%x[%ix]", &mem(xs), "        "),
+        code = e.s,
+        store = os.store("memref.store", w, "", "%out[%ix]", &mem(os), "        "),
     );
 }
 
-fn row_func(kind: Kind, name: &str) -> Func {
-    let mut params = vec![("%x".to_string(), MEM.to_string()), ("%out".to_string(), MEM.to_string())];
+/// A flat memref of `s`'s element type.
+fn mem(s: Store) -> String {
+    format!("memref<?x{}>", s.mlir())
+}
+
+/// The row kernel of `kind`; `store`: how `x` and the output are stored
+/// (the norms' parameters are `f32`).
+fn row_func(kind: Kind, name: &str, store: [Store; 2]) -> Func {
+    let mut params = vec![("%x".to_string(), mem(store[0])), ("%out".to_string(), mem(store[1]))];
     let norm = matches!(kind, Kind::LayerNorm(_) | Kind::RmsNorm(_));
     if norm {
         params.push(("%g".into(), MEM.into()));
@@ -134,7 +149,7 @@ fn row_func(kind: Kind, name: &str) -> Func {
     match kind {
         Kind::Reduce(op) => {
             let (init, comb) = if op == ReduceOp::Max { (ninf, "maximumf") } else { (0.0, "addf") };
-            pass(&mut b, "%r1", init, comb, "", |_, v| v.to_string());
+            pass(&mut b, ("%r1", store[0]), init, comb, "", |_, v| v.to_string());
             let fin = if op == ReduceOp::Mean { "arith.divf %t, %nf : f32" } else { "arith.addf %t, %zero : f32" };
             let _ = write!(
                 b,
@@ -143,17 +158,17 @@ fn row_func(kind: Kind, name: &str) -> Func {
       scf.if %first {{
 {t}        %zero = arith.constant -0.0 : f32
         %res = {fin}
-        memref.store %res, %out[%bx] : {MEM}
-      }}
+{st}      }}
     }}PHASE
 ",
-                t = total("%r1", "%t")
+                t = total("%r1", "%t"),
+                st = store[1].store("memref.store", "res", "", "%out[%bx]", &mem(store[1]), "        "),
             );
         }
         Kind::Softmax => {
             shared.push(("%r2".into(), format!("{ROW_THREADS}xf32")));
-            pass(&mut b, "%r1", ninf, "maximumf", "", |_, v| v.to_string());
-            pass(&mut b, "%r2", 0.0, "addf", &total("%r1", "%m"), |e, v| {
+            pass(&mut b, ("%r1", store[0]), ninf, "maximumf", "", |_, v| v.to_string());
+            pass(&mut b, ("%r2", store[0]), 0.0, "addf", &total("%r1", "%m"), |e, v| {
                 let d = e.v(format!("arith.subf {v}, %m : f32"));
                 e.exp(&d)
             });
@@ -163,7 +178,7 @@ fn row_func(kind: Kind, name: &str) -> Func {
                 total("%r2", "%s"),
                 f32_lit(ninf)
             );
-            write_row(&mut b, &pre, |e, v| {
+            write_row(&mut b, store, &pre, |e, v| {
                 let d = e.v(format!("arith.subf {v}, %m : f32"));
                 let x = e.exp(&d);
                 let y = e.v(format!("arith.mulf {x}, %inv : f32"));
@@ -172,9 +187,9 @@ fn row_func(kind: Kind, name: &str) -> Func {
         }
         Kind::LayerNorm(eps) => {
             shared.push(("%r2".into(), format!("{ROW_THREADS}xf32")));
-            pass(&mut b, "%r1", 0.0, "addf", "", |_, v| v.to_string());
+            pass(&mut b, ("%r1", store[0]), 0.0, "addf", "", |_, v| v.to_string());
             let mean = format!("{}      %mean = arith.divf %t1, %nf : f32\n", total("%r1", "%t1"));
-            pass(&mut b, "%r2", 0.0, "addf", &mean, |e, v| {
+            pass(&mut b, ("%r2", store[0]), 0.0, "addf", &mean, |e, v| {
                 let d = e.v(format!("arith.subf {v}, %mean : f32"));
                 e.v(format!("arith.mulf {d}, {d} : f32"))
             });
@@ -183,7 +198,7 @@ fn row_func(kind: Kind, name: &str) -> Func {
                 total("%r2", "%t2"),
                 f32_lit(eps)
             );
-            write_row(&mut b, &pre, |e, v| {
+            write_row(&mut b, store, &pre, |e, v| {
                 let d = e.v(format!("arith.subf {v}, %mean : f32"));
                 let y = e.v(format!("arith.mulf {d}, %inv : f32"));
                 let g = e.v(format!("memref.load %g[%i] : {MEM}"));
@@ -193,13 +208,13 @@ fn row_func(kind: Kind, name: &str) -> Func {
             });
         }
         Kind::RmsNorm(eps) => {
-            pass(&mut b, "%r1", 0.0, "addf", "", |e, v| e.v(format!("arith.mulf {v}, {v} : f32")));
+            pass(&mut b, ("%r1", store[0]), 0.0, "addf", "", |e, v| e.v(format!("arith.mulf {v}, {v} : f32")));
             let pre = format!(
                 "{}      %ms = arith.divf %t1, %nf : f32\n      %eps = arith.constant {} : f32\n      %ve = arith.addf %ms, %eps : f32\n      %sq = llvm.call_intrinsic \"llvm.sqrt.f32\"(%ve) : (f32) -> f32\n      %inv = arith.divf %one, %sq : f32\n",
                 total("%r1", "%t1"),
                 f32_lit(eps)
             );
-            write_row(&mut b, &pre, |e, v| {
+            write_row(&mut b, store, &pre, |e, v| {
                 let y = e.v(format!("arith.mulf {v}, %inv : f32"));
                 let g = e.v(format!("memref.load %g[%i] : {MEM}"));
                 e.v(format!("arith.mulf {y}, {g} : f32"))
@@ -211,10 +226,10 @@ fn row_func(kind: Kind, name: &str) -> Func {
 
 /// Rope: one thread per rotated pair. Parameters `%x`, `%out`, `%tab`
 /// (`[positions, d/2, 2]` cos, sin), `i64`s `d`, positions, pairs.
-fn rope_func(name: &str) -> Func {
-    let params = ["%x", "%out", "%tab"]
-        .iter()
-        .map(|n| (n.to_string(), MEM.to_string()))
+fn rope_func(name: &str, store: [Store; 2]) -> Func {
+    let params = [("%x", mem(store[0])), ("%out", mem(store[1])), ("%tab", MEM.to_string())]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
         .chain(["%d_", "%p_", "%cnt_"].iter().map(|n| (n.to_string(), "i64".to_string())))
         .collect();
     let body = format!(
@@ -242,19 +257,19 @@ fn rope_func(name: &str) -> Func {
         %rb = arith.muli %row, %D : index
         %i1 = arith.addi %rb, %i : index
         %i2 = arith.addi %i1, %half : index
-        %x1 = memref.load %x[%i1] : {MEM}
-        %x2 = memref.load %x[%i2] : {MEM}
-        %a = arith.mulf %x1, %cs : f32
+{load1}{load2}        %a = arith.mulf %x1, %cs : f32
         %b = arith.mulf %x2, %sn : f32
         %o1 = arith.subf %a, %b : f32
         %c = arith.mulf %x2, %cs : f32
         %d = arith.mulf %x1, %sn : f32
         %o2 = arith.addf %c, %d : f32
-        memref.store %o1, %out[%i1] : {MEM}
-        memref.store %o2, %out[%i2] : {MEM}
-      }}
+{store1}{store2}      }}
     }}PHASE
-"
+",
+        load1 = store[0].load("x1", "%x[%i1]", &mem(store[0]), "        "),
+        load2 = store[0].load("x2", "%x[%i2]", &mem(store[0]), "        "),
+        store1 = store[1].store("memref.store", "o1", "", "%out[%i1]", &mem(store[1]), "        "),
+        store2 = store[1].store("memref.store", "o2", "", "%out[%i2]", &mem(store[1]), "        "),
     );
     Func { name: name.to_string(), params, block: [BLOCK as u32, 1], shared: Vec::new(), body }
 }
@@ -271,15 +286,15 @@ fn row_kind(op: &RowOp) -> Option<Kind> {
 /// A plan for a row-per-workgroup kernel over `x` viewed as `[outer, n, inner]`.
 fn row_plan<'a>(
     kind: Kind,
-    x: &'a [f32],
+    (x, store): (&'a [f32], [Store; 2]),
     params: &[&'a [f32]],
     (outer, n, inner): (usize, usize, usize),
     out_len: usize,
     out_shape: Vec<usize>,
 ) -> Result<Option<LaunchPlan<'a>>, MlirError> {
-    let f = row_func(kind, "tdl_row");
+    let f = row_func(kind, "tdl_row", store);
     let rows = outer * inner;
-    let mut buffers = vec![PlanBuf::F32(Cow::Borrowed(x)), PlanBuf::Zeroed(out_len)];
+    let mut buffers = vec![store[0].input(x), store[1].zeroed(out_len)];
     let mut ps = vec![Param::flat(0, x.len()), Param::flat(1, out_len)];
     for p in params {
         ps.push(Param::flat(buffers.len(), p.len()));
@@ -327,7 +342,8 @@ pub fn plan_reduce<'a>(k: &ReduceKernel, args: &RowArgs<'a>) -> Result<Option<La
     } else {
         out_shape.remove(k.axis);
     }
-    row_plan(Kind::Reduce(k.op), args.x, &[], (outer, n, inner), outer * inner, out_shape)
+    let store = args.dtypes.map(Store::of);
+    row_plan(Kind::Reduce(k.op), (args.x, store), &[], (outer, n, inner), outer * inner, out_shape)
 }
 
 /// The launch plan of a row hook call (softmax, layernorm, rmsnorm, rope;
@@ -340,12 +356,13 @@ pub fn plan_row<'a>(k: &RowKernel, args: &RowArgs<'a>) -> Result<Option<LaunchPl
         return Ok(None);
     }
     let d = shape.last().copied().unwrap_or(1);
+    let store = args.dtypes.map(Store::of);
     match &k.op {
         RowOp::Softmax { axis } => {
             let Some(&n) = shape.get(*axis) else { return Ok(None) };
             let outer: usize = shape[..*axis].iter().product();
             let inner: usize = shape[*axis + 1..].iter().product();
-            row_plan(Kind::Softmax, args.x, &[], (outer, n, inner), numel, shape.to_vec())
+            row_plan(Kind::Softmax, (args.x, store), &[], (outer, n, inner), numel, shape.to_vec())
         }
         RowOp::LayerNorm { .. } | RowOp::RmsNorm { .. } => {
             let want = if matches!(k.op, RowOp::LayerNorm { .. }) { 2 } else { 1 };
@@ -353,7 +370,7 @@ pub fn plan_row<'a>(k: &RowKernel, args: &RowArgs<'a>) -> Result<Option<LaunchPl
                 return Ok(None);
             }
             let kind = row_kind(&k.op).ok_or_else(|| MlirError::BadPlan("row kind".into()))?;
-            row_plan(kind, args.x, &args.params, (numel / d, d, 1), numel, shape.to_vec())
+            row_plan(kind, (args.x, store), &args.params, (numel / d, d, 1), numel, shape.to_vec())
         }
         RowOp::Rope { base } => {
             let r = shape.len();
@@ -386,12 +403,8 @@ pub fn plan_row<'a>(k: &RowKernel, args: &RowArgs<'a>) -> Result<Option<LaunchPl
                 vec![LaunchStep { func: "tdl_rope".into(), grid, block: [BLOCK as u32, 1, 1], shared_bytes: 0, params }]
             };
             Ok(Some(LaunchPlan {
-                code: cached_code("rope", &rope_func("tdl_rope")),
-                buffers: vec![
-                    PlanBuf::F32(Cow::Borrowed(args.x)),
-                    PlanBuf::Zeroed(numel),
-                    PlanBuf::F32(Cow::Owned(table)),
-                ],
+                code: cached_code("rope", &rope_func("tdl_rope", store)),
+                buffers: vec![store[0].input(args.x), store[1].zeroed(numel), PlanBuf::F32(Cow::Owned(table))],
                 steps,
                 output: 1,
                 output_shape: shape.to_vec(),
@@ -400,6 +413,11 @@ pub fn plan_row<'a>(k: &RowKernel, args: &RowArgs<'a>) -> Result<Option<LaunchPl
             }))
         }
     }
+}
+
+/// How buffers `bufs` of `p` are stored.
+fn stores<const N: usize>(p: &KernelProgram, bufs: [tdl_kernel::ir::BufId; N]) -> [Store; N] {
+    bufs.map(|b| Store::of(p.buffer(b).map_or(tdl_ir::DType::F32, |x| x.dtype)))
 }
 
 fn float_in(p: &KernelProgram, bufs: &[tdl_kernel::ir::BufId]) -> Result<(), MlirError> {
@@ -529,7 +547,7 @@ pub(crate) fn ir_reduce_func(p: &KernelProgram, k: &ReduceKernel, fname: &str) -
     }
     float_in(p, &[k.x.buf, k.out])?;
     Ok((
-        row_func(Kind::Reduce(k.op), fname).gpu(),
+        row_func(Kind::Reduce(k.op), fname, stores(p, [k.x.buf, k.out])).gpu(),
         format!("reduce ({:?}), one workgroup of {ROW_THREADS} threads per output element", k.op),
     ))
 }
@@ -539,10 +557,11 @@ pub(crate) fn ir_row_func(p: &KernelProgram, k: &RowKernel, fname: &str) -> Resu
     let mut bufs = vec![k.x.buf, k.out];
     bufs.extend(k.params.iter().map(|a| a.buf));
     float_in(p, &bufs)?;
+    let store = stores(p, [k.x.buf, k.out]);
     Ok(match row_kind(&k.op) {
         Some(kind) => {
-            (row_func(kind, fname).gpu(), format!("{kind:?}, one workgroup of {ROW_THREADS} threads per row"))
+            (row_func(kind, fname, store).gpu(), format!("{kind:?}, one workgroup of {ROW_THREADS} threads per row"))
         }
-        None => (rope_func(fname).gpu(), "rope, one thread per rotated pair".to_string()),
+        None => (rope_func(fname, store).gpu(), "rope, one thread per rotated pair".to_string()),
     })
 }

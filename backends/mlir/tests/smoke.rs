@@ -548,6 +548,8 @@ mod kernels {
                 ],
                 masks: vec![],
                 bindings: &bindings,
+                dtypes: vec![],
+                out_dtype: tdl_ir::DType::F32,
             };
             let plan = tdl_mlir::elementwise::plan_elementwise(&k, &args).unwrap().expect("supported");
             let got = run(&plan);
@@ -576,6 +578,8 @@ mod kernels {
             inputs: vec![StridedView { data: Elems::F32(&x), offset: 0, shape: shape.to_vec(), strides: vec![1] }],
             masks: vec![],
             bindings: &bindings,
+            dtypes: vec![],
+            out_dtype: tdl_ir::DType::F32,
         };
         let plan = tdl_mlir::elementwise::plan_elementwise(&k, &args).unwrap().expect("supported");
         let want: Vec<f32> = x.iter().map(|v| v.ln()).collect();
@@ -613,6 +617,8 @@ mod kernels {
             ],
             masks: vec![],
             bindings: &bindings,
+            dtypes: vec![],
+            out_dtype: tdl_ir::DType::F32,
         };
         let plan = tdl_mlir::elementwise::plan_elementwise(&k, &args).unwrap().expect("supported");
         let want: Vec<f32> = (0..n)
@@ -640,7 +646,7 @@ mod kernels {
             let inner: usize = shape[axis + 1..].iter().product();
             for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
                 let k = ReduceKernel { op, axis, keepdims: false, x: Access::whole(BufId(0)), out: BufId(1) };
-                let args = RowArgs { x: &x, shape: &shape, params: vec![] };
+                let args = RowArgs { x: &x, shape: &shape, params: vec![], dtypes: [tdl_ir::DType::F32; 2] };
                 let plan = tdl_mlir::rows::plan_reduce(&k, &args).unwrap().expect("supported");
                 let mut want = Vec::new();
                 for o in 0..outer {
@@ -668,7 +674,12 @@ mod kernels {
             x[i * 5] = f32::NEG_INFINITY; // row (o=0, j=0)
         }
         let k = RowKernel { op: RowOp::Softmax { axis: 1 }, x: Access::whole(BufId(0)), params: vec![], out: BufId(1) };
-        let plan = tdl_mlir::rows::plan_row(&k, &RowArgs { x: &x, shape: &shape, params: vec![] }).unwrap().unwrap();
+        let plan = tdl_mlir::rows::plan_row(
+            &k,
+            &RowArgs { x: &x, shape: &shape, params: vec![], dtypes: [tdl_ir::DType::F32; 2] },
+        )
+        .unwrap()
+        .unwrap();
         let mut want = x.clone();
         for o in 0..3 {
             for j in 0..5 {
@@ -693,7 +704,12 @@ mod kernels {
                 };
                 let k = RowKernel { op, x: Access::whole(BufId(0)), params: vec![], out: BufId(1) };
                 let shape = [5, d];
-                let plan = tdl_mlir::rows::plan_row(&k, &RowArgs { x: &x, shape: &shape, params }).unwrap().unwrap();
+                let plan = tdl_mlir::rows::plan_row(
+                    &k,
+                    &RowArgs { x: &x, shape: &shape, params, dtypes: [tdl_ir::DType::F32; 2] },
+                )
+                .unwrap()
+                .unwrap();
                 let mut want = x.clone();
                 for row in want.chunks_exact_mut(d) {
                     if ln {
@@ -714,7 +730,12 @@ mod kernels {
         let x = fill(84, 11);
         let k =
             RowKernel { op: RowOp::Rope { base: 10000.0 }, x: Access::whole(BufId(0)), params: vec![], out: BufId(1) };
-        let plan = tdl_mlir::rows::plan_row(&k, &RowArgs { x: &x, shape: &shape, params: vec![] }).unwrap().unwrap();
+        let plan = tdl_mlir::rows::plan_row(
+            &k,
+            &RowArgs { x: &x, shape: &shape, params: vec![], dtypes: [tdl_ir::DType::F32; 2] },
+        )
+        .unwrap()
+        .unwrap();
         let mut want = x.clone();
         for (ri, row) in want.chunks_exact_mut(6).enumerate() {
             let pos = ri % 7;
@@ -751,7 +772,12 @@ mod kernels {
         ];
         let k = MoveKernel { op: MoveOp::Concat { axis: 1 }, srcs: vec![], out: BufId(3) };
         let shape = [2usize, 9, 4];
-        let plan = tdl_mlir::movement::plan_move(&k, &MoveArgs { shape: &shape, srcs }).unwrap().unwrap();
+        let plan = tdl_mlir::movement::plan_move(
+            &k,
+            &MoveArgs { shape: &shape, srcs, dtypes: vec![], out_dtype: tdl_ir::DType::F32 },
+        )
+        .unwrap()
+        .unwrap();
         let mut want = Vec::new();
         for o in 0..2 {
             for i in 0..9 {
@@ -772,7 +798,12 @@ mod kernels {
         let k = MoveKernel { op: MoveOp::Repeat { times: 3, axis: 0 }, srcs: vec![], out: BufId(1) };
         let shape = [6usize, 4, 3];
         let srcs = vec![view(a, 0, vec![2, 4, 3], vec![12, 1, 4])];
-        let plan = tdl_mlir::movement::plan_move(&k, &MoveArgs { shape: &shape, srcs }).unwrap().unwrap();
+        let plan = tdl_mlir::movement::plan_move(
+            &k,
+            &MoveArgs { shape: &shape, srcs, dtypes: vec![], out_dtype: tdl_ir::DType::F32 },
+        )
+        .unwrap()
+        .unwrap();
         let want: Vec<f32> = (0..72)
             .map(|i| {
                 let (r, p, q) = (i / 12, (i / 3) % 4, i % 3);
@@ -782,7 +813,12 @@ mod kernels {
         close(&run(&plan), &want, "repeat");
         let k = MoveKernel { op: MoveOp::Copy, srcs: vec![], out: BufId(1) };
         let srcs = vec![view(a, 0, vec![2, 4, 3], vec![12, 1, 4])];
-        let plan = tdl_mlir::movement::plan_move(&k, &MoveArgs { shape: &[2, 4, 3], srcs }).unwrap().unwrap();
+        let plan = tdl_mlir::movement::plan_move(
+            &k,
+            &MoveArgs { shape: &[2, 4, 3], srcs, dtypes: vec![], out_dtype: tdl_ir::DType::F32 },
+        )
+        .unwrap()
+        .unwrap();
         let want: Vec<f32> = (0..24)
             .map(|i| {
                 let (r, p, q) = (i / 12, (i / 3) % 4, i % 3);
@@ -790,6 +826,105 @@ mod kernels {
             })
             .collect();
         close(&run(&plan), &want, "copy");
+    }
+
+    /// Every simple kernel kind with `f16`/`bf16` storage (input and output
+    /// of the type, and mixed with `f32`): the same kernel stored as `f32`
+    /// over the same (rounded) inputs gives the 16-bit result once rounded,
+    /// bit for bit; the 16-bit code lowers to PTX.
+    #[test]
+    fn half_storage_in_every_simple_kernel() {
+        use tdl_mlir::launch::{LaunchPlan, PlanBuf, Store};
+        fn round(st: DType, x: f32) -> f32 {
+            match st {
+                DType::F16 => half::f16::from_f32(x).to_f32(),
+                DType::BF16 => half::bf16::from_f32(x).to_f32(),
+                _ => x,
+            }
+        }
+        /// Runs `plan_of(input type, output type)` with 16-bit and with
+        /// `f32` storage and compares.
+        fn check<'a>(kind: &str, (ti, to): (DType, DType), plan_of: &dyn Fn(DType, DType) -> LaunchPlan<'a>) {
+            let what = format!("{kind} {} -> {}", ti.name(), to.name());
+            let narrow = plan_of(ti, to);
+            assert_eq!(narrow.output_store(), Store::of(to), "{what}");
+            let half_in = narrow.buffers.iter().filter(|b| matches!(b, PlanBuf::Half(..))).count();
+            assert_eq!(half_in > 0, ti != DType::F32, "{what}: 16-bit inputs");
+            let got = run(&narrow);
+            let want: Vec<f32> = run(&plan_of(DType::F32, DType::F32)).into_iter().map(|v| round(to, v)).collect();
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{what}: element {i}: {a} vs {b}");
+            }
+            ptx(&narrow.code, &[]);
+        }
+        let bindings = tdl_ir::Bindings::new();
+        let shape = [3usize, 37, 5];
+        let n: usize = shape.iter().product();
+        for (ti, to) in
+            [(DType::F16, DType::F16), (DType::BF16, DType::BF16), (DType::F16, DType::F32), (DType::F32, DType::BF16)]
+        {
+            let tt = (ti, to);
+            let x: Vec<f32> = fill(n, 21).into_iter().map(|v| round(ti, 3.0 * v)).collect();
+            let g: Vec<f32> = fill(5, 22);
+            let g = g.as_slice();
+            let view = StridedView { data: Elems::F32(&x), offset: 0, shape: shape.to_vec(), strides: vec![185, 5, 1] };
+            let silu = ElementwiseKernel {
+                inputs: vec![Access::whole(BufId(0))],
+                masks: vec![],
+                body: vec![inst(EwOp::Load(0), to), inst(EwOp::Unary(UnaryOp::Silu, 0), to)],
+                out: BufId(1),
+            };
+            check("silu", tt, &|i, o| {
+                let args = ElementwiseArgs {
+                    shape: &shape,
+                    inputs: vec![view.clone()],
+                    masks: vec![],
+                    bindings: &bindings,
+                    dtypes: vec![i],
+                    out_dtype: o,
+                };
+                tdl_mlir::elementwise::plan_elementwise(&silu, &args).unwrap().unwrap()
+            });
+            let softmax =
+                RowKernel { op: RowOp::Softmax { axis: 1 }, x: Access::whole(BufId(0)), params: vec![], out: BufId(1) };
+            check("softmax", tt, &|i, o| {
+                let args = RowArgs { x: &x, shape: &shape, params: vec![], dtypes: [i, o] };
+                tdl_mlir::rows::plan_row(&softmax, &args).unwrap().unwrap()
+            });
+            let rms = RowKernel {
+                op: RowOp::RmsNorm { eps: 1e-5 },
+                x: Access::whole(BufId(0)),
+                params: vec![],
+                out: BufId(1),
+            };
+            check("rmsnorm", tt, &|i, o| {
+                let args = RowArgs { x: &x, shape: &shape, params: vec![g], dtypes: [i, o] };
+                tdl_mlir::rows::plan_row(&rms, &args).unwrap().unwrap()
+            });
+            let rope = RowKernel {
+                op: RowOp::Rope { base: 10000.0 },
+                x: Access::whole(BufId(0)),
+                params: vec![],
+                out: BufId(1),
+            };
+            let (rx, rshape) = (&x[..3 * 37 * 4], [3usize, 37, 4]);
+            check("rope", tt, &|i, o| {
+                let args = RowArgs { x: rx, shape: &rshape, params: vec![], dtypes: [i, o] };
+                tdl_mlir::rows::plan_row(&rope, &args).unwrap().unwrap()
+            });
+            let sum =
+                ReduceKernel { op: ReduceOp::Sum, axis: 1, keepdims: false, x: Access::whole(BufId(0)), out: BufId(1) };
+            check("sum", tt, &|i, o| {
+                let args = RowArgs { x: &x, shape: &shape, params: vec![], dtypes: [i, o] };
+                tdl_mlir::rows::plan_reduce(&sum, &args).unwrap().unwrap()
+            });
+            let concat = MoveKernel { op: MoveOp::Concat { axis: 1 }, srcs: vec![], out: BufId(2) };
+            check("concat", tt, &|i, o| {
+                let srcs = vec![view.clone(), view.clone()];
+                let args = MoveArgs { shape: &[3, 74, 5], srcs, dtypes: vec![i, i], out_dtype: o };
+                tdl_mlir::movement::plan_move(&concat, &args).unwrap().unwrap()
+            });
+        }
     }
 }
 

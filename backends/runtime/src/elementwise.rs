@@ -864,6 +864,8 @@ mod tests {
             inputs: vec![view(&x, vec![1, 1]), view(&y, vec![1, 1])],
             masks: Vec::new(),
             bindings: &bindings,
+            dtypes: vec![],
+            out_dtype: tdl_ir::DType::F32,
         };
         let aot = Recording { unsimplified_too: true, asked: RefCell::default() };
         assert!(run_elementwise(ek, &args, 1, &aot).is_none());
