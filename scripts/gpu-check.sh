@@ -10,26 +10,36 @@
 #      graphs) and a sliding window (256) with `tdlc bench --backend gpu`
 #      and, when PyTorch with CUDA is installed, torch's
 #      scaled_dot_product_attention on the same shapes, and prints a table.
-# Every step has a time limit; the whole script stays under 8 minutes.
+# Every step has a time limit (20 + 200 + 3·60 + 60 s): the whole script
+# stays under 8 minutes. The bundled libraries are on the library path of
+# tdlc only (not of python3/torch, which have their own).
 #
-# Usage: bash gpu-check.sh FOLDER [--quick]
+# Usage: bash gpu-check.sh FOLDER [--quick]   (--quick: smaller sizes, fewer reps)
 set -uo pipefail
-dir=$(cd "${1:?usage: gpu-check.sh FOLDER}" && pwd)
+dir=$(cd "${1:?usage: gpu-check.sh FOLDER [--quick]}" && pwd)
 quick=${2:-}
-export LD_LIBRARY_PATH="$dir/lib:$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+libpath="$dir/lib:$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 tdlc="$dir/tdlc"
 if [ ! -x "$tdlc" ] && [ -f "$dir/tdlc.gz" ]; then
-  gzip -dc "$dir/tdlc.gz" > "$work/tdlc" && chmod +x "$work/tdlc" && tdlc="$work/tdlc"
+  # Unpacked next to the bundle where it is writable (/tmp may be noexec).
+  bin="$work"
+  if [ -w "$dir" ]; then bin="$dir"; fi
+  gzip -dc "$dir/tdlc.gz" > "$bin/tdlc" && chmod +x "$bin/tdlc" && tdlc="$bin/tdlc"
 fi
 [ -x "$tdlc" ] || { echo "error: no tdlc (or tdlc.gz) in $dir" >&2; exit 1; }
+if ! timeout 20 env LD_LIBRARY_PATH="$libpath" "$tdlc" --version > /dev/null 2> "$work/start.err"; then
+  echo "error: tdlc does not start here: $(head -n 2 "$work/start.err" | tr '\n' ' ')" >&2
+  echo "(the bundle is built on Debian 12 and needs glibc >= 2.36; here: $(ldd --version 2>&1 | head -n 1))" >&2
+  exit 1
+fi
 status=0
 
 echo "== tdlc selftest --backend gpu"
 size=33
 [ "$quick" = "--quick" ] && size=17
-timeout 240 "$tdlc" selftest --backend gpu --size "$size" || status=1
+timeout 200 env LD_LIBRARY_PATH="$libpath" "$tdlc" selftest --backend gpu --size "$size" || status=1
 
 echo
 echo "== benchmarks"
@@ -48,7 +58,7 @@ reps=10
 [ "$quick" = "--quick" ] && reps=3
 : > "$work/tdlc.tsv"
 for g in causal32 causal16 window32; do
-  if timeout 120 "$tdlc" bench "$work/attn.tdl" --graph "$g" --backend gpu --bind T=4096 \
+  if timeout 60 env LD_LIBRARY_PATH="$libpath" "$tdlc" bench "$work/attn.tdl" --graph "$g" --backend gpu --bind T=4096 \
       --warmup 2 --reps "$reps" --json > "$work/$g.json" 2> "$work/$g.err"; then
     printf '%s\t%s\n' "$g" "$(tr -d '\n' < "$work/$g.json")" >> "$work/tdlc.tsv"
   else
@@ -89,8 +99,8 @@ print("causal16\t%.4f" % bench(torch.float16, None))
 print("window32\t%.4f" % bench(torch.float32, window))
 PY
 if command -v python3 >/dev/null 2>&1; then
-  timeout 120 python3 "$work/sdpa.py" "$reps" > "$work/sdpa.tsv" 2> "$work/sdpa.err" \
-    || echo "torch\tfailed: $(tail -n 2 "$work/sdpa.err" | tr '\n' ' ')" > "$work/sdpa.tsv"
+  timeout 60 python3 "$work/sdpa.py" "$reps" > "$work/sdpa.tsv" 2> "$work/sdpa.err" \
+    || printf 'torch\tfailed: %s\n' "$(tail -n 2 "$work/sdpa.err" | tr '\n' ' ')" > "$work/sdpa.tsv"
 else
   echo "torch	unavailable: no python3" > "$work/sdpa.tsv"
 fi

@@ -121,7 +121,8 @@ impl GpuHooks {
             .cuda
             .time_ms(|| {
                 for (s, f) in plan.steps.iter().zip(&functions) {
-                    let args: Vec<KernelArg<'_>> = s.params.iter().map(|p| kernel_arg(p, &bufs)).collect();
+                    let args: Vec<KernelArg<'_>> =
+                        s.params.iter().map(|p| kernel_arg(p, &plan.buffers, &bufs)).collect();
                     self.cuda.launch(f, s.grid, s.block, s.shared_bytes, &args)?;
                 }
                 Ok(())
@@ -187,11 +188,18 @@ impl GpuHooks {
 }
 
 /// A plan parameter as a kernel argument over the uploaded buffers.
-fn kernel_arg<'b>(p: &Param, bufs: &'b [DeviceBuffer]) -> KernelArg<'b> {
+/// Parameter `p` as a driver argument: a memref over device buffer `buf`
+/// counts its elements in the plan buffer's element size (2 bytes for
+/// 16-bit floats, 8 for `i64`, 4 otherwise), as the kernel reads them.
+fn kernel_arg<'b>(p: &Param, plan: &[PlanBuf<'_>], bufs: &'b [DeviceBuffer]) -> KernelArg<'b> {
     match p {
-        Param::MemRef { buf, offset, sizes, strides } => {
-            KernelArg::MemRef { buf: &bufs[*buf], offset: *offset, sizes: sizes.clone(), strides: strides.clone() }
-        }
+        Param::MemRef { buf, offset, sizes, strides } => KernelArg::MemRef {
+            buf: &bufs[*buf],
+            elem_bytes: plan[*buf].elem_bytes(),
+            offset: *offset,
+            sizes: sizes.clone(),
+            strides: strides.clone(),
+        },
         Param::I64(v) => KernelArg::I64(*v),
         Param::I32(v) => KernelArg::I32(*v),
         Param::F32(v) => KernelArg::F32(*v),

@@ -238,7 +238,10 @@ enum Backend {
     /// integer outputs) runs in the Kernel IR interpreter (`--stats` says
     /// which ran where).
     Cpu,
-    /// The GPU backend (not built yet).
+    /// The GPU backend: the kernels generated through MLIR, lowered to PTX
+    /// and run on device 0 through the CUDA driver (loaded at run time: a
+    /// machine without one gets "no CUDA driver found"); `--stats` says
+    /// which ran where.
     Gpu,
 }
 
@@ -280,7 +283,7 @@ struct RunArgs {
     /// Write result i to the i-th path given (.npy). Repeatable, in order.
     #[arg(long = "output", value_name = "PATH.npy")]
     outputs: Vec<PathBuf>,
-    /// Print what each kernel did (--backend kernel|cpu).
+    /// Print what each kernel did (--backend kernel|cpu|gpu).
     #[arg(long)]
     stats: bool,
     /// Worker threads for --backend cpu (default: every core).

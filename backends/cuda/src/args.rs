@@ -18,8 +18,10 @@
 //! | 3 … 3+rank-1 | sizes, outermost first | `.u64` (i64) |
 //! | 3+rank … 3+2·rank-1 | strides, in elements | `.u64` (i64) |
 //!
-//! Element `[i0, …, ik]` is at `aligned + 4·(offset + Σ ij·stridej)` for the
-//! 4-byte element types tdlc uses (f32, i32). A rank-0 memref is the two
+//! Element `[i0, …, ik]` is at `aligned + e·(offset + Σ ij·stridej)` for
+//! elements of `e` bytes ([`KernelArg::MemRef`]'s `elem_bytes`: 4 for the
+//! `f32`/`i32` buffers, 2 for `f16`/`bf16`, 8 for `i64`); the views are
+//! checked against the buffer's bytes in those units. A rank-0 memref is the two
 //! pointers and the offset. [`KernelArg::Ptr`] is one `llvm.ptr` parameter
 //! (a bare-pointer or hand-written kernel), `I64`/`I32`/`F32` are scalars.
 
@@ -33,10 +35,13 @@ pub enum KernelArg<'a> {
     /// ptr (both the buffer's device pointer + 0), offset (i64, in elements),
     /// sizes\[rank\] (i64 each), strides\[rank\] (i64 each). `sizes` and
     /// `strides` must have the same length, and every element the view can
-    /// reach must lie in the buffer (counted in 4-byte elements).
+    /// reach must lie in the buffer (counted in `elem_bytes` elements).
     MemRef {
         /// The buffer the memref views.
         buf: &'a DeviceBuffer,
+        /// The size of the memref's element type in bytes (1, 2, 4 or 8):
+        /// the unit of `offset`, `sizes` and `strides`.
+        elem_bytes: usize,
         /// The first element's index in the buffer.
         offset: i64,
         /// The extent of each dimension, outermost first.
@@ -55,9 +60,10 @@ pub enum KernelArg<'a> {
 }
 
 impl<'a> KernelArg<'a> {
-    /// A row-major (C-contiguous) view of `buf` with these sizes, offset 0.
+    /// A row-major (C-contiguous) view of `buf` with these sizes, offset 0,
+    /// of 4-byte elements.
     pub fn memref(buf: &'a DeviceBuffer, sizes: &[i64]) -> KernelArg<'a> {
-        KernelArg::MemRef { buf, offset: 0, sizes: sizes.to_vec(), strides: row_major_strides(sizes) }
+        KernelArg::MemRef { buf, elem_bytes: 4, offset: 0, sizes: sizes.to_vec(), strides: row_major_strides(sizes) }
     }
 }
 
@@ -109,7 +115,15 @@ impl ParamValue {
 /// packing is testable without a GPU.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RawArg<'s> {
-    MemRef { ptr: u64, len: usize, offset: i64, sizes: &'s [i64], strides: &'s [i64] },
+    /// `bytes`: the buffer's size; `elem_bytes`: the memref's element size.
+    MemRef {
+        ptr: u64,
+        bytes: usize,
+        elem_bytes: usize,
+        offset: i64,
+        sizes: &'s [i64],
+        strides: &'s [i64],
+    },
     Ptr(u64),
     I64(i64),
     I32(i32),
@@ -119,9 +133,14 @@ pub(crate) enum RawArg<'s> {
 impl KernelArg<'_> {
     pub(crate) fn raw(&self) -> RawArg<'_> {
         match self {
-            KernelArg::MemRef { buf, offset, sizes, strides } => {
-                RawArg::MemRef { ptr: buf.device_ptr(), len: buf.len(), offset: *offset, sizes, strides }
-            }
+            KernelArg::MemRef { buf, elem_bytes, offset, sizes, strides } => RawArg::MemRef {
+                ptr: buf.device_ptr(),
+                bytes: 4 * buf.len(),
+                elem_bytes: *elem_bytes,
+                offset: *offset,
+                sizes,
+                strides,
+            },
             KernelArg::Ptr(buf) => RawArg::Ptr(buf.device_ptr()),
             KernelArg::I64(v) => RawArg::I64(*v),
             KernelArg::I32(v) => RawArg::I32(*v),
@@ -142,8 +161,13 @@ pub(crate) fn pack_raw<'s>(args: impl IntoIterator<Item = RawArg<'s>>) -> Result
     let mut out = Vec::new();
     for (index, arg) in args.into_iter().enumerate() {
         match arg {
-            RawArg::MemRef { ptr, len, offset, sizes, strides } => {
-                check_memref(index, len, offset, sizes, strides)?;
+            RawArg::MemRef { ptr, bytes, elem_bytes, offset, sizes, strides } => {
+                if !matches!(elem_bytes, 1 | 2 | 4 | 8) {
+                    return Err(CudaError::Usage(format!(
+                        "kernel argument {index} (memref): elements of {elem_bytes} bytes"
+                    )));
+                }
+                check_memref(index, bytes / elem_bytes, offset, sizes, strides)?;
                 out.push(ParamValue::B8(ptr.to_ne_bytes()));
                 out.push(ParamValue::B8(ptr.to_ne_bytes()));
                 out.push(ParamValue::B8(offset.to_ne_bytes()));
@@ -201,7 +225,14 @@ mod tests {
     fn memref_expands_to_pointers_offset_sizes_strides() {
         let sizes = [2i64, 3, 4];
         let strides = [12i64, 4, 1];
-        let args = [RawArg::MemRef { ptr: 0x7f00_0000_1000, len: 30, offset: 6, sizes: &sizes, strides: &strides }];
+        let args = [RawArg::MemRef {
+            ptr: 0x7f00_0000_1000,
+            bytes: 120,
+            elem_bytes: 4,
+            offset: 6,
+            sizes: &sizes,
+            strides: &strides,
+        }];
         let packed = pack_raw(args).unwrap();
         let expected = [0x7f00_0000_1000u64, 0x7f00_0000_1000, 6, 2, 3, 4, 12, 4, 1].map(b8);
         assert_eq!(packed, expected);
@@ -232,8 +263,8 @@ mod tests {
         let (s1, t1) = ([5i64], [1i64]);
         let args = [
             RawArg::F32(1.0),
-            RawArg::MemRef { ptr: 16, len: 5, offset: 0, sizes: &s1, strides: &t1 },
-            RawArg::MemRef { ptr: 32, len: 1, offset: 0, sizes: &[], strides: &[] },
+            RawArg::MemRef { ptr: 16, bytes: 20, elem_bytes: 4, offset: 0, sizes: &s1, strides: &t1 },
+            RawArg::MemRef { ptr: 32, bytes: 4, elem_bytes: 4, offset: 0, sizes: &[], strides: &[] },
             RawArg::I64(9),
         ];
         let packed = pack_raw(args).unwrap();
@@ -244,8 +275,8 @@ mod tests {
 
     #[test]
     fn bad_memrefs_are_usage_errors() {
-        let bad = |len, offset, sizes: &[i64], strides: &[i64]| {
-            let r = pack_raw([RawArg::MemRef { ptr: 0, len, offset, sizes, strides }]);
+        let bad = |len: usize, offset, sizes: &[i64], strides: &[i64]| {
+            let r = pack_raw([RawArg::MemRef { ptr: 0, bytes: 4 * len, elem_bytes: 4, offset, sizes, strides }]);
             matches!(r, Err(CudaError::Usage(_)))
         };
         assert!(bad(10, 0, &[2, 5], &[5])); // rank mismatch
@@ -261,6 +292,20 @@ mod tests {
         assert!(!bad(10, 9, &[2], &[-9])); // negative stride inside
         assert!(!bad(0, 100, &[0, 7], &[7, 1])); // empty view reaches nothing
         assert!(!bad(10, 3, &[4, 2], &[0, 1])); // broadcast (stride 0)
+    }
+
+    /// A view of 16-bit (or 8-byte) elements is checked in those units: a
+    /// 4-word buffer holds 8 halves but only 2 `i64`s.
+    #[test]
+    fn memrefs_count_their_own_elements() {
+        let fits = |elem_bytes: usize, n: i64| {
+            pack_raw([RawArg::MemRef { ptr: 0, bytes: 16, elem_bytes, offset: 0, sizes: &[n], strides: &[1] }]).is_ok()
+        };
+        assert!(fits(2, 8) && !fits(2, 9));
+        assert!(fits(4, 4) && !fits(4, 5));
+        assert!(fits(8, 2) && !fits(8, 3));
+        assert!(fits(1, 16) && !fits(1, 17));
+        assert!(!fits(3, 1) && !fits(0, 1));
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub fn run_kernels(gpu: &Cuda) {
     assert!(zeros.iter().all(|v| *v == 0.0), "alloc zeroes");
     let args = [
         KernelArg::F32(-1.5),
-        KernelArg::MemRef { buf: &dxs, offset: 2, sizes: vec![m as i64], strides: vec![2] },
+        KernelArg::MemRef { buf: &dxs, elem_bytes: 4, offset: 2, sizes: vec![m as i64], strides: vec![2] },
         KernelArg::memref(&dym, &[m as i64]),
     ];
     gpu.launch(&saxpy_memref, [3, 1, 1], [128, 1, 1], 0, &args).unwrap();
@@ -218,7 +218,7 @@ pub fn run_kernels(gpu: &Cuda) {
     assert!(usage(gpu.launch(&saxpy, [1, 1, 1], [32, 32, 2], 0, &args)));
     assert!(usage(gpu.launch(&saxpy, [1, 1, 1], [32, 1, 1], u32::MAX, &args)));
     assert!(usage(gpu.download(&dy, &mut [0.0; 3])));
-    let past_end = [KernelArg::MemRef { buf: &dym, offset: 1, sizes: vec![m as i64], strides: vec![1] }];
+    let past_end = [KernelArg::MemRef { buf: &dym, elem_bytes: 4, offset: 1, sizes: vec![m as i64], strides: vec![1] }];
     assert!(usage(gpu.launch(&saxpy_memref, [1, 1, 1], [32, 1, 1], 0, &past_end)));
     if gpu.driver_version() >= 12040 {
         // cuFuncGetParamInfo: a wrong argument list is refused, not launched.

@@ -3,8 +3,12 @@
  * array, the MemRef expansion, the shared-memory attribute, events, and that
  * every allocation, module, event and context reference is released) on
  * machines without a GPU. Its "kernels" are C versions of the PTX in
- * tests/common/mod.rs; it says nothing about the PTX itself or the real
- * driver. Device pointers are host addresses. */
+ * tests/common/mod.rs; any other function whose name starts with `tdl_`
+ * (tdlc's generated kernels) loads and launches as a no-op without
+ * parameter information, so tdlc's `--backend gpu` plumbing (plans,
+ * uploads, argument checks, downloads) can run against it too. It says
+ * nothing about the PTX itself or the real driver. Device pointers are
+ * host addresses. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +20,7 @@ static Fn fns[] = {
     {"saxpy", 4, {8, 8, 4, 8}, 48 * 1024},
     {"saxpy_memref", 11, {4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8}, 48 * 1024},
     {"shared_echo", 1, {8}, 48 * 1024},
+    {"tdl_*", 0, {0}, 48 * 1024},
 };
 static int ctx_token, inited, retained, live_allocs, live_events, live_modules;
 
@@ -72,6 +77,7 @@ CUresult cuModuleUnload(void *m) { live_modules--; return 0; }
 CUresult cuModuleGetFunction(void **f, void *m, const char *name) {
     for (int i = 0; i < 3; i++)
         if (!strcmp(fns[i].name, name)) { *f = &fns[i]; return 0; }
+    if (!strncmp(name, "tdl_", 4)) { *f = &fns[3]; return 0; }
     return 500;
 }
 CUresult cuFuncSetAttribute(void *f, int a, int v) { if (a != 8) return 1; ((Fn *)f)->maxdyn = v; return 0; }
@@ -101,6 +107,7 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
     Fn *fn = f;
     long threads = (long)gx * bx;
     if (stream || extra || shared > (unsigned)fn->maxdyn) return 1;
+    if (fn == &fns[3]) return params ? 0 : 1; /* a tdlc kernel: no-op */
     if (fn == &fns[0]) {
         float *x = (float *)(uintptr_t)P(0, uint64_t), *y = (float *)(uintptr_t)P(1, uint64_t);
         float a = P(2, float);
