@@ -22,6 +22,16 @@
 //! `(mask head, q-tile)` (head `h` reads mask head `h mod dim 0`; without
 //! a mask one row of all-Full runs). Empty tiles are never visited.
 //!
+//! **GQA packing** (decode). Where the query heads of one key head would
+//! each fill only a few rows of a q-tile (`pk·T ≤ tile_q` for `pk` heads
+//! dividing the group), visit the same kv-tiles, and the mask and modifier
+//! do not read the head, one program runs `pk` heads as its rows (thread
+//! `t`: head `hy·pk + t / T`, row `t mod T`; the run-time parameter `%pk`,
+//! 1 otherwise) and the grid's y axis counts packs: each K/V tile is loaded
+//! once for the `pk` heads instead of once per head, and `pk·T` threads
+//! work instead of `T` (at `T = 1` with 4 query heads per key head, 4 of
+//! a 64-thread workgroup rather than 1).
+//!
 //! **KV splits** (flash-decoding). When the Kernel IR's `kv_split`
 //! resolves (`tdl_kernel::target::resolve_kv_split`, busiest program,
 //! heads × q-tiles programs) to `n > 1`, the grid's z axis is the split:
@@ -108,7 +118,8 @@ fn f32_lit(x: f32) -> String {
     format!("0x{:08X}", x.to_bits())
 }
 
-/// The body: phases over `%t` (a thread), `%qt`, `%h`, `%si` (the KV
+/// The body: phases over `%t` (a thread), `%qt`, `%hy` (the head, or with
+/// GQA packing the pack, [`ROW`]), `%si` (the KV
 /// split) bound by the wrapper; `PHASE{` / `}PHASE` mark where a phase
 /// starts and ends. Returns the body and the extra parameters.
 fn body(spec: &GpuAttentionSpec) -> Result<(String, Extras), MlirError> {
@@ -148,12 +159,21 @@ fn body(spec: &GpuAttentionSpec) -> Result<(String, Extras), MlirError> {
     %S = memref.dim %K, %c1 : !kt
     %grp0 = arith.divui %Hq, %Hk : index
     %grp = arith.maxui %grp0, %c1 : index
-    %hk = arith.divui %h, %grp : index
+    // The program's first query head and its rows: `%pk` heads of one key
+    // head (GQA packing, `%pk` > 1: all `T` rows of each, one q-tile), or
+    // one head's q-tile (`%pk` = 1).
+    %pk0 = arith.index_cast %pk_ : i64 to index
+    %pk = arith.maxui %pk0, %c1 : index
+    %hf = arith.muli %hy, %pk : index
+    %packed = arith.cmpi ugt, %pk, %c1 : index
+    %R0 = arith.select %packed, %T, %ctq : index
+    %R = arith.maxui %R0, %c1 : index
+    %hk = arith.divui %hf, %grp : index
     %q0 = arith.muli %qt, %ctq : index
     // The program's runs of visited kv-tiles (the iteration space of its
     // mask head) and its share of them (split %si of max(1, dim 0 of %Mp)).
     %mh = memref.dim %Offs, %c0 : !ft
-    %hr = arith.remui %h, %mh : index
+    %hr = arith.remui %hf, %mh : index
     %rb32 = memref.load %Offs[%hr, %qt, %c0] : !ft
     %re32 = memref.load %Offs[%hr, %qt, %c1] : !ft
     %nv32 = memref.load %Offs[%hr, %qt, %c2] : !ft
@@ -168,9 +188,7 @@ fn body(spec: &GpuAttentionSpec) -> Result<(String, Extras), MlirError> {
     %v0 = arith.muli %si, %per : index
     %v1 = arith.addi %v0, %per : index
 PRE    PHASE{{
-      %r = arith.addi %q0, %t : index
-      %rv = arith.cmpi ult, %r, %T : index
-      scf.for %dd = %c0 to %cd step %c1 {{
+{row}      scf.for %dd = %c0 to %cd step %c1 {{
         %x = scf.if %rv -> f32 {{
 {load_q}          scf.yield %v : f32
         }} else {{ scf.yield %zero : f32 }}
@@ -229,9 +247,7 @@ COMPUTE      }}PHASE
       }}
     }}
     PHASE{{
-      %r = arith.addi %q0, %t : index
-      %rv = arith.cmpi ult, %r, %T : index
-      scf.if %rv {{
+{row}      scf.if %rv {{
         %lf = memref.load %l[%t] : !pv1
         %a = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
         scf.if %split {{
@@ -251,6 +267,7 @@ COMPUTE      }}PHASE
     }}PHASE
 ",
         scale = f32_lit(scale),
+        row = ROW,
         load_q = spec.store[0].load("v", "%Q[%h, %r, %dd]", "!qt", "          "),
         load_k = spec.store[1].load("a", "%K[%hk, %k, %dd]", "!kt", "                "),
         load_v = spec.store[2].load("a", "%V[%hk, %k, %dd]", "!vt", "                "),
@@ -261,18 +278,30 @@ COMPUTE      }}PHASE
         pre.push_str("    %T64 = arith.index_cast %T : index to i64\n    %S64 = arith.index_cast %S : index to i64\n");
     }
     if x.heads {
-        pre.push_str("    %h64 = arith.index_cast %h : index to i64\n    %hm = arith.remui %h64, %hn : i64\n");
+        // Programs read by lambdas are never packed: `%hf` is the head.
+        pre.push_str("    %h64 = arith.index_cast %hf : index to i64\n    %hm = arith.remui %h64, %hn : i64\n");
     }
     Ok((b.replace("PRE", &pre).replace("COMPUTE", &compute_phase), x))
 }
+
+/// The thread's row, inside a phase: head `%h` (the program's `%hf` plus
+/// `%t / %R`), query row `%r` (`%q0 + %t mod %R`), `%rv` whether it is a
+/// row of the output.
+const ROW: &str = "      %g = arith.divui %t, %R : index
+      %rr = arith.remui %t, %R : index
+      %h = arith.addi %hf, %g : index
+      %r = arith.addi %q0, %rr : index
+      %gin = arith.cmpi ult, %g, %pk : index
+      %rin = arith.cmpi ult, %r, %T : index
+      %rv = arith.andi %gin, %rin : i1
+";
 
 /// One kv-tile's work for row `%r` (inside the compute phase): the scores
 /// (`score`, defining `%s`), the tile max, the online-softmax rescale and
 /// `O += P·V`.
 fn compute(d: usize, dv: usize, score: &str) -> String {
     format!(
-        "        %r = arith.addi %q0, %t : index
-        %q = vector.load %Qs[%t, %c0] : !sq, vector<{d}xf32>
+        "{row}        %q = vector.load %Qs[%t, %c0] : !sq, vector<{d}xf32>
         %mx = scf.for %j = %c0 to %ctk step %c1 iter_args(%mx0 = %ninf) -> (f32) {{
 {score}
           %mx1 = arith.maximumf %mx0, %s : f32
@@ -306,7 +335,8 @@ fn compute(d: usize, dv: usize, score: &str) -> String {
         %lnew = llvm.intr.fma(%lold, %alpha, %psum) : (f32, f32, f32) -> f32
         memref.store %lnew, %l[%t] : !pv1
         memref.store %mnew, %m[%t] : !pv1
-"
+",
+        row = ROW
     )
 }
 
@@ -474,7 +504,8 @@ fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
 /// shared memory, not used yet).
 pub const MAX_SHARED: usize = 48 << 10;
 
-const SIG: &str = "%Q: !qt, %K: !kt, %V: !vt, %O: !ot, %Runs: !rt, %Offs: !ft, %Mp: !mt, %Lp: !mt, %Op: !opt";
+const SIG: &str =
+    "%Q: !qt, %K: !kt, %V: !vt, %O: !ot, %Runs: !rt, %Offs: !ft, %Mp: !mt, %Lp: !mt, %Op: !opt, %pk_: i64";
 
 /// The merge kernel's parameters.
 const MERGE_SIG: &str = "%Mp: !mt, %Lp: !mt, %Op: !opt, %O: !ot";
@@ -530,7 +561,7 @@ pub fn gpu_func(spec: &GpuAttentionSpec, kernel: &str, prefix: &str) -> Result<(
         "  gpu.func @{kernel}({sig}) workgroup(%Qs : !sq {align}, %Ks : !sk {align}, %Vs : !sv {align})
       kernel attributes {{known_block_size = array<i32: {tq}, 1, 1>}} {{
     %qt = gpu.block_id x
-    %h = gpu.block_id y
+    %hy = gpu.block_id y
     %si = gpu.block_id z
     %t = gpu.thread_id x
     %m0 = memref.alloca() : memref<1xf32>
@@ -586,7 +617,7 @@ pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirEr
     let mut out = types(spec, "");
     let _ = write!(
         out,
-        "func.func private @{name}_program({sig}, %h: index, %qt: index, %si: index) {{
+        "func.func private @{name}_program({sig}, %hy: index, %qt: index, %si: index) {{
     %Qs = memref.alloca() : !sq
     %Ks = memref.alloca() : !sk
     %Vs = memref.alloca() : !sv
@@ -601,10 +632,10 @@ pub fn host_module(spec: &GpuAttentionSpec, name: &str) -> Result<String, MlirEr
 func.func @{name}({sig}, %gx: index, %gy: index, %gz: index) {{
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
-  scf.for %h = %c0 to %gy step %c1 {{
+  scf.for %hy = %c0 to %gy step %c1 {{
     scf.for %qt = %c0 to %gx step %c1 {{
       scf.for %si = %c0 to %gz step %c1 {{
-        func.call @{name}_program(%Q, %K, %V, %O, %Runs, %Offs, %Mp, %Lp, %Op{xn}, %h, %qt, %si) : (!qt, !kt, !vt, !ot, !rt, !ft, !mt, !mt, !opt{xt}, index, index, index) -> ()
+        func.call @{name}_program(%Q, %K, %V, %O, %Runs, %Offs, %Mp, %Lp, %Op, %pk_{xn}, %hy, %qt, %si) : (!qt, !kt, !vt, !ot, !rt, !ft, !mt, !mt, !opt, i64{xt}, index, index, index) -> ()
       }}
     }}
   }}
@@ -690,9 +721,10 @@ fn arrays<'a>(ops: impl Iterator<Item = Option<(DType, &'a [usize], &'a [f64])>>
 /// modifiers it cannot express, masks the reference refuses at these
 /// sizes, an iteration space the tile classifier cannot compute, unbound
 /// symbols, too many heads). Step 1 `tdl_attn`: grid `(ceil(T/tile_q),
-/// heads, splits)`, `tile_q` threads; parameters Q, K, V, O (rank-3
+/// heads / pk, splits)`, `tile_q` threads; parameters Q, K, V, O (rank-3
 /// memrefs over the flattened heads), `Runs`, `Offs`, `Mp`, `Lp`, `Op`
-/// (see the module docs), then the mask's and modifier's extras
+/// (see the module docs), `pk` (`i64`, the heads per program: GQA packing,
+/// see the module docs), then the mask's and modifier's extras
 /// ([`crate::mask::Extras`]; the error flag is [`LaunchPlan::error_flag`]).
 /// Step 2, only with splits > 1: `tdl_attn_merge`, grid `(ceil(heads·T /
 /// MERGE_THREADS), 1, 1)`, parameters `Mp`, `Lp`, `Op`, O. Sets
@@ -822,7 +854,11 @@ pub fn plan_attention_stored<'a>(
             Some(KernelStats { space_counts: space.as_ref().map(IterSpace::counts), ..KernelStats::default() });
         return Ok(Some(plan));
     }
-    if gx > MAX_GRID_X || hq as u64 > MAX_GRID_YZ {
+    // GQA packing: the query heads of one key head in one program, as its
+    // rows, when all their rows fit one q-tile and they visit the same
+    // kv-tiles (the mask and modifier do not read the head).
+    let pk = pack_heads((hq, hk), t, spec.tile_q, if x.heads { None } else { Some(space.as_ref()) }, mheads);
+    if gx > MAX_GRID_X || (hq / pk) as u64 > MAX_GRID_YZ {
         return Ok(None);
     }
     let Some(sched) =
@@ -858,11 +894,12 @@ pub fn plan_attention_stored<'a>(
         mp.clone(),
         lp.clone(),
         op.clone(),
+        Param::I64(pk as i64),
     ];
     params.extend(extra);
     plan.steps.push(LaunchStep {
         func: "tdl_attn".into(),
-        grid: [gx as u32, hq as u32, splits as u32],
+        grid: [gx as u32, (hq / pk) as u32, splits as u32],
         block: [spec.tile_q as u32, 1, 1],
         shared_bytes: 0,
         params,
@@ -882,6 +919,34 @@ pub fn plan_attention_stored<'a>(
     }
     plan.stats = Some(sched.stats);
     Ok(Some(plan))
+}
+
+/// How many query heads one program runs ([`GpuAttentionSpec`]'s GQA
+/// packing; 1: none): the most heads `pk` dividing the group `hq / hk`
+/// with `pk·t ≤ tile_q`, where the heads of each pack visit the same
+/// kv-tiles of q-tile 0 (`space`: the iteration space, `None` inside
+/// when unmasked; `None`: the kernel reads the head, never pack).
+fn pack_heads(
+    (hq, hk): (usize, usize),
+    t: usize,
+    tile_q: usize,
+    space: Option<Option<&IterSpace>>,
+    mheads: usize,
+) -> usize {
+    let Some(space) = space else { return 1 };
+    if hk == 0 || t == 0 || hq % hk != 0 {
+        return 1;
+    }
+    let grp = hq / hk;
+    let same = |pk: usize| match space {
+        None => true,
+        Some(sp) => (0..hq).all(|h| {
+            let first = h - h % pk;
+            let (a, b) = (&sp.per_head[h % mheads.max(1)], &sp.per_head[first % mheads.max(1)]);
+            a.first() == b.first()
+        }),
+    };
+    (2..=grp).rev().find(|&pk| grp % pk == 0 && pk * t <= tile_q && same(pk)).unwrap_or(1)
 }
 
 /// The most `f32`s of split state (`m`, `l` and `O` per split and row) a

@@ -232,6 +232,95 @@ mod attention {
         }
     }
 
+    /// GQA packing: at decode shapes the query heads of one key head run as
+    /// the rows of one program (grid y = key heads), with every mask, with
+    /// and without KV splits, and match naive attention; where their rows
+    /// do not fit one q-tile, or the heads' tiles differ, or a lambda reads
+    /// the head, nothing is packed.
+    #[test]
+    fn gqa_heads_pack_into_one_program() {
+        let b = Bindings::new();
+        let mut engines: std::collections::HashMap<String, tdl_mlir::JitEngine> = Default::default();
+        for (what, mask, visible) in cases() {
+            for (hq, hk, t, s, want_y) in [(8, 2, 1, 300, 2), (8, 2, 3, 300, 2), (8, 2, 5, 70, 4), (8, 2, 17, 70, 8)] {
+                for split in [KvSplit::None, KvSplit::Fixed(4)] {
+                    let (d, dv) = (16, 8);
+                    let ak = AttentionKernel {
+                        q: BufId(0),
+                        k: BufId(1),
+                        v: BufId(2),
+                        mask: None,
+                        scale: None,
+                        score: None,
+                        score_operands: vec![],
+                        tile_q: 16,
+                        tile_k: 16,
+                        kv_split: split,
+                        out: BufId(3),
+                    };
+                    let (q, k, v) = (fill(hq * t * d, 4), fill(hk * s * d, 5), fill(hk * s * dv, 6));
+                    let qt = F32Tensor { shape: vec![hq, t, d], data: q.clone() };
+                    let kt = F32Tensor { shape: vec![hk, s, d], data: k.clone() };
+                    let vt = F32Tensor { shape: vec![hk, s, dv], data: v.clone() };
+                    let plan =
+                        plan_attention_arrays(&ak, (&qt, &kt, &vt), mask.as_ref().map(|m| (m, &[][..])), None, &b)
+                            .unwrap()
+                            .expect("planned");
+                    let case = format!("{what}, Hq={hq} Hk={hk} T={t} S={s} {split:?}");
+                    assert_eq!(plan.steps[0].grid[1], want_y, "{case}: programs per q-tile");
+                    let key = plan.code.key.clone();
+                    let e = engines.entry(key).or_insert_with(|| compile_host(&plan.code).unwrap());
+                    let o = run_plan(e, &plan).unwrap_or_else(|e| panic!("{case}: {e}"));
+                    let want = reference(&q, &k, &v, (hq, hk, t, s, d, dv), 0.25, visible);
+                    let err = o.iter().zip(&want).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0f64, f64::max);
+                    assert!(err <= 1e-5, "{case}: max error {err:e}");
+                }
+            }
+        }
+        // A lambda that reads the head: one program per head.
+        use tdl_ir::{LambdaVar, ScalarBinary, ScalarExpr};
+        let by_head = MaskExpr::Lambda(ScalarExpr::Binary(
+            ScalarBinary::Le,
+            Box::new(ScalarExpr::Var(LambdaVar::K)),
+            Box::new(ScalarExpr::Var(LambdaVar::H)),
+        ));
+        let ak = AttentionKernel {
+            q: BufId(0),
+            k: BufId(1),
+            v: BufId(2),
+            mask: None,
+            scale: None,
+            score: None,
+            score_operands: vec![],
+            tile_q: 16,
+            tile_k: 16,
+            kv_split: KvSplit::None,
+            out: BufId(3),
+        };
+        let qt = F32Tensor { shape: vec![8, 1, 16], data: fill(128, 1) };
+        let kt = F32Tensor { shape: vec![2, 40, 16], data: fill(1280, 2) };
+        let vt = F32Tensor { shape: vec![2, 40, 8], data: fill(640, 3) };
+        let plan = plan_attention_arrays(&ak, (&qt, &kt, &vt), Some((&by_head, &[][..])), None, &b).unwrap().unwrap();
+        assert_eq!(plan.steps[0].grid[1], 8, "a lambda reading h: not packed");
+        let o = run_plan(&compile_host(&plan.code).unwrap(), &plan).unwrap();
+        // Head h sees keys 0..=h only.
+        for h in 0..8 {
+            let (qh, kh) = (&qt.data[h * 16..(h + 1) * 16], h / 4);
+            let sc: Vec<f64> = (0..=h)
+                .map(|j| {
+                    (0..16).map(|x| f64::from(qh[x]) * f64::from(kt.data[(kh * 40 + j) * 16 + x])).sum::<f64>() * 0.25
+                })
+                .collect();
+            let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+            for dd in 0..8 {
+                let w: f64 = (0..=h).map(|j| (sc[j] - mx).exp() / z * f64::from(vt.data[(kh * 40 + j) * 8 + dd])).sum();
+                assert!((f64::from(o[h * 8 + dd]) - w).abs() <= 1e-5, "head {h}: {} vs {w}", o[h * 8 + dd]);
+            }
+        }
+        assert_eq!(o.len(), 64);
+    }
+
     /// `f16`/`bf16` storage (alone and mixed with `f32`): the kernel reads
     /// the 16-bit inputs, computes in `f32` and writes the output rounded
     /// to its type — also through a KV split's merge — within one rounding
