@@ -9,12 +9,17 @@
 //! (once per kernel code, cached), loaded by the driver, and launched with
 //! the plan's buffers uploaded; the output is read back. Kernels the code
 //! generator declines run in the interpreter (the run's report names the
-//! executor of each). Buffers move between host and device per kernel: a
-//! correct first version, not a fast one; the device time of the launches
-//! alone is measured with CUDA events ([`GpuHooks::take_device_ms`]).
+//! executor of each). Every output is read back (the interpreter holds the
+//! run's values on the host) and kept on the device until the next run, so
+//! kernels reading it later upload nothing ([`Resident`]; graph inputs are
+//! uploaded where a kernel reads them); [`GpuHooks::transfers`] counts the
+//! bytes. The device time of the launches alone is measured with CUDA
+//! events ([`GpuHooks::take_device_ms`]).
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use tdl_cuda::{Cuda, DeviceBuffer, GpuModule, KernelArg};
 use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
@@ -59,6 +64,40 @@ pub struct GpuHooks {
     chip: &'static str,
     modules: RefCell<HashMap<String, GpuModule>>,
     device_ms: Cell<f64>,
+    /// The outputs this run's kernels left on the device, by the host
+    /// tensor they were read back into (see [`Resident`]).
+    resident: RefCell<HashMap<Resident, Rc<DeviceBuffer>>>,
+    /// Bytes copied to the device, back, and not copied because the tensor
+    /// was already there, since the run started.
+    moved: Cell<Transfers>,
+}
+
+/// A host tensor a kernel output was read back into: its address, length
+/// and how it is stored on the device. Within one run the interpreter
+/// never changes or frees a value ([`Hooks::run_started`]), so a later
+/// kernel reading the same slice reads the output's device buffer instead
+/// of a new copy; the map is cleared when a run starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Resident {
+    addr: usize,
+    len: usize,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    F32,
+    I32,
+    Half(Store),
+}
+
+/// What moved between host and device since the run started, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfers {
+    pub up: u64,
+    pub down: u64,
+    /// Inputs of kernels that were outputs of earlier ones, not copied.
+    pub kept: u64,
 }
 
 impl GpuHooks {
@@ -68,7 +107,14 @@ impl GpuHooks {
         let cuda = Cuda::open(0).map_err(|e| e.to_string())?;
         let (major, minor) = cuda.compute_capability();
         let chip = chip_for(major, minor)?;
-        Ok(GpuHooks { cuda, chip, modules: RefCell::default(), device_ms: Cell::new(0.0) })
+        Ok(GpuHooks {
+            cuda,
+            chip,
+            modules: RefCell::default(),
+            device_ms: Cell::new(0.0),
+            resident: RefCell::default(),
+            moved: Cell::new(Transfers::default()),
+        })
     }
 
     /// The chip the PTX is generated for (`sm_80`, `sm_90`).
@@ -87,6 +133,17 @@ impl GpuHooks {
             v / 1000,
             (v % 1000) / 10
         )
+    }
+
+    /// The bytes moved between host and device since the run started.
+    pub fn transfers(&self) -> Transfers {
+        self.moved.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Transfers)) {
+        let mut t = self.moved.get();
+        f(&mut t);
+        self.moved.set(t);
     }
 
     /// The device time of the launches since the last call, in ms.
@@ -116,7 +173,7 @@ impl GpuHooks {
             .iter()
             .map(|s| module.function(&s.func).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, String>>()?;
-        let bufs = plan.buffers.iter().map(|b| self.upload(b)).collect::<Result<Vec<DeviceBuffer>, String>>()?;
+        let bufs = plan.buffers.iter().map(|b| self.upload(b)).collect::<Result<Vec<Rc<DeviceBuffer>>, String>>()?;
         let ms = self
             .cuda
             .time_ms(|| {
@@ -138,25 +195,50 @@ impl GpuHooks {
             }
         }
         let out = bufs.get(plan.output).ok_or("the plan's output buffer is missing")?;
-        let n = plan.output_shape.iter().product();
-        if plan.output_is_i32() {
+        let n: usize = plan.output_shape.iter().product();
+        self.count(|t| t.down += 4 * out.len() as u64);
+        let (result, kind, addr) = if plan.output_is_i32() {
             let mut data = vec![0i32; n];
             self.cuda.download_i32(out, &mut data).map_err(|e| e.to_string())?;
-            Ok(PlanOutput::I32(data))
+            let addr = data.as_ptr() as usize;
+            (PlanOutput::I32(data), Kind::I32, addr)
         } else if plan.output_store() != Store::F32 {
             // 16-bit floats, two to a 4-byte word (low half first).
             let mut words = vec![0i32; n.div_ceil(2)];
             self.cuda.download_i32(out, &mut words).map_err(|e| e.to_string())?;
-            let bits = unpack_halves(&words, n);
-            Ok(PlanOutput::F32(plan.output_store().widen_bits(&bits)))
+            let data = plan.output_store().widen_bits(&unpack_halves(&words, n));
+            let addr = data.as_ptr() as usize;
+            (PlanOutput::F32(data), Kind::Half(plan.output_store()), addr)
         } else {
             let mut data = vec![0f32; n];
             self.cuda.download(out, &mut data).map_err(|e| e.to_string())?;
-            Ok(PlanOutput::F32(data))
+            let addr = data.as_ptr() as usize;
+            (PlanOutput::F32(data), Kind::F32, addr)
+        };
+        // The output stays on the device for the kernels that read it next:
+        // the hook hands `data` to the interpreter as the buffer's value
+        // (moved, not copied), which it keeps unchanged until the run ends.
+        if n > 0 {
+            self.resident.borrow_mut().insert(Resident { addr, len: n, kind }, Rc::clone(out));
         }
+        Ok(result)
     }
 
-    fn upload(&self, b: &PlanBuf<'_>) -> Result<DeviceBuffer, String> {
+    /// The device buffer of `b`: an output of an earlier kernel of the run
+    /// still on the device, or a new upload (or zeroed allocation).
+    fn upload(&self, b: &PlanBuf<'_>) -> Result<Rc<DeviceBuffer>, String> {
+        let seen = match b {
+            PlanBuf::F32(Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::F32, 4 * d.len())),
+            PlanBuf::I32(Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::I32, 4 * d.len())),
+            PlanBuf::Half(s, Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::Half(*s), 2 * d.len())),
+            _ => None,
+        };
+        if let Some((addr, len, kind, bytes)) = seen {
+            if let Some(buf) = self.resident.borrow().get(&Resident { addr, len, kind }) {
+                self.count(|t| t.kept += bytes as u64);
+                return Ok(Rc::clone(buf));
+            }
+        }
         let r = match b {
             PlanBuf::F32(d) => self.cuda.upload(d),
             PlanBuf::I32(d) => self.cuda.upload_i32(d),
@@ -166,10 +248,14 @@ impl GpuHooks {
                 self.cuda.upload_i32(&words)
             }
             PlanBuf::Zeroed(n) => self.cuda.alloc(*n),
-            PlanBuf::Half(_, d) => self.cuda.upload_i32(&pack_halves(d)),
+            PlanBuf::Half(s, d) => self.cuda.upload_i32(&pack_halves(&s.narrow_bits(d))),
             PlanBuf::ZeroedHalf(_, n) => self.cuda.alloc(n.div_ceil(2)),
         };
-        r.map_err(|e| e.to_string())
+        let buf = r.map_err(|e| e.to_string())?;
+        if !matches!(b, PlanBuf::Zeroed(_) | PlanBuf::ZeroedHalf(..)) {
+            self.count(|t| t.up += 4 * buf.len() as u64);
+        }
+        Ok(Rc::new(buf))
     }
 
     /// A plan's result as a hook's: declined (`None`) when the code
@@ -191,7 +277,7 @@ impl GpuHooks {
 /// Parameter `p` as a driver argument: a memref over device buffer `buf`
 /// counts its elements in the plan buffer's element size (2 bytes for
 /// 16-bit floats, 8 for `i64`, 4 otherwise), as the kernel reads them.
-fn kernel_arg<'b>(p: &Param, plan: &[PlanBuf<'_>], bufs: &'b [DeviceBuffer]) -> KernelArg<'b> {
+fn kernel_arg<'b>(p: &Param, plan: &[PlanBuf<'_>], bufs: &'b [Rc<DeviceBuffer>]) -> KernelArg<'b> {
     match p {
         Param::MemRef { buf, offset, sizes, strides } => KernelArg::MemRef {
             buf: &bufs[*buf],
@@ -233,6 +319,24 @@ fn i32_run(out: PlanOutput, _shape: Vec<usize>) -> Result<(Vec<i32>, &'static st
 }
 
 impl Hooks for GpuHooks {
+    /// Forgets the outputs an earlier run left on the device (freeing them)
+    /// and the transfer counts.
+    fn run_started(&self) {
+        self.resident.borrow_mut().clear();
+        self.moved.set(Transfers::default());
+    }
+
+    fn run_report(&self) -> Vec<String> {
+        let t = self.transfers();
+        let mb = |b: u64| b as f64 / 1e6;
+        vec![format!(
+            "device transfers: {:.3} MB to the device, {:.3} MB back, {:.3} MB of kernel inputs already there (outputs of earlier kernels)",
+            mb(t.up),
+            mb(t.down),
+            mb(t.kept)
+        )]
+    }
+
     fn attention(&self, k: &AttentionKernel, args: &AttentionArgs<'_>) -> Option<Result<HookRun, String>> {
         // The schedule's counts (programs, tiles visited, KV splits) are the plan's.
         let plan = tdl_mlir::attention::plan_attention(k, args);

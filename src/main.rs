@@ -1084,6 +1084,9 @@ fn run(args: RunArgs) -> Res<()> {
                         None => println!("kernel `{}` ({}) on {}", k.name, k.kind, k.executor),
                     }
                 }
+                for line in hooks.run_report() {
+                    println!("{line}");
+                }
             }
             out.results
         }

@@ -1605,8 +1605,10 @@ fn backend_gpu_without_a_cuda_driver_fails_cleanly() {
 /// and "loaded", its buffers uploaded (16-bit floats packed in pairs,
 /// `i64` offsets, iteration spaces, error flags), its arguments packed
 /// and checked by the driver wrapper — views of 2- and 8-byte elements
-/// counted in their own units — and its output read back. The values are
-/// not checked (the mock computes nothing); a run only has to get through.
+/// counted in their own units — and its output read back; outputs stay on
+/// the device for the kernels that read them (`--stats` counts the bytes
+/// moved and kept). The values are not checked (the mock computes
+/// nothing); a run only has to get through.
 #[test]
 fn backend_gpu_plumbing_runs_against_the_mock_driver() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1645,6 +1647,15 @@ fn backend_gpu_plumbing_runs_against_the_mock_driver() {
         let on_gpu = kernels.iter().filter(|l| l.contains(" on gpu (CUDA)")).count();
         assert!(on_gpu > 0, "{graph}: nothing ran on the (mock) GPU\n{}", out.describe());
         eprintln!("{graph}: {on_gpu} of {} kernels on the mock GPU", kernels.len());
+        let moved = out.stdout.lines().find(|l| l.starts_with("device transfers: ")).unwrap_or_else(|| {
+            panic!("{graph}: no transfer line\n{}", out.describe());
+        });
+        eprintln!("{graph}: {moved}");
+        // The block's kernels read what earlier ones wrote: kept on the device.
+        if *graph == "llama_block" {
+            let kept: f64 = moved.split(", ").nth(2).and_then(|p| p.split(' ').next()).unwrap().parse().unwrap();
+            assert!(kept > 0.0, "{graph}: nothing kept on the device: {moved}");
+        }
     }
 }
 

@@ -137,6 +137,19 @@ pub struct AttentionArgs<'x> {
 /// takes runs there (compiled code); the others run in the interpreter.
 /// [`KernelRun::executor`] records which ran what.
 pub trait Hooks {
+    /// Called when a program run starts, before any kernel: an executor
+    /// may keep state about the run's values (e.g. device copies of the
+    /// outputs it produced, which the run holds unchanged until it ends)
+    /// and must forget what it kept about an earlier run's.
+    fn run_started(&self) {}
+
+    /// Lines `--stats` prints after the kernels' (what the executor did
+    /// besides them, e.g. the bytes it moved to and from a device since
+    /// the run started); none by default.
+    fn run_report(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Runs attention kernel `k`, or returns `None` when this executor does
     /// not support it (the interpreter runs it then). The result is the
     /// `[lead..., T, Dv]` output in `f32`, the executor's name and what it did
@@ -462,6 +475,7 @@ pub fn run_values(
         typed.push((dtype, v.shape()));
     }
     let bindings = bind_shapes(p, &typed)?;
+    hooks.run_started();
     let mut vals: Vec<Option<Val>> = vec![None; p.buffers.len()];
     for (i, v) in inputs.into_iter().enumerate() {
         vals[p.params[i].index()] = Some(v);
@@ -485,7 +499,12 @@ pub fn run_values(
         if val.shape() != shape.as_slice() {
             return Err(at(err(format!("computed shape {:?}, but the buffer is {:?}", val.shape(), shape))));
         }
-        vals[out.index()] = Some(val);
+        // Values never change during a run (executors may rely on it,
+        // see `Hooks::run_started`): a buffer is written once.
+        match vals.get_mut(out.index()) {
+            Some(slot @ None) => *slot = Some(val),
+            _ => return Err(at(err(format!("{out} is written twice (or is an input or a constant)")))),
+        }
         runs.push(KernelRun { name: k.name.clone(), kind: k.body.kind(), executor, attention: stats });
     }
     // Results move out of the buffers; a buffer returned twice is cloned.

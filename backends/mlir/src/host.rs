@@ -52,7 +52,8 @@ pub enum PlanOutput {
 pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOutput, MlirError> {
     plan.validate()?;
     // The buffers the kernels write (zeroed ones, the output, the error
-    // flag) are owned copies; the others are read in place.
+    // flag) and 16-bit ones (converted here) are owned; the others are
+    // read in place.
     enum Owned {
         F(Vec<f32>),
         I(Vec<i32>),
@@ -67,7 +68,7 @@ pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOut
             PlanBuf::Zeroed(n) => Some(Owned::F(vec![0f32; *n])),
             PlanBuf::ZeroedHalf(_, n) => Some(Owned::H(vec![0u16; *n])),
             PlanBuf::F32(d) if written(i) => Some(Owned::F(d.to_vec())),
-            PlanBuf::Half(_, d) if written(i) => Some(Owned::H(d.to_vec())),
+            PlanBuf::Half(s, d) => Some(Owned::H(s.narrow_bits(d))),
             PlanBuf::I32(d) if written(i) => Some(Owned::I(d.to_vec())),
             _ => None,
         })
@@ -81,10 +82,9 @@ pub fn run_plan_any(engine: &JitEngine, plan: &LaunchPlan<'_>) -> Result<PlanOut
             (_, Some(Owned::I(v))) => v.as_mut_ptr().cast(),
             (_, Some(Owned::H(v))) => v.as_mut_ptr().cast(),
             (PlanBuf::F32(d), None) => d.as_ptr().cast_mut().cast(),
-            (PlanBuf::Half(_, d), None) => d.as_ptr().cast_mut().cast(),
             (PlanBuf::I32(d), None) => d.as_ptr().cast_mut().cast(),
             (PlanBuf::I64(d), None) => d.as_ptr().cast_mut().cast(),
-            (PlanBuf::Zeroed(_) | PlanBuf::ZeroedHalf(..), None) => std::ptr::null_mut(),
+            (PlanBuf::Zeroed(_) | PlanBuf::ZeroedHalf(..) | PlanBuf::Half(..), None) => std::ptr::null_mut(),
         })
         .collect();
     for step in &plan.steps {

@@ -155,12 +155,16 @@ impl Store {
     pub fn input(self, x: &[f32]) -> PlanBuf<'_> {
         match self {
             Store::F32 => PlanBuf::F32(Cow::Borrowed(x)),
-            Store::F16 => {
-                PlanBuf::Half(self, Cow::Owned(x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()))
-            }
-            Store::Bf16 => {
-                PlanBuf::Half(self, Cow::Owned(x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect()))
-            }
+            s => PlanBuf::Half(s, Cow::Borrowed(x)),
+        }
+    }
+
+    /// `f32` values as this (16-bit) storage's bits, rounded to nearest
+    /// even (exact for values of the type; `f32` storage gives `f16` bits).
+    pub fn narrow_bits(self, x: &[f32]) -> Vec<u16> {
+        match self {
+            Store::Bf16 => x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
+            _ => x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
         }
     }
 
@@ -186,8 +190,11 @@ impl Store {
 pub enum PlanBuf<'a> {
     /// `f32` data to upload.
     F32(Cow<'a, [f32]>),
-    /// 16-bit floats (`f16` or `bf16` bits, [`Store`]) to upload.
-    Half(Store, Cow<'a, [u16]>),
+    /// Values to upload as 16-bit floats of [`Store`] `f16` or `bf16`,
+    /// given as the `f32` values the interpreter holds (of that type
+    /// already): a runner converts them ([`Store::narrow_bits`]) where it
+    /// uploads them, and may recognise a tensor it has seen by its slice.
+    Half(Store, Cow<'a, [f32]>),
     /// `n` 16-bit floats, zero-filled (outputs).
     ZeroedHalf(Store, usize),
     /// `i32` data to upload.
