@@ -66,7 +66,7 @@ pub struct GpuHooks {
     device_ms: Cell<f64>,
     /// The outputs this run's kernels left on the device, by the host
     /// tensor they were read back into (see [`Resident`]).
-    resident: RefCell<HashMap<Resident, Rc<DeviceBuffer>>>,
+    resident: RefCell<ResidentSet<Rc<DeviceBuffer>>>,
     /// Bytes copied to the device, back, and not copied because the tensor
     /// was already there, since the run started.
     moved: Cell<Transfers>,
@@ -89,6 +89,52 @@ enum Kind {
     F32,
     I32,
     Half(Store),
+}
+
+/// The outputs kept on the device, oldest first, at most
+/// [`RESIDENT_BYTES`] of them (the oldest are dropped first).
+struct ResidentSet<B> {
+    map: HashMap<Resident, B>,
+    order: std::collections::VecDeque<(Resident, u64)>,
+    bytes: u64,
+}
+
+impl<B> Default for ResidentSet<B> {
+    fn default() -> Self {
+        ResidentSet { map: HashMap::new(), order: Default::default(), bytes: 0 }
+    }
+}
+
+/// The most device memory kept outputs hold; beyond it the oldest are
+/// freed (a later kernel reading one uploads it again).
+pub const RESIDENT_BYTES: u64 = 4 << 30;
+
+impl<B: Clone> ResidentSet<B> {
+    fn get(&self, key: &Resident) -> Option<B> {
+        self.map.get(key).cloned()
+    }
+
+    /// Keeps `buf` (`bytes` long) for `key`, dropping the oldest beyond
+    /// [`RESIDENT_BYTES`].
+    fn insert(&mut self, key: Resident, buf: B, bytes: u64) {
+        if self.map.insert(key, buf).is_none() {
+            self.order.push_back((key, bytes));
+            self.bytes += bytes;
+        }
+        while self.bytes > RESIDENT_BYTES {
+            let Some((old, b)) = self.order.pop_front() else { break };
+            self.map.remove(&old);
+            self.bytes -= b;
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = ResidentSet::default();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 /// What moved between host and device since the run started, in bytes.
@@ -173,7 +219,14 @@ impl GpuHooks {
             .iter()
             .map(|s| module.function(&s.func).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, String>>()?;
-        let bufs = plan.buffers.iter().map(|b| self.upload(b)).collect::<Result<Vec<Rc<DeviceBuffer>>, String>>()?;
+        // Only buffers the kernels only read may be outputs kept on the device.
+        let read_only = |i: usize| i != plan.output && Some(i) != plan.error_flag;
+        let bufs = plan
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| self.upload(b, read_only(i)))
+            .collect::<Result<Vec<Rc<DeviceBuffer>>, String>>()?;
         let ms = self
             .cuda
             .time_ms(|| {
@@ -219,27 +272,45 @@ impl GpuHooks {
         // the hook hands `data` to the interpreter as the buffer's value
         // (moved, not copied), which it keeps unchanged until the run ends.
         if n > 0 {
-            self.resident.borrow_mut().insert(Resident { addr, len: n, kind }, Rc::clone(out));
+            self.resident.borrow_mut().insert(Resident { addr, len: n, kind }, Rc::clone(out), 4 * out.len() as u64);
         }
         Ok(result)
     }
 
-    /// The device buffer of `b`: an output of an earlier kernel of the run
-    /// still on the device, or a new upload (or zeroed allocation).
-    fn upload(&self, b: &PlanBuf<'_>) -> Result<Rc<DeviceBuffer>, String> {
+    /// The device buffer of `b`: where `read_only`, an output of an earlier
+    /// kernel of the run still on the device, else a new upload (or zeroed
+    /// allocation; where the device is out of memory, after freeing the
+    /// kept outputs).
+    fn upload(&self, b: &PlanBuf<'_>, read_only: bool) -> Result<Rc<DeviceBuffer>, String> {
         let seen = match b {
             PlanBuf::F32(Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::F32, 4 * d.len())),
             PlanBuf::I32(Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::I32, 4 * d.len())),
             PlanBuf::Half(s, Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::Half(*s), 2 * d.len())),
             _ => None,
         };
-        if let Some((addr, len, kind, bytes)) = seen {
+        if let Some((addr, len, kind, bytes)) = seen.filter(|_| read_only) {
             if let Some(buf) = self.resident.borrow().get(&Resident { addr, len, kind }) {
                 self.count(|t| t.kept += bytes as u64);
-                return Ok(Rc::clone(buf));
+                return Ok(buf);
             }
         }
-        let r = match b {
+        let buf = match self.copy_up(b) {
+            Err(_) if !self.resident.borrow().is_empty() => {
+                self.resident.borrow_mut().clear();
+                self.copy_up(b)
+            }
+            r => r,
+        }
+        .map_err(|e| e.to_string())?;
+        if !matches!(b, PlanBuf::Zeroed(_) | PlanBuf::ZeroedHalf(..)) {
+            self.count(|t| t.up += 4 * buf.len() as u64);
+        }
+        Ok(Rc::new(buf))
+    }
+
+    /// A new device buffer holding `b`.
+    fn copy_up(&self, b: &PlanBuf<'_>) -> Result<DeviceBuffer, tdl_cuda::CudaError> {
+        match b {
             PlanBuf::F32(d) => self.cuda.upload(d),
             PlanBuf::I32(d) => self.cuda.upload_i32(d),
             // An i64 is two 32-bit words, low first (little-endian).
@@ -250,12 +321,7 @@ impl GpuHooks {
             PlanBuf::Zeroed(n) => self.cuda.alloc(*n),
             PlanBuf::Half(s, d) => self.cuda.upload_i32(&pack_halves(&s.narrow_bits(d))),
             PlanBuf::ZeroedHalf(_, n) => self.cuda.alloc(n.div_ceil(2)),
-        };
-        let buf = r.map_err(|e| e.to_string())?;
-        if !matches!(b, PlanBuf::Zeroed(_) | PlanBuf::ZeroedHalf(..)) {
-            self.count(|t| t.up += 4 * buf.len() as u64);
         }
-        Ok(Rc::new(buf))
     }
 
     /// A plan's result as a hook's: declined (`None`) when the code
@@ -319,11 +385,16 @@ fn i32_run(out: PlanOutput, _shape: Vec<usize>) -> Result<(Vec<i32>, &'static st
 }
 
 impl Hooks for GpuHooks {
-    /// Forgets the outputs an earlier run left on the device (freeing them)
-    /// and the transfer counts.
+    /// Forgets the outputs an earlier run left on the device, if any, and
+    /// the transfer counts.
     fn run_started(&self) {
         self.resident.borrow_mut().clear();
         self.moved.set(Transfers::default());
+    }
+
+    /// Frees the outputs kept on the device (the counts stay for `--stats`).
+    fn run_finished(&self) {
+        self.resident.borrow_mut().clear();
     }
 
     fn run_report(&self) -> Vec<String> {
@@ -398,6 +469,32 @@ mod tests {
         assert_eq!(chip_for(10, 0), Ok("sm_90"));
         assert_eq!(chip_for(8, 6), Ok("sm_80"));
         assert!(chip_for(7, 5).unwrap_err().starts_with("not supported yet"));
+    }
+
+    #[test]
+    fn kept_outputs_are_dropped_oldest_first_beyond_the_cap() {
+        let key = |addr| Resident { addr, len: 1, kind: Kind::F32 };
+        let mut set = ResidentSet::default();
+        let gib = 1u64 << 30;
+        for i in 0..4 {
+            set.insert(key(i), i, gib);
+        }
+        assert_eq!(set.bytes, 4 * gib);
+        assert_eq!(set.get(&key(0)), Some(0));
+        set.insert(key(4), 4, gib / 2);
+        assert_eq!(set.get(&key(0)), None, "the oldest goes first");
+        assert_eq!(set.get(&key(1)), Some(1));
+        assert_eq!(set.bytes, 3 * gib + gib / 2);
+        // The same key again: kept once.
+        set.insert(key(4), 4, gib / 2);
+        assert_eq!(set.bytes, 3 * gib + gib / 2);
+        // The kind is part of the key: an f32 view never finds a 16-bit output.
+        assert_eq!(set.get(&Resident { addr: 1, len: 1, kind: Kind::Half(Store::F16) }), None);
+        set.insert(key(9), 9, 5 * gib);
+        assert!(set.is_empty() && set.bytes == 0, "a buffer above the cap is not kept");
+        set.insert(key(1), 1, 1);
+        set.clear();
+        assert!(set.is_empty() && set.bytes == 0 && set.order.is_empty());
     }
 
     #[test]

@@ -143,6 +143,10 @@ pub trait Hooks {
     /// and must forget what it kept about an earlier run's.
     fn run_started(&self) {}
 
+    /// Called when a run ends, with its results or its error: an executor
+    /// drops what it kept about the run's values.
+    fn run_finished(&self) {}
+
     /// Lines `--stats` prints after the kernels' (what the executor did
     /// besides them, e.g. the bytes it moved to and from a device since
     /// the run started); none by default.
@@ -476,6 +480,19 @@ pub fn run_values(
     }
     let bindings = bind_shapes(p, &typed)?;
     hooks.run_started();
+    let out = run_kernels(p, inputs, bindings, limits, hooks);
+    hooks.run_finished();
+    out
+}
+
+/// The kernels of [`run_values`] in order, between the hooks' start and end.
+fn run_kernels(
+    p: &KernelProgram,
+    inputs: Vec<Val>,
+    bindings: Bindings,
+    limits: &Limits,
+    hooks: &dyn Hooks,
+) -> Result<ValuesOutput, InterpError> {
     let mut vals: Vec<Option<Val>> = vec![None; p.buffers.len()];
     for (i, v) in inputs.into_iter().enumerate() {
         vals[p.params[i].index()] = Some(v);

@@ -862,7 +862,7 @@ pub fn plan_attention_stored<'a>(
         return Ok(None);
     }
     let Some(sched) =
-        Schedule::new(space.as_ref(), (t, s, spec.tile_q, spec.tile_k), (hq, mheads), k.kv_split, layout.dv)
+        Schedule::new(space.as_ref(), (t, s, spec.tile_q, spec.tile_k), (hq, mheads, pk), k.kv_split, layout.dv)
     else {
         return Ok(None);
     };
@@ -967,10 +967,12 @@ struct Schedule {
 
 impl Schedule {
     /// `None` when the space does not fit `i32` indices.
+    /// `pk`: heads per program (GQA packing): the KV split is chosen for,
+    /// and `programs` counts, the `hq / pk · q-tiles` programs launched.
     fn new(
         space: Option<&IterSpace>,
         (t, s, tq, tk): (usize, usize, usize, usize),
-        (hq, mheads): (usize, usize),
+        (hq, mheads, pk): (usize, usize, usize),
         kv_split: KvSplit,
         dv: usize,
     ) -> Option<Schedule> {
@@ -1017,12 +1019,13 @@ impl Schedule {
             runs.extend([0; 4]);
         }
         let busiest = counts.iter().map(|c| c.0).max().unwrap_or(0) as usize;
-        let mut splits = resolve_kv_split(kv_split, hq * nq, busiest).clamp(1, MAX_GRID_YZ as usize);
+        let programs = hq / pk.max(1) * nq;
+        let mut splits = resolve_kv_split(kv_split, programs, busiest).clamp(1, MAX_GRID_YZ as usize);
         while splits > 1 && splits.saturating_mul(hq * t).saturating_mul(dv + 2) > MAX_SPLIT_STATE {
             splits -= 1;
         }
         let mut stats = KernelStats {
-            programs: (hq * nq) as u64,
+            programs: programs as u64,
             space_counts: space.map(IterSpace::counts),
             kv_splits: splits,
             merged_rows: if splits > 1 { (hq * t) as u64 } else { 0 },

@@ -321,10 +321,12 @@ pub struct LaunchPlan<'a> {
     /// module docs), or `None`.
     pub error_flag: Option<usize>,
     /// What the launches will do, counted as the Kernel IR interpreter
-    /// counts it (attention plans: programs = heads × q-tiles, kv-tiles
-    /// visited, Full and Partial, mask evaluations, the iteration space's
-    /// counts, KV splits and merged rows; not `score_evals`, which only a
-    /// run knows), for `--stats`; `None` for the other kinds.
+    /// counts it (attention plans: kv-tiles visited, Full and Partial, mask
+    /// evaluations and the iteration space's counts, per head as the
+    /// interpreter counts them; the programs launched — heads × q-tiles,
+    /// fewer with GQA packing — and the KV splits and merged rows chosen
+    /// for them; not `score_evals`, which only a run knows), for
+    /// `--stats`; `None` for the other kinds.
     pub stats: Option<KernelStats>,
 }
 
