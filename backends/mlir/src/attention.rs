@@ -32,6 +32,14 @@
 //! work instead of `T` (at `T = 1` with 4 query heads per key head, 4 of
 //! a 64-thread workgroup rather than 1).
 //!
+//! **Key sharing** (decode). Where a program's rows (one q-tile) leave
+//! threads idle — at `T = 1` all but one — `kw` threads (a power of two,
+//! `kw · rows ≤ tile_q`, run-time parameter `%kw`) share each row: thread
+//! `t` takes row slot `t / kw` and every `kw`-th key of each tile from
+//! `t mod kw`, with its own online-softmax state; a last phase merges the
+//! `kw` states of a row (`m = max mᵢ`, `l = Σ 2^(mᵢ−m)·lᵢ`, `O = Σ
+//! 2^(mᵢ−m)·Oᵢ`) through the tiles' workgroup memory, free by then.
+//!
 //! **KV splits** (flash-decoding). When the Kernel IR's `kv_split`
 //! resolves (`tdl_kernel::target::resolve_kv_split`, busiest program,
 //! heads × q-tiles programs) to `n > 1`, the grid's z axis is the split:
@@ -159,6 +167,10 @@ fn body(spec: &GpuAttentionSpec) -> Result<(String, Extras), MlirError> {
     %S = memref.dim %K, %c1 : !kt
     %grp0 = arith.divui %Hq, %Hk : index
     %grp = arith.maxui %grp0, %c1 : index
+    // Threads per row (`%kw` > 1: each its share of every tile's keys).
+    %kw0 = arith.index_cast %kw_ : i64 to index
+    %kw = arith.maxui %kw0, %c1 : index
+    %multi = arith.cmpi ugt, %kw, %c1 : index
     // The program's first query head and its rows: `%pk` heads of one key
     // head (GQA packing, `%pk` > 1: all `T` rows of each, one q-tile), or
     // one head's q-tile (`%pk` = 1).
@@ -246,13 +258,53 @@ PRE    PHASE{{
 COMPUTE      }}PHASE
       }}
     }}
+    // With %kw > 1 threads per row, each its share of the keys: their
+    // states, through the (now free) tiles, to the row's first thread.
     PHASE{{
-{row}      scf.if %rv {{
-        %lf = memref.load %l[%t] : !pv1
-        %a = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
+      scf.if %multi {{
+        %ms = memref.load %m[%t] : !pv1
+        %ls = memref.load %l[%t] : !pv1
+        %as = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
+        memref.store %ms, %Qs[%t, %c0] : !sq
+        memref.store %ls, %Ks[%t, %c0] : !sk
+        vector.store %as, %Vs[%t, %c0] : !sv, vector<{dv}xf32>
+      }}
+    }}PHASE
+    PHASE{{
+{row}      %lead = arith.cmpi eq, %jo, %c0 : index
+      %go = arith.andi %rv, %lead : i1
+      scf.if %go {{
+        %mf, %lf, %a = scf.if %multi -> (f32, f32, vector<{dv}xf32>) {{
+          %mx = scf.for %i = %c0 to %kw step %c1 iter_args(%mx0 = %ninf) -> (f32) {{
+            %ti2 = arith.addi %t, %i : index
+            %mi = memref.load %Qs[%ti2, %c0] : !sq
+            %mx1 = arith.maximumf %mx0, %mi : f32
+            scf.yield %mx1 : f32
+          }}
+          %zv2 = vector.broadcast %zero : f32 to vector<{dv}xf32>
+          %lm, %am = scf.for %i = %c0 to %kw step %c1 iter_args(%la = %zero, %aa = %zv2) -> (f32, vector<{dv}xf32>) {{
+            %ti2 = arith.addi %t, %i : index
+            %mi = memref.load %Qs[%ti2, %c0] : !sq
+            %li = memref.load %Ks[%ti2, %c0] : !sk
+            %ai = vector.load %Vs[%ti2, %c0] : !sv, vector<{dv}xf32>
+            %dm = arith.subf %mi, %mx : f32
+            %e = llvm.call_intrinsic \"llvm.exp2.f32\"(%dm) : (f32) -> f32
+            %live = arith.cmpf one, %mi, %ninf : f32
+            %w = arith.select %live, %e, %zero : f32
+            %l1 = llvm.intr.fma(%w, %li, %la) : (f32, f32, f32) -> f32
+            %wb = vector.broadcast %w : f32 to vector<{dv}xf32>
+            %a1 = vector.fma %wb, %ai, %aa : vector<{dv}xf32>
+            scf.yield %l1, %a1 : f32, vector<{dv}xf32>
+          }}
+          scf.yield %mx, %lm, %am : f32, f32, vector<{dv}xf32>
+        }} else {{
+          %m1 = memref.load %m[%t] : !pv1
+          %l1 = memref.load %l[%t] : !pv1
+          %a1 = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
+          scf.yield %m1, %l1, %a1 : f32, f32, vector<{dv}xf32>
+        }}
         scf.if %split {{
           // A share of a split program: the raw state, for the merge.
-          %mf = memref.load %m[%t] : !pv1
           memref.store %mf, %Mp[%si, %h, %r] : !mt
           memref.store %lf, %Lp[%si, %h, %r] : !mt
           vector.store %a, %Op[%si, %h, %r, %c0] : !opt, vector<{dv}xf32>
@@ -284,11 +336,14 @@ COMPUTE      }}PHASE
     Ok((b.replace("PRE", &pre).replace("COMPUTE", &compute_phase), x))
 }
 
-/// The thread's row, inside a phase: head `%h` (the program's `%hf` plus
-/// `%t / %R`), query row `%r` (`%q0 + %t mod %R`), `%rv` whether it is a
-/// row of the output.
-const ROW: &str = "      %g = arith.divui %t, %R : index
-      %rr = arith.remui %t, %R : index
+/// The thread's row, inside a phase: its row slot `%ti = %t / %kw` and
+/// key share `%jo = %t mod %kw`, head `%h` (the program's `%hf` plus
+/// `%ti / %R`), query row `%r` (`%q0 + %ti mod %R`), `%rv` whether it is
+/// a row of the output.
+const ROW: &str = "      %ti = arith.divui %t, %kw : index
+      %jo = arith.remui %t, %kw : index
+      %g = arith.divui %ti, %R : index
+      %rr = arith.remui %ti, %R : index
       %h = arith.addi %hf, %g : index
       %r = arith.addi %q0, %rr : index
       %gin = arith.cmpi ult, %g, %pk : index
@@ -302,7 +357,7 @@ const ROW: &str = "      %g = arith.divui %t, %R : index
 fn compute(d: usize, dv: usize, score: &str) -> String {
     format!(
         "{row}        %q = vector.load %Qs[%t, %c0] : !sq, vector<{d}xf32>
-        %mx = scf.for %j = %c0 to %ctk step %c1 iter_args(%mx0 = %ninf) -> (f32) {{
+        %mx = scf.for %j = %jo to %ctk step %kw iter_args(%mx0 = %ninf) -> (f32) {{
 {score}
           %mx1 = arith.maximumf %mx0, %s : f32
           scf.yield %mx1 : f32
@@ -316,7 +371,7 @@ fn compute(d: usize, dv: usize, score: &str) -> String {
         %a0 = vector.load %acc[%t, %c0] : !pv2, vector<{dv}xf32>
         %alv = vector.broadcast %alpha : f32 to vector<{dv}xf32>
         %a1 = arith.mulf %a0, %alv : vector<{dv}xf32>
-        %psum, %a2 = scf.for %j = %c0 to %ctk step %c1 iter_args(%ps0 = %zero, %ax = %a1) -> (f32, vector<{dv}xf32>) {{
+        %psum, %a2 = scf.for %j = %jo to %ctk step %kw iter_args(%ps0 = %zero, %ax = %a1) -> (f32, vector<{dv}xf32>) {{
 {score}
           %live = arith.cmpi eq, %dead, %false : i1
           %vis = arith.cmpf one, %s, %ninf : f32
@@ -505,7 +560,7 @@ fn types(spec: &GpuAttentionSpec, smem: &str) -> String {
 pub const MAX_SHARED: usize = 48 << 10;
 
 const SIG: &str =
-    "%Q: !qt, %K: !kt, %V: !vt, %O: !ot, %Runs: !rt, %Offs: !ft, %Mp: !mt, %Lp: !mt, %Op: !opt, %pk_: i64";
+    "%Q: !qt, %K: !kt, %V: !vt, %O: !ot, %Runs: !rt, %Offs: !ft, %Mp: !mt, %Lp: !mt, %Op: !opt, %pk_: i64, %kw_: i64";
 
 /// The merge kernel's parameters.
 const MERGE_SIG: &str = "%Mp: !mt, %Lp: !mt, %Op: !opt, %O: !ot";
@@ -635,7 +690,7 @@ func.func @{name}({sig}, %gx: index, %gy: index, %gz: index) {{
   scf.for %hy = %c0 to %gy step %c1 {{
     scf.for %qt = %c0 to %gx step %c1 {{
       scf.for %si = %c0 to %gz step %c1 {{
-        func.call @{name}_program(%Q, %K, %V, %O, %Runs, %Offs, %Mp, %Lp, %Op, %pk_{xn}, %hy, %qt, %si) : (!qt, !kt, !vt, !ot, !rt, !ft, !mt, !mt, !opt, i64{xt}, index, index, index) -> ()
+        func.call @{name}_program(%Q, %K, %V, %O, %Runs, %Offs, %Mp, %Lp, %Op, %pk_, %kw_{xn}, %hy, %qt, %si) : (!qt, !kt, !vt, !ot, !rt, !ft, !mt, !mt, !opt, i64, i64{xt}, index, index, index) -> ()
       }}
     }}
   }}
@@ -724,7 +779,7 @@ fn arrays<'a>(ops: impl Iterator<Item = Option<(DType, &'a [usize], &'a [f64])>>
 /// heads / pk, splits)`, `tile_q` threads; parameters Q, K, V, O (rank-3
 /// memrefs over the flattened heads), `Runs`, `Offs`, `Mp`, `Lp`, `Op`
 /// (see the module docs), `pk` (`i64`, the heads per program: GQA packing,
-/// see the module docs), then the mask's and modifier's extras
+/// see the module docs), `kw` (`i64`, threads per row: key sharing), then the mask's and modifier's extras
 /// ([`crate::mask::Extras`]; the error flag is [`LaunchPlan::error_flag`]).
 /// Step 2, only with splits > 1: `tdl_attn_merge`, grid `(ceil(heads·T /
 /// MERGE_THREADS), 1, 1)`, parameters `Mp`, `Lp`, `Op`, O. Sets
@@ -895,6 +950,7 @@ pub fn plan_attention_stored<'a>(
         lp.clone(),
         op.clone(),
         Param::I64(pk as i64),
+        Param::I64(key_share(gx as usize, if pk > 1 { pk * t } else { t }, (spec.tile_q, spec.tile_k)) as i64),
     ];
     params.extend(extra);
     plan.steps.push(LaunchStep {
@@ -947,6 +1003,25 @@ fn pack_heads(
         }),
     };
     (2..=grp).rev().find(|&pk| grp % pk == 0 && pk * t <= tile_q && same(pk)).unwrap_or(1)
+}
+
+/// Threads per row: where a program's rows (`rows`, in its only q-tile)
+/// leave threads idle, the largest power of two `kw ≤ tile_q / rows`
+/// dividing `tile_q` (at most `tile_k`) threads share each row, each
+/// taking every `kw`-th key of every tile with its own online-softmax
+/// state, merged at the end through the tiles' workgroup memory (which
+/// needs `tile_q ≤ tile_k`); 1 otherwise.
+fn key_share(q_tiles: usize, rows: usize, (tile_q, tile_k): (usize, usize)) -> usize {
+    if q_tiles != 1 || rows == 0 || tile_q > tile_k {
+        return 1;
+    }
+    let most = (tile_q / rows).min(tile_k).max(1);
+    // A divisor of tile_q, so a row's threads are all in the workgroup.
+    let mut kw = 1 << most.ilog2();
+    while tile_q % kw != 0 {
+        kw /= 2;
+    }
+    kw
 }
 
 /// The most `f32`s of split state (`m`, `l` and `O` per split and row) a
@@ -1046,3 +1121,21 @@ impl Schedule {
 }
 
 pub use crate::launch::HOST_PIPELINE;
+
+#[cfg(test)]
+mod tests {
+    use super::key_share;
+
+    #[test]
+    fn key_sharing_divides_the_workgroup() {
+        assert_eq!(key_share(1, 1, (64, 64)), 64);
+        assert_eq!(key_share(1, 4, (64, 64)), 16);
+        assert_eq!(key_share(1, 5, (64, 64)), 8);
+        assert_eq!(key_share(1, 1, (64, 16)), 1, "the merge needs tile_q ≤ tile_k");
+        assert_eq!(key_share(1, 1, (48, 64)), 16, "32 does not divide 48");
+        assert_eq!(key_share(1, 3, (48, 64)), 16);
+        assert_eq!(key_share(1, 64, (64, 64)), 1);
+        assert_eq!(key_share(2, 1, (64, 64)), 1, "several q-tiles: rows fill them");
+        assert_eq!(key_share(1, 0, (64, 64)), 1);
+    }
+}

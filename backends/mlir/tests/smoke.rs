@@ -233,16 +233,27 @@ mod attention {
     }
 
     /// GQA packing: at decode shapes the query heads of one key head run as
-    /// the rows of one program (grid y = key heads), with every mask, with
-    /// and without KV splits, and match naive attention; where their rows
-    /// do not fit one q-tile, or the heads' tiles differ, or a lambda reads
-    /// the head, nothing is packed.
+    /// the rows of one program (grid y = key heads), and the threads rows
+    /// leave idle share each row's keys (`kw` threads per row, merged at
+    /// the end), with every mask, with and without KV splits, and match
+    /// naive attention; where their rows do not fit one q-tile, or the
+    /// heads' tiles differ, or a lambda reads the head, nothing is packed.
     #[test]
     fn gqa_heads_pack_into_one_program() {
         let b = Bindings::new();
         let mut engines: std::collections::HashMap<String, tdl_mlir::JitEngine> = Default::default();
         for (what, mask, visible) in cases() {
-            for (hq, hk, t, s, want_y) in [(8, 2, 1, 300, 2), (8, 2, 3, 300, 2), (8, 2, 5, 70, 4), (8, 2, 17, 70, 8)] {
+            // (Hq, Hk, T, S, programs per q-tile, threads per row)
+            for (hq, hk, t, s, want_y, want_kw) in [
+                (8, 2, 1, 300, 2, 4),
+                (8, 2, 3, 300, 2, 1),
+                (8, 2, 5, 70, 4, 1),
+                (8, 2, 17, 70, 8, 1),
+                (3, 3, 1, 300, 3, 16),
+                (3, 3, 2, 70, 3, 8),
+                (3, 3, 5, 70, 3, 2),
+                (6, 1, 2, 45, 1, 1),
+            ] {
                 for split in [KvSplit::None, KvSplit::Fixed(4)] {
                     let (d, dv) = (16, 8);
                     let ak = AttentionKernel {
@@ -268,6 +279,11 @@ mod attention {
                             .expect("planned");
                     let case = format!("{what}, Hq={hq} Hk={hk} T={t} S={s} {split:?}");
                     assert_eq!(plan.steps[0].grid[1], want_y, "{case}: programs per q-tile");
+                    assert_eq!(
+                        plan.steps[0].params[10],
+                        tdl_mlir::launch::Param::I64(want_kw),
+                        "{case}: threads per row"
+                    );
                     let key = plan.code.key.clone();
                     let e = engines.entry(key).or_insert_with(|| compile_host(&plan.code).unwrap());
                     let o = run_plan(e, &plan).unwrap_or_else(|e| panic!("{case}: {e}"));
