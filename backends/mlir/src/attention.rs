@@ -3,16 +3,23 @@
 //! `docs/design/gpu-mlir-research.md`).
 //!
 //! One workgroup runs one `(head, q-tile, split)` program with one thread
-//! per query row (`tile_q` threads). Phases, each ended by a barrier:
+//! per query row (`tile_q` threads; at decode shapes several heads' rows
+//! and several threads per row, see below). Phases, each ended by a
+//! barrier:
 //! 0. load the Q tile into workgroup memory, clear the row state;
 //! 1. per visited kv-tile: load the K and V tiles cooperatively (zero past
 //!    `S`);
-//! 2. per visited kv-tile, per row: scores `q·k·scale` (base-2 softmax),
-//!    the mask formula per element in Partial tiles only (Full tiles
-//!    evaluate no mask, only the score modifier), the tile max, the
-//!    online-softmax rescale and `O += P·V`, all in registers;
-//! 3. one division per row (a row with no visible key gives zeros), or,
-//!    for a share of a KV split, the raw `(m, l, O)` stored for the merge.
+//! 2. per visited kv-tile, per row (per thread: its share of the keys):
+//!    scores `q·k·scale` (base-2 softmax), the mask formula per element in
+//!    Partial tiles only (Full tiles evaluate no mask, only the score
+//!    modifier), the tile max, the online-softmax rescale and `O += P·V`,
+//!    all in registers;
+//! 3. with key sharing only: each thread's `(m, l, O)` into the tiles'
+//!    workgroup memory, free by then;
+//! 4. per row, its first thread: the merge of its threads' states (key
+//!    sharing), then one division (a row with no visible key gives
+//!    zeros), or, for a share of a KV split, the raw `(m, l, O)` stored
+//!    for the merge kernel.
 //!
 //! **Block-sparse iteration.** The plan computes the Kernel IR's iteration
 //! space (`tdl_passes::tiles::iteration_space`, the fitted tiles, the bound
@@ -939,6 +946,10 @@ pub fn plan_attention_stored<'a>(
     bufs.push(PlanBuf::Zeroed((n_split * hq * t * dv).max(1)));
     let (mp, lp) = (Param::contiguous(m_buf, &[n_split, hq, t]), Param::contiguous(l_buf, &[n_split, hq, t]));
     let op = Param::contiguous(o_buf, &[n_split, hq, t, dv]);
+    // The kernel relies on this: a row's threads in the workgroup, their
+    // states within the tiles.
+    let kw = key_share(gx as usize, if pk > 1 { pk * t } else { t }, (spec.tile_q, spec.tile_k));
+    debug_assert!(kw.is_power_of_two() && spec.tile_q % kw == 0 && (kw == 1 || spec.tile_q <= spec.tile_k));
     let mut params = vec![
         Param::contiguous(0, &[hq, t, layout.d]),
         Param::contiguous(1, &[hk, s, layout.d]),
@@ -950,7 +961,7 @@ pub fn plan_attention_stored<'a>(
         lp.clone(),
         op.clone(),
         Param::I64(pk as i64),
-        Param::I64(key_share(gx as usize, if pk > 1 { pk * t } else { t }, (spec.tile_q, spec.tile_k)) as i64),
+        Param::I64(kw as i64),
     ];
     params.extend(extra);
     plan.steps.push(LaunchStep {
