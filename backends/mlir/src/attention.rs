@@ -949,7 +949,7 @@ pub fn plan_attention_stored<'a>(
     // The kernel relies on this: a row's threads in the workgroup, their
     // states within the tiles.
     let kw = key_share(gx as usize, if pk > 1 { pk * t } else { t }, (spec.tile_q, spec.tile_k));
-    debug_assert!(kw.is_power_of_two() && spec.tile_q % kw == 0 && (kw == 1 || spec.tile_q <= spec.tile_k));
+    debug_assert!(kw.is_power_of_two() && spec.tile_q.is_multiple_of(kw) && (kw == 1 || spec.tile_q <= spec.tile_k));
     let mut params = vec![
         Param::contiguous(0, &[hq, t, layout.d]),
         Param::contiguous(1, &[hk, s, layout.d]),
