@@ -15,11 +15,11 @@
 //!    modifier), the tile max, the online-softmax rescale and `O += P·V`,
 //!    all in registers;
 //! 3. with key sharing only: each thread's `(m, l, O)` into the tiles'
-//!    workgroup memory, free by then;
-//! 4. per row, its first thread: the merge of its threads' states (key
-//!    sharing), then one division (a row with no visible key gives
-//!    zeros), or, for a share of a KV split, the raw `(m, l, O)` stored
-//!    for the merge kernel.
+//!    workgroup memory, free by then, then a tree of pairwise merges (one
+//!    phase per power of two below `tile_q`) into the row's first slot;
+//! 4. per row, its first thread: one division (a row with no visible key
+//!    gives zeros), or, for a share of a KV split, the raw `(m, l, O)`
+//!    stored for the merge kernel.
 //!
 //! **Block-sparse iteration.** The plan computes the Kernel IR's iteration
 //! space (`tdl_passes::tiles::iteration_space`, the fitted tiles, the bound
@@ -43,9 +43,10 @@
 //! threads idle — at `T = 1` all but one — `kw` threads (a power of two,
 //! `kw · rows ≤ tile_q`, run-time parameter `%kw`) share each row: thread
 //! `t` takes row slot `t / kw` and every `kw`-th key of each tile from
-//! `t mod kw`, with its own online-softmax state; a last phase merges the
-//! `kw` states of a row (`m = max mᵢ`, `l = Σ 2^(mᵢ−m)·lᵢ`, `O = Σ
-//! 2^(mᵢ−m)·Oᵢ`) through the tiles' workgroup memory, free by then.
+//! `t mod kw`, with its own online-softmax state; the `kw` states of a row
+//! are merged (`m = max mᵢ`, `l = Σ 2^(mᵢ−m)·lᵢ`, `O = Σ 2^(mᵢ−m)·Oᵢ`)
+//! pairwise in `log2 kw` steps through the tiles' workgroup memory, free
+//! by then.
 //!
 //! **KV splits** (flash-decoding). When the Kernel IR's `kv_split`
 //! resolves (`tdl_kernel::target::resolve_kv_split`, busiest program,
@@ -266,7 +267,8 @@ COMPUTE      }}PHASE
       }}
     }}
     // With %kw > 1 threads per row, each its share of the keys: their
-    // states, through the (now free) tiles, to the row's first thread.
+    // states, through the (now free) tiles, merged pairwise into the row's
+    // first thread's slot (a tree: step i merges slot t + 2^i into t).
     PHASE{{
       scf.if %multi {{
         %ms = memref.load %m[%t] : !pv1
@@ -277,33 +279,15 @@ COMPUTE      }}PHASE
         vector.store %as, %Vs[%t, %c0] : !sv, vector<{dv}xf32>
       }}
     }}PHASE
-    PHASE{{
+TREE    PHASE{{
 {row}      %lead = arith.cmpi eq, %jo, %c0 : index
       %go = arith.andi %rv, %lead : i1
       scf.if %go {{
         %mf, %lf, %a = scf.if %multi -> (f32, f32, vector<{dv}xf32>) {{
-          %mx = scf.for %i = %c0 to %kw step %c1 iter_args(%mx0 = %ninf) -> (f32) {{
-            %ti2 = arith.addi %t, %i : index
-            %mi = memref.load %Qs[%ti2, %c0] : !sq
-            %mx1 = arith.maximumf %mx0, %mi : f32
-            scf.yield %mx1 : f32
-          }}
-          %zv2 = vector.broadcast %zero : f32 to vector<{dv}xf32>
-          %lm, %am = scf.for %i = %c0 to %kw step %c1 iter_args(%la = %zero, %aa = %zv2) -> (f32, vector<{dv}xf32>) {{
-            %ti2 = arith.addi %t, %i : index
-            %mi = memref.load %Qs[%ti2, %c0] : !sq
-            %li = memref.load %Ks[%ti2, %c0] : !sk
-            %ai = vector.load %Vs[%ti2, %c0] : !sv, vector<{dv}xf32>
-            %dm = arith.subf %mi, %mx : f32
-            %e = llvm.call_intrinsic \"llvm.exp2.f32\"(%dm) : (f32) -> f32
-            %live = arith.cmpf one, %mi, %ninf : f32
-            %w = arith.select %live, %e, %zero : f32
-            %l1 = llvm.intr.fma(%w, %li, %la) : (f32, f32, f32) -> f32
-            %wb = vector.broadcast %w : f32 to vector<{dv}xf32>
-            %a1 = vector.fma %wb, %ai, %aa : vector<{dv}xf32>
-            scf.yield %l1, %a1 : f32, vector<{dv}xf32>
-          }}
-          scf.yield %mx, %lm, %am : f32, f32, vector<{dv}xf32>
+          %mm = memref.load %Qs[%t, %c0] : !sq
+          %lm = memref.load %Ks[%t, %c0] : !sk
+          %am = vector.load %Vs[%t, %c0] : !sv, vector<{dv}xf32>
+          scf.yield %mm, %lm, %am : f32, f32, vector<{dv}xf32>
         }} else {{
           %m1 = memref.load %m[%t] : !pv1
           %l1 = memref.load %l[%t] : !pv1
@@ -340,7 +324,65 @@ COMPUTE      }}PHASE
         // Programs read by lambdas are never packed: `%hf` is the head.
         pre.push_str("    %h64 = arith.index_cast %hf : index to i64\n    %hm = arith.remui %h64, %hn : i64\n");
     }
-    Ok((b.replace("PRE", &pre).replace("COMPUTE", &compute_phase), x))
+    Ok((b.replace("PRE", &pre).replace("COMPUTE", &compute_phase).replace("TREE", &merge_tree(tq, dv)), x))
+}
+
+/// The tree that merges the key-sharing threads' states of a row (slots
+/// `t .. t + kw` of the scratch in `Qs[·, 0]`, `Ks[·, 0]`, `Vs[·, :]`):
+/// phase `i` (one per power of two below `tile_q`; `%kw` is one of them)
+/// merges slot `t + 2^i` into slot `t` for `t mod 2^(i+1) = 0` within the
+/// row — no slot is read and written in one phase — with `m = max`, the
+/// other state scaled by `2^(mᵢ − m)` (0 for a state that saw no key).
+fn merge_tree(tq: usize, dv: usize) -> String {
+    let mut out = String::new();
+    let mut sz = 1;
+    while sz < tq {
+        let _ = write!(
+            out,
+            "    PHASE{{
+      %sz = arith.constant {sz} : index
+      %sz2 = arith.constant {two} : index
+      %jo = arith.remui %t, %kw : index
+      %pos = arith.remui %jo, %sz2 : index
+      %even = arith.cmpi eq, %pos, %c0 : index
+      %jp = arith.addi %jo, %sz : index
+      %pin = arith.cmpi ult, %jp, %kw : index
+      %act = arith.andi %even, %pin : i1
+      %step = arith.andi %act, %multi : i1
+      scf.if %step {{
+        %tp = arith.addi %t, %sz : index
+        %m1 = memref.load %Qs[%t, %c0] : !sq
+        %l1 = memref.load %Ks[%t, %c0] : !sk
+        %a1 = vector.load %Vs[%t, %c0] : !sv, vector<{dv}xf32>
+        %m2 = memref.load %Qs[%tp, %c0] : !sq
+        %l2 = memref.load %Ks[%tp, %c0] : !sk
+        %a2 = vector.load %Vs[%tp, %c0] : !sv, vector<{dv}xf32>
+        %mx = arith.maximumf %m1, %m2 : f32
+        %d1 = arith.subf %m1, %mx : f32
+        %d2 = arith.subf %m2, %mx : f32
+        %e1 = llvm.call_intrinsic \"llvm.exp2.f32\"(%d1) : (f32) -> f32
+        %e2 = llvm.call_intrinsic \"llvm.exp2.f32\"(%d2) : (f32) -> f32
+        %live1 = arith.cmpf one, %m1, %ninf : f32
+        %live2 = arith.cmpf one, %m2, %ninf : f32
+        %w1 = arith.select %live1, %e1, %zero : f32
+        %w2 = arith.select %live2, %e2, %zero : f32
+        %lw = arith.mulf %w1, %l1 : f32
+        %l3 = llvm.intr.fma(%w2, %l2, %lw) : (f32, f32, f32) -> f32
+        %wb1 = vector.broadcast %w1 : f32 to vector<{dv}xf32>
+        %wb2 = vector.broadcast %w2 : f32 to vector<{dv}xf32>
+        %aw = arith.mulf %wb1, %a1 : vector<{dv}xf32>
+        %a3 = vector.fma %wb2, %a2, %aw : vector<{dv}xf32>
+        memref.store %mx, %Qs[%t, %c0] : !sq
+        memref.store %l3, %Ks[%t, %c0] : !sk
+        vector.store %a3, %Vs[%t, %c0] : !sv, vector<{dv}xf32>
+      }}
+    }}PHASE
+",
+            two = 2 * sz
+        );
+        sz *= 2;
+    }
+    out
 }
 
 /// The thread's row, inside a phase: its row slot `%ti = %t / %kw` and
