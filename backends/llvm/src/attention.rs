@@ -11,7 +11,9 @@
 //! block product (`gemm`: 6 rows × 2 vectors of accumulators,
 //! broadcast multiply-adds, over a Kᵀ the runtime packs once per K block; or,
 //! for programs of at most 8 rows such as decode, dot products over K's rows
-//! read in place), the mask predicate **compiled to integer arithmetic**
+//! read in place, each K row's dot also prefetching the V row of the same
+//! key, so the block product `P·V`, which walks V down its columns, finds
+//! the tile in cache instead of missing on every row), the mask predicate **compiled to integer arithmetic**
 //! and tested per element in partial tiles only, the online-softmax update
 //! and `O += P·V` (the same block product, V read in place); one division
 //! at the end; a row with no visible key gives
@@ -676,6 +678,9 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             let koff0 = ir.op("mul", "i64", &k0, &d.to_string());
             let koff = ir.op("add", "i64", &koff0, "%ok");
             let ktile = ir.gep("float", "%k", &koff);
+            let voff0 = ir.op("mul", "i64", &k0, &dv.to_string());
+            let voff = ir.op("add", "i64", &voff0, "%ov");
+            let vtile = ir.gep("float", "%v", &voff);
             RowDot {
                 w,
                 blocks: &blocks,
@@ -689,6 +694,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
                 c_row: tkp,
                 counters: [&cgb, &cgp, cd],
                 acc: &gemm_acc,
+                prefetch: Some((&vtile, dv, 4 * dv)),
             }
             .emit(ir);
             ir.line(format!("br label %{s_done}"));

@@ -142,7 +142,8 @@ pub(crate) fn declarations(w: usize) -> String {
     format!(
         "declare {vt} @llvm.fmuladd.v{w}f32({vt}, {vt}, {vt})\n\
          declare {vt} @llvm.masked.load.v{w}f32.p0(ptr, i32, <{w} x i1>, {vt})\n\
-         declare float @llvm.vector.reduce.fadd.v{w}f32(float, {vt})\n"
+         declare float @llvm.vector.reduce.fadd.v{w}f32(float, {vt})\n\
+         declare void @llvm.prefetch.p0(ptr, i32, i32, i32)\n"
     )
 }
 
@@ -172,6 +173,10 @@ pub(crate) struct RowDot<'s> {
     pub counters: [&'s str; 3],
     /// At least [`MR`] allocas of the vector type.
     pub acc: &'s [String],
+    /// `(base, row, bytes)`: with row `j` of B, prefetch `bytes` from
+    /// `base + j·row` floats (the V row the scores will weigh), so the
+    /// block product that reads V across rows finds it in cache.
+    pub prefetch: Option<(&'s str, usize, usize)>,
 }
 
 impl RowDot<'_> {
@@ -192,6 +197,14 @@ impl RowDot<'_> {
             ir.for_range(cj, "0", self.cols, |ir, j| {
                 let boff = ir.op("mul", "i64", j, &self.b_row.to_string());
                 let brow = ir.gep("float", self.b, &boff);
+                if let Some((base, row, bytes)) = self.prefetch {
+                    let poff = ir.op("mul", "i64", j, &row.to_string());
+                    let prow = ir.gep("float", base, &poff);
+                    for line in (0..bytes).step_by(64) {
+                        let pp = ir.gep("i8", &prow, &line.to_string());
+                        ir.line(format!("call void @llvm.prefetch.p0(ptr {pp}, i32 0, i32 3, i32 1)"));
+                    }
+                }
                 for a in &self.acc[..MR] {
                     ir.line(format!("store {vt} zeroinitializer, ptr {a}"));
                 }
