@@ -195,8 +195,9 @@ fn jit_attention_decode_packs_heads_and_splits_the_kv_range() {
 }
 
 /// Decode at the head dimensions of real models (64, 128): the dot-product
-/// path (K rows read in place, V prefetched) with 4 and 1 query heads per
-/// K/V head, lengths no tile divides, masks, and KV splits.
+/// path (K rows read in place, V prefetched) with 4, 1 and 8 query heads per
+/// K/V head (register blocks of 4 and of 6 rows), lengths no tile divides,
+/// masks, and KV splits.
 #[test]
 fn jit_attention_decode_at_model_head_dimensions() {
     use tdl_kernel::ir::KvSplit;
@@ -215,7 +216,7 @@ fn jit_attention_decode_at_model_head_dimensions() {
             for (tq, tk) in [(128, 64), (13, 7)] {
                 let spec = AttentionSpec::new(d, d, tq, tk, None, mask.clone());
                 let k = CompiledAttention::new(&spec).unwrap();
-                for (hq, hk, s) in [(8, 2, 1003), (4, 1, 77), (3, 3, 130), (4, 1, 1)] {
+                for (hq, hk, s) in [(8, 2, 1003), (4, 1, 77), (3, 3, 130), (4, 1, 1), (16, 2, 77)] {
                     let q = random(&[hq, 1, d], 21);
                     let kk = random(&[hk, s, d], 22);
                     let v = random(&[hk, s, d], 23);
@@ -247,7 +248,7 @@ fn jit_attention_decode_at_model_head_dimensions() {
             }
         }
     }
-    assert_eq!(cases, 2 * 4 * 2 * 4 * 3);
+    assert_eq!(cases, 2 * 4 * 2 * 5 * 3);
 }
 
 #[test]
