@@ -19,7 +19,7 @@
 //! per head (QKᵀ and PV), `visible` counted exactly from the iteration space
 //! (full tiles by area, partial tiles element by element). Environment:
 //! `TDL_BENCH=substring` runs only the configurations whose name contains
-//! it; `TDL_QUICK=1` skips criterion's sampling (medians only);
+//! it (`a|b`: either; the ceilings are named `peak`, `sgemm`, `bandwidth`); `TDL_QUICK=1` skips criterion's sampling (medians only);
 //! `TDL_THREADS=N` (default: every core); `TDL_TILE=q,k` forces the
 //! attention tiles (default: the Kernel IR cost model's for this machine);
 //! `TDL_MM_TILES=m,n,k;m,n,k` adds matmul tilings to the sgemm sweep.
@@ -152,7 +152,7 @@ fn configs() -> Vec<AttnConfig> {
 }
 
 fn selected(name: &str) -> bool {
-    std::env::var("TDL_BENCH").map_or(true, |f| name.contains(&f))
+    std::env::var("TDL_BENCH").map_or(true, |f| f.split('|').any(|alt| name.contains(alt)))
 }
 
 fn env_usize(key: &str, default: usize) -> usize {

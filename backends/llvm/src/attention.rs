@@ -11,7 +11,9 @@
 //! block product (`gemm`: 6 rows × 2 vectors of accumulators,
 //! broadcast multiply-adds, over a Kᵀ the runtime packs once per K block; or,
 //! for programs of at most 8 rows such as decode, dot products over K's rows
-//! read in place), the mask predicate **compiled to integer arithmetic**
+//! read in place, each K row's dot also prefetching the V row of the same
+//! key, so the block product `P·V`, which walks V down its columns, finds
+//! the tile in cache instead of missing on every row), the mask predicate **compiled to integer arithmetic**
 //! and tested per element in partial tiles only, the online-softmax update
 //! and `O += P·V` (the same block product, V read in place); one division
 //! at the end; a row with no visible key gives
@@ -214,6 +216,23 @@ impl Ir {
         self.line(format!("br label %{e}"));
         self.block(&e);
     }
+}
+
+/// Rows of the register blocks of programs with few rows (decode with a
+/// GQA group of up to 4 heads); the others take blocks of [`MR`].
+const FEW: usize = 4;
+
+/// `if cond { then } else { other }`, both falling through to what follows.
+fn if_else(ir: &mut Ir, cond: &str, then: impl FnOnce(&mut Ir), other: impl FnOnce(&mut Ir)) {
+    let (t, e, done) = (ir.label("then"), ir.label("else"), ir.label("endif"));
+    ir.line(format!("br i1 {cond}, label %{t}, label %{e}"));
+    ir.block(&t);
+    then(ir);
+    ir.line(format!("br label %{done}"));
+    ir.block(&e);
+    other(ir);
+    ir.line(format!("br label %{done}"));
+    ir.block(&done);
 }
 
 pub(crate) fn float_text(x: f32) -> String {
@@ -582,6 +601,8 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
     // values nobody reads, from zeroed Q rows).
     let bq5 = ir.op("add", "i64", &bq, &(MR - 1).to_string());
     let blocks = ir.op("udiv", "i64", &bq5, &MR.to_string());
+    // At most FEW rows: one register block of FEW rows.
+    let few_rows = ir.op("icmp ule", "i64", &bq, &FEW.to_string());
     ir.line(format!("call void @llvm.memset.p0.i64(ptr align 64 {qs}, i8 0, i64 {}, i1 false)", 4 * tqp * d));
     ir.line(format!("call void @llvm.memset.p0.i64(ptr align 64 {acc}, i8 0, i64 {}, i1 false)", 4 * tqp * dvp));
     // The Q tile, resident and pre-scaled: Qs = Q · scale.
@@ -656,6 +677,7 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             let kt_pack = ir.gep("float", "%ktp", &ktoff);
             BlockGemm {
                 w,
+                rows: MR,
                 blocks: &blocks,
                 n: tkp,
                 n_valid: tkp,
@@ -676,21 +698,31 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             let koff0 = ir.op("mul", "i64", &k0, &d.to_string());
             let koff = ir.op("add", "i64", &koff0, "%ok");
             let ktile = ir.gep("float", "%k", &koff);
-            RowDot {
-                w,
-                blocks: &blocks,
-                cols: &bk,
-                d,
-                a: &qs,
-                a_row: d,
-                b: &ktile,
-                b_row: d,
-                c: &st,
-                c_row: tkp,
-                counters: [&cgb, &cgp, cd],
-                acc: &gemm_acc,
-            }
-            .emit(ir);
+            let voff0 = ir.op("mul", "i64", &k0, &dv.to_string());
+            let voff = ir.op("add", "i64", &voff0, "%ov");
+            let vtile = ir.gep("float", "%v", &voff);
+            // Programs of at most FEW rows (decode with a GQA group of up
+            // to 4) take register blocks of FEW rows: no wasted dot products.
+            let dot = |ir: &mut Ir, rows: usize, blocks: &str| {
+                RowDot {
+                    w,
+                    rows,
+                    blocks,
+                    cols: &bk,
+                    d,
+                    a: &qs,
+                    a_row: d,
+                    b: &ktile,
+                    b_row: d,
+                    c: &st,
+                    c_row: tkp,
+                    counters: [&cgb, &cgp, cd],
+                    acc: &gemm_acc,
+                    prefetch: Some((&vtile, dv, 4 * dv)),
+                }
+                .emit(ir)
+            };
+            if_else(ir, &few_rows, |ir| dot(ir, FEW, "1"), |ir| dot(ir, MR, &blocks));
             ir.line(format!("br label %{s_done}"));
             ir.block(&s_done);
             // -inf past the end of S and, in partial tiles, where the mask
@@ -864,23 +896,27 @@ pub fn attention_ir(spec: &AttentionSpec, host: &HostTarget) -> Result<String, L
             let voff0 = ir.op("mul", "i64", &k0, &dv.to_string());
             let voff = ir.op("add", "i64", &voff0, "%ov");
             let vtile = ir.gep("float", "%v", &voff);
-            BlockGemm {
-                w,
-                blocks: &blocks,
-                n: dvp,
-                n_valid: dv,
-                k: &bk,
-                a: &st,
-                a_row: tkp,
-                b: &vtile,
-                b_row: dv,
-                c: &acc,
-                c_row: dvp,
-                accumulate: true,
-                counters: [&cgb, &cgp],
-                acc: &gemm_acc,
-            }
-            .emit(ir);
+            let pv = |ir: &mut Ir, rows: usize, blocks: &str| {
+                BlockGemm {
+                    w,
+                    rows,
+                    blocks,
+                    n: dvp,
+                    n_valid: dv,
+                    k: &bk,
+                    a: &st,
+                    a_row: tkp,
+                    b: &vtile,
+                    b_row: dv,
+                    c: &acc,
+                    c_row: dvp,
+                    accumulate: true,
+                    counters: [&cgb, &cgp],
+                    acc: &gemm_acc,
+                }
+                .emit(ir)
+            };
+            if_else(ir, &few_rows, |ir| pv(ir, FEW, "1"), |ir| pv(ir, MR, &blocks));
         });
     });
     result?;

@@ -4,8 +4,9 @@
 //! vectors of B per step of the depth, fused multiply-adds. The attention
 //! kernel uses it for `S = Q·Kᵀ` and `O += P·V`.
 //!
-//! Rows are processed in whole blocks of [`MR`] (the caller pads A and C to
-//! a multiple of `MR` rows; the extra rows compute values nobody reads).
+//! Rows are processed in whole blocks of `rows` ([`MR`], or 4 for programs
+//! of at most 4 rows; the caller pads A and C to a multiple of `MR` rows;
+//! the extra rows compute values nobody reads).
 //! Columns are processed in groups of two vectors; C's rows are padded to a
 //! multiple of the vector width. B is read with plain vector loads where
 //! `n_valid` columns exist and masked loads (zero past the end) where not,
@@ -20,7 +21,9 @@ pub(crate) use tdl_rt::MR;
 pub(crate) struct BlockGemm<'s> {
     /// `f32` lanes of a vector.
     pub w: usize,
-    /// Blocks of [`MR`] rows (an i64 value).
+    /// Rows of a register block: [`MR`], or fewer for programs of few rows.
+    pub rows: usize,
+    /// Blocks of `rows` rows (an i64 value).
     pub blocks: &'s str,
     /// Columns of C (a multiple of `w` after padding).
     pub n: usize,
@@ -41,7 +44,7 @@ pub(crate) struct BlockGemm<'s> {
     pub accumulate: bool,
     /// Two i64 loop counters (allocas).
     pub counters: [&'s str; 2],
-    /// At least `MR · 2` allocas of the vector type.
+    /// At least `rows · 2` allocas of the vector type.
     pub acc: &'s [String],
 }
 
@@ -52,7 +55,7 @@ impl BlockGemm<'_> {
         let n_vec = self.n.div_ceil(w);
         let [cb, cp] = self.counters;
         ir.for_range(cb, "0", self.blocks, |ir, blk| {
-            let row0 = ir.op("mul", "i64", blk, &MR.to_string());
+            let row0 = ir.op("mul", "i64", blk, &self.rows.to_string());
             let a_off = ir.op("mul", "i64", &row0, &self.a_row.to_string());
             let c_off = ir.op("mul", "i64", &row0, &self.c_row.to_string());
             let ablock = ir.gep("float", self.a, &a_off);
@@ -62,7 +65,7 @@ impl BlockGemm<'_> {
                 let nv = (n_vec - v0).min(2);
                 let accs = |r: usize, v: usize| &self.acc[r * 2 + v];
                 // Accumulators: C or zero.
-                for r in 0..MR {
+                for r in 0..self.rows {
                     for v in 0..nv {
                         let x = if self.accumulate {
                             let p = ir.gep("float", &cblock, &(r * self.c_row + (v0 + v) * w).to_string());
@@ -100,13 +103,13 @@ impl BlockGemm<'_> {
                             x
                         })
                         .collect();
-                    for r in 0..MR {
+                    for r in 0..self.rows {
                         let idx0 = ir.op("add", "i64", p, &(r * self.a_row).to_string());
                         let pa = ir.gep("float", &ablock, &idx0);
                         broadcast_fma(ir, w, &pa, &bvs, &self.acc[r * 2..r * 2 + nv]);
                     }
                 });
-                for r in 0..MR {
+                for r in 0..self.rows {
                     for v in 0..nv {
                         let x = ir.load(&vt, accs(r, v));
                         let p = ir.gep("float", &cblock, &(r * self.c_row + (v0 + v) * w).to_string());
@@ -142,7 +145,8 @@ pub(crate) fn declarations(w: usize) -> String {
     format!(
         "declare {vt} @llvm.fmuladd.v{w}f32({vt}, {vt}, {vt})\n\
          declare {vt} @llvm.masked.load.v{w}f32.p0(ptr, i32, <{w} x i1>, {vt})\n\
-         declare float @llvm.vector.reduce.fadd.v{w}f32(float, {vt})\n"
+         declare float @llvm.vector.reduce.fadd.v{w}f32(float, {vt})\n\
+         declare void @llvm.prefetch.p0(ptr, i32, i32, i32)\n"
     )
 }
 
@@ -153,7 +157,9 @@ pub(crate) fn declarations(w: usize) -> String {
 /// Needs no packed Kᵀ, so K is streamed straight from memory.
 pub(crate) struct RowDot<'s> {
     pub w: usize,
-    /// Blocks of [`MR`] rows of A (an i64 value).
+    /// Rows of A per block: [`MR`], or fewer for programs of few rows.
+    pub rows: usize,
+    /// Blocks of `rows` rows of A (an i64 value).
     pub blocks: &'s str,
     /// Rows of B to dot with (an i64 value).
     pub cols: &'s str,
@@ -170,8 +176,12 @@ pub(crate) struct RowDot<'s> {
     pub c_row: usize,
     /// Three i64 loop counters (allocas).
     pub counters: [&'s str; 3],
-    /// At least [`MR`] allocas of the vector type.
+    /// At least `rows` allocas of the vector type.
     pub acc: &'s [String],
+    /// `(base, row, bytes)`: with row `j` of B, prefetch `bytes` from
+    /// `base + j·row` floats (the V row the scores will weigh), so the
+    /// block product that reads V across rows finds it in cache.
+    pub prefetch: Option<(&'s str, usize, usize)>,
 }
 
 impl RowDot<'_> {
@@ -184,7 +194,7 @@ impl RowDot<'_> {
             (0..w).map(|l| format!("i1 {}", if l < tail { "true" } else { "false" })).collect();
         let tail_mask = format!("<{w} x i1> <{}>", tail_mask.join(", "));
         ir.for_range(cb, "0", self.blocks, |ir, blk| {
-            let row0 = ir.op("mul", "i64", blk, &MR.to_string());
+            let row0 = ir.op("mul", "i64", blk, &self.rows.to_string());
             let a_off = ir.op("mul", "i64", &row0, &self.a_row.to_string());
             let c_off = ir.op("mul", "i64", &row0, &self.c_row.to_string());
             let ablock = ir.gep("float", self.a, &a_off);
@@ -192,7 +202,15 @@ impl RowDot<'_> {
             ir.for_range(cj, "0", self.cols, |ir, j| {
                 let boff = ir.op("mul", "i64", j, &self.b_row.to_string());
                 let brow = ir.gep("float", self.b, &boff);
-                for a in &self.acc[..MR] {
+                if let Some((base, row, bytes)) = self.prefetch {
+                    let poff = ir.op("mul", "i64", j, &row.to_string());
+                    let prow = ir.gep("float", base, &poff);
+                    for line in (0..bytes).step_by(64) {
+                        let pp = ir.gep("i8", &prow, &line.to_string());
+                        ir.line(format!("call void @llvm.prefetch.p0(ptr {pp}, i32 0, i32 3, i32 1)"));
+                    }
+                }
+                for a in &self.acc[..self.rows] {
                     ir.line(format!("store {vt} zeroinitializer, ptr {a}"));
                 }
                 let step = |ir: &mut Ir, col: &str, masked: bool| {
@@ -209,7 +227,7 @@ impl RowDot<'_> {
                         x
                     };
                     let kv = load(ir, &pb);
-                    for (r, a) in self.acc[..MR].iter().enumerate() {
+                    for (r, a) in self.acc[..self.rows].iter().enumerate() {
                         let idx = ir.op("add", "i64", col, &(r * self.a_row).to_string());
                         let pa = ir.gep("float", &ablock, &idx);
                         let qv = load(ir, &pa);
@@ -226,7 +244,7 @@ impl RowDot<'_> {
                 if tail > 0 {
                     step(ir, &(chunks * w).to_string(), true);
                 }
-                for (r, a) in self.acc[..MR].iter().enumerate() {
+                for (r, a) in self.acc[..self.rows].iter().enumerate() {
                     let v = ir.load(&vt, a);
                     let sum = ir.tmp();
                     ir.line(format!("{sum} = call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {v})"));

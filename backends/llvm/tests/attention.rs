@@ -194,6 +194,63 @@ fn jit_attention_decode_packs_heads_and_splits_the_kv_range() {
     assert!(split_runs > 100, "{split_runs} split runs");
 }
 
+/// Decode at the head dimensions of real models (64, 128): the dot-product
+/// path (K rows read in place, V prefetched) with 4, 1 and 8 query heads per
+/// K/V head (register blocks of 4 and of 6 rows), lengths no tile divides,
+/// masks, and KV splits.
+#[test]
+fn jit_attention_decode_at_model_head_dimensions() {
+    use tdl_kernel::ir::KvSplit;
+    use tdl_llvm::attention::{CompiledAttention, RunOptions};
+    let bindings = Bindings::new();
+    let none = MaskData::none();
+    let masks = [
+        None,
+        Some(MaskExpr::Causal),
+        Some(MaskExpr::Window { w: 100 }),
+        Some(MaskExpr::Or(Box::new(MaskExpr::Sink { n: 4 }), Box::new(MaskExpr::Window { w: 37 }))),
+    ];
+    let mut cases = 0;
+    for d in [64, 128] {
+        for mask in &masks {
+            for (tq, tk) in [(128, 64), (13, 7)] {
+                let spec = AttentionSpec::new(d, d, tq, tk, None, mask.clone());
+                let k = CompiledAttention::new(&spec).unwrap();
+                for (hq, hk, s) in [(8, 2, 1003), (4, 1, 77), (3, 3, 130), (4, 1, 1), (16, 2, 77)] {
+                    let q = random(&[hq, 1, d], 21);
+                    let kk = random(&[hk, s, d], 22);
+                    let v = random(&[hk, s, d], 23);
+                    let sched = AttentionSchedule::new(tq, tk);
+                    let want =
+                        attention_tiled(&q, &kk, &v, mask.as_ref().map(|m| (m, &none)), None, None, &bindings, &sched)
+                            .unwrap();
+                    for kv_split in
+                        [KvSplit::None, KvSplit::Fixed(3), KvSplit::Auto { workers: 64, max_splits: 16, min_tiles: 2 }]
+                    {
+                        let mut out = Vec::new();
+                        let st = k
+                            .run_with(
+                                (&q.shape, &q.data),
+                                (&kk.shape, &kk.data),
+                                (&v.shape, &v.data),
+                                &none,
+                                &bindings,
+                                &mut out,
+                                &RunOptions { threads: 2, kv_split },
+                            )
+                            .unwrap();
+                        assert_eq!(st.packed_heads, hq / hk);
+                        let err = max_abs_diff(&out, &want.data);
+                        assert!(err <= 1e-5, "d {d} mask {mask:?} tiles {tq}×{tk} {hq}/{hk}×{s} {kv_split:?}: {err}");
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 2 * 4 * 2 * 5 * 3);
+}
+
 #[test]
 fn unsupported_masks_say_so() {
     use tdl_ir::{ScalarBinary, ScalarExpr};
