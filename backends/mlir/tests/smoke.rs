@@ -78,10 +78,11 @@ fn errors_instead_of_crashes() {
 // ---- The FA2 attention kernel (tdl_mlir::attention): one body, host and GPU.
 
 mod attention {
+    use super::masks_and_lambdas::attn_kernel;
     use tdl_ir::MaskExpr;
 
     use tdl_ir::Bindings;
-    use tdl_kernel::ir::{AttentionKernel, BufId, KvSplit};
+    use tdl_kernel::ir::{AttentionKernel, KvSplit};
     use tdl_kernel::F32Tensor;
     use tdl_mlir::attention::{gpu_module, host_module, plan_attention_arrays, GpuAttentionSpec};
     use tdl_mlir::host::{compile_host, run_plan};
@@ -156,19 +157,7 @@ mod attention {
     fn host_run_matches_naive_attention() {
         for (tq, tk) in [(16, 16), (8, 32)] {
             for (what, mask, visible) in cases() {
-                let ak = AttentionKernel {
-                    q: BufId(0),
-                    k: BufId(1),
-                    v: BufId(2),
-                    mask: None,
-                    scale: None,
-                    score: None,
-                    score_operands: vec![],
-                    tile_q: tq,
-                    tile_k: tk,
-                    kv_split: KvSplit::None,
-                    out: BufId(3),
-                };
+                let ak = attn_kernel(tq, tk, None);
                 let mut engine = None;
                 for (hq, hk, t, s) in [(2, 2, 37, 37), (4, 2, 5, 37), (2, 1, 40, 19), (1, 1, 1, 1)] {
                     let (d, dv) = (16, 8);
@@ -256,19 +245,7 @@ mod attention {
             ] {
                 for split in [KvSplit::None, KvSplit::Fixed(4)] {
                     let (d, dv) = (16, 8);
-                    let ak = AttentionKernel {
-                        q: BufId(0),
-                        k: BufId(1),
-                        v: BufId(2),
-                        mask: None,
-                        scale: None,
-                        score: None,
-                        score_operands: vec![],
-                        tile_q: 16,
-                        tile_k: 16,
-                        kv_split: split,
-                        out: BufId(3),
-                    };
+                    let ak = AttentionKernel { kv_split: split, ..attn_kernel(16, 16, None) };
                     let (q, k, v) = (fill(hq * t * d, 4), fill(hk * s * d, 5), fill(hk * s * dv, 6));
                     let qt = F32Tensor { shape: vec![hq, t, d], data: q.clone() };
                     let kt = F32Tensor { shape: vec![hk, s, d], data: k.clone() };
@@ -300,19 +277,7 @@ mod attention {
             Box::new(ScalarExpr::Var(LambdaVar::K)),
             Box::new(ScalarExpr::Var(LambdaVar::H)),
         ));
-        let ak = AttentionKernel {
-            q: BufId(0),
-            k: BufId(1),
-            v: BufId(2),
-            mask: None,
-            scale: None,
-            score: None,
-            score_operands: vec![],
-            tile_q: 16,
-            tile_k: 16,
-            kv_split: KvSplit::None,
-            out: BufId(3),
-        };
+        let ak = attn_kernel(16, 16, None);
         let qt = F32Tensor { shape: vec![8, 1, 16], data: fill(128, 1) };
         let kt = F32Tensor { shape: vec![2, 40, 16], data: fill(1280, 2) };
         let vt = F32Tensor { shape: vec![2, 40, 8], data: fill(640, 3) };
@@ -360,19 +325,7 @@ mod attention {
         let (hq, hk, t, s, d, dv) = (4, 2, 37, 45, 16, 8);
         for store in [[h, h, h, h], [b, b, b, b], [f, b, h, f], [h, f, f, b]] {
             for split in [KvSplit::None, KvSplit::Fixed(3)] {
-                let ak = AttentionKernel {
-                    q: BufId(0),
-                    k: BufId(1),
-                    v: BufId(2),
-                    mask: None,
-                    scale: None,
-                    score: None,
-                    score_operands: vec![],
-                    tile_q: 16,
-                    tile_k: 16,
-                    kv_split: split,
-                    out: BufId(3),
-                };
+                let ak = AttentionKernel { kv_split: split, ..attn_kernel(16, 16, None) };
                 let data = |n: usize, seed: u64, st: Store| -> Vec<f32> {
                     fill(n, seed).into_iter().map(|x| round(st, x)).collect()
                 };
@@ -1316,7 +1269,7 @@ mod masks_and_lambdas {
         }
     }
 
-    fn attn_kernel(tile_q: usize, tile_k: usize, scale: Option<f64>) -> AttentionKernel {
+    pub fn attn_kernel(tile_q: usize, tile_k: usize, scale: Option<f64>) -> AttentionKernel {
         AttentionKernel {
             q: BufId(0),
             k: BufId(1),
