@@ -29,6 +29,15 @@ else
   strip -o "$out/tdlc" target/release/tdlc
 fi
 cp scripts/gpu-check.sh "$out/"
+# tdl-cuda's driver test (hand-written PTX kernels through the driver API:
+# the plumbing under every tdlc kernel), which gpu-check.sh runs first.
+driver_test=$(cargo test -p tdl-cuda --release --no-run --message-format=json 2>/dev/null \
+  | grep '"name":"driver"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+if [ -n "$driver_test" ] && [ -x "$driver_test" ]; then
+  strip -o "$out/tdl-cuda-driver-test" "$driver_test"
+else
+  echo "warning: tdl-cuda's driver test was not built; gpu-check.sh will skip it" >&2
+fi
 # Every library ldd resolves in lib/, but the C library's (libc, libm,
 # libdl, libpthread, librt, the loader), which go to glibc/ with the
 # loader and the compatibility stubs the CUDA driver may link against.

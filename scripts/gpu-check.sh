@@ -3,6 +3,8 @@
 # that may have neither LLVM 22 nor a network. FOLDER holds the release
 # tdlc and the shared libraries it needs (scripts/gpu-bundle.sh makes it);
 # this script sets the library path itself, then
+#   0. runs tdl-cuda's driver test (hand-written PTX kernels through the
+#      driver API, the plumbing under every tdlc kernel) when bundled,
 #   1. prints the device (`tdlc selftest` names it),
 #   2. runs `tdlc selftest --backend gpu`: the conformance corpus embedded in
 #      the binary on the GPU against the reference interpreter,
@@ -10,7 +12,7 @@
 #      graphs) and a sliding window (256) with `tdlc bench --backend gpu`
 #      and, when PyTorch with CUDA is installed, torch's
 #      scaled_dot_product_attention on the same shapes, and prints a table.
-# Every step has a time limit (20 [+ 20] + 180 + 3·60 + 60 s): the whole script
+# Every step has a time limit (20 [+ 20] + 30 + 170 + 3·50 + 60 s): the whole script
 # stays under 8 minutes. The bundled libraries are on the library path of
 # tdlc only (not of python3/torch, which have their own).
 #
@@ -34,11 +36,11 @@ fi
 [ -x "$tdlc" ] || { echo "error: no tdlc (or tdlc.gz) in $dir" >&2; exit 1; }
 # How tdlc runs: with the machine's C library, or, where that is older than
 # the one tdlc was built against, with the bundle's (glibc/, its loader).
-run=(env LD_LIBRARY_PATH="$libpath" "$tdlc")
-if ! timeout 20 "${run[@]}" --version > /dev/null 2> "$work/start.err"; then
+launch=(env LD_LIBRARY_PATH="$libpath")
+if ! timeout 20 "${launch[@]}" "$tdlc" --version > /dev/null 2> "$work/start.err"; then
   loader="$dir/glibc/ld-linux-x86-64.so.2"
-  run=("$loader" --library-path "$dir/glibc:$libpath" "$tdlc")
-  if [ -x "$loader" ] && timeout 20 "${run[@]}" --version > /dev/null 2>> "$work/start.err"; then
+  launch=("$loader" --library-path "$dir/glibc:$libpath")
+  if [ -x "$loader" ] && timeout 20 "${launch[@]}" "$tdlc" --version > /dev/null 2>> "$work/start.err"; then
     echo "note: tdlc runs with the bundle's C library (this machine's: $(ldd --version 2>&1 | head -n 1))"
   else
     echo "error: tdlc does not start here: $(head -n 3 "$work/start.err" | tr '\n' ' ')" >&2
@@ -46,12 +48,19 @@ if ! timeout 20 "${run[@]}" --version > /dev/null 2> "$work/start.err"; then
     exit 1
   fi
 fi
+run=("${launch[@]}" "$tdlc")
 status=0
+
+if [ -x "$dir/tdl-cuda-driver-test" ]; then
+  echo "== tdl-cuda driver test"
+  timeout 30 "${launch[@]}" "$dir/tdl-cuda-driver-test" --nocapture || status=1
+  echo
+fi
 
 echo "== tdlc selftest --backend gpu"
 size=33
 [ "$quick" = "--quick" ] && size=17
-timeout 180 "${run[@]}" selftest --backend gpu --size "$size" || status=1
+timeout 170 "${run[@]}" selftest --backend gpu --size "$size" || status=1
 
 echo
 echo "== benchmarks"
@@ -70,7 +79,7 @@ reps=10
 [ "$quick" = "--quick" ] && reps=3
 : > "$work/tdlc.tsv"
 for g in causal32 causal16 window32; do
-  if timeout 60 "${run[@]}" bench "$work/attn.tdl" --graph "$g" --backend gpu --bind T=4096 \
+  if timeout 50 "${run[@]}" bench "$work/attn.tdl" --graph "$g" --backend gpu --bind T=4096 \
       --warmup 2 --reps "$reps" --json > "$work/$g.json" 2> "$work/$g.err"; then
     printf '%s\t%s\n' "$g" "$(tr -d '\n' < "$work/$g.json")" >> "$work/tdlc.tsv"
   else

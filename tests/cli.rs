@@ -1607,8 +1607,10 @@ fn backend_gpu_without_a_cuda_driver_fails_cleanly() {
 /// and checked by the driver wrapper — views of 2- and 8-byte elements
 /// counted in their own units — and its output read back; outputs stay on
 /// the device for the kernels that read them (`--stats` counts the bytes
-/// moved and kept). The values are not checked (the mock computes
-/// nothing); a run only has to get through.
+/// moved and kept); then `tdlc selftest --backend gpu` over the whole
+/// embedded corpus, where every graph must fail only by its values. The
+/// values are not checked (the mock computes nothing); a run only has to
+/// get through.
 #[test]
 fn backend_gpu_plumbing_runs_against_the_mock_driver() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1656,6 +1658,16 @@ fn backend_gpu_plumbing_runs_against_the_mock_driver() {
             let kept: f64 = moved.split(", ").nth(2).and_then(|p| p.split(' ').next()).unwrap().parse().unwrap();
             assert!(kept > 0.0, "{graph}: nothing kept on the device: {moved}");
         }
+    }
+    // The whole embedded corpus: every graph gets through the GPU path; the
+    // results differ from the reference only in value (the mock computes
+    // nothing), never by an error.
+    let out = common::tdlc_with_env(root, ["selftest", "--backend", "gpu", "--size", "9"], &env);
+    assert_eq!(out.code, Some(1), "value mismatches expected:\n{}", out.describe());
+    let fails: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("FAIL ")).collect();
+    assert!(fails.len() > 100, "{}", out.describe());
+    for l in &fails {
+        assert!(l.contains(": result ") && l.contains(", backend "), "not a value mismatch: {l}");
     }
 }
 
