@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use tdl_cuda::{Cuda, DeviceBuffer, GpuModule, KernelArg};
-use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
+use tdl_kernel::interp::{
+    AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, I32Run, MatMulArgs, MoveArgs, RowArgs,
+};
 use tdl_kernel::ir::{AttentionKernel, ElementwiseKernel, MatMulKernel, MoveKernel, ReduceKernel, RowKernel};
 use tdl_kernel::{F32Tensor, KernelStats};
 use tdl_mlir::host::PlanOutput;
@@ -84,11 +86,17 @@ struct Resident {
     kind: Kind,
 }
 
+/// How a kept buffer's elements are stored: `i32`, or floats of a storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Kind {
-    F32,
     I32,
-    Half(Store),
+    Float(Store),
+}
+
+impl Resident {
+    fn of<T>(d: &[T], kind: Kind) -> Resident {
+        Resident { addr: d.as_ptr() as usize, len: d.len(), kind }
+    }
 }
 
 /// The outputs kept on the device, oldest first, at most
@@ -250,29 +258,31 @@ impl GpuHooks {
         let out = bufs.get(plan.output).ok_or("the plan's output buffer is missing")?;
         let n: usize = plan.output_shape.iter().product();
         self.count(|t| t.down += 4 * out.len() as u64);
-        let (result, kind, addr) = if plan.output_is_i32() {
+        let store = plan.output_store();
+        let (result, key) = if plan.output_is_i32() {
             let mut data = vec![0i32; n];
             self.cuda.download_i32(out, &mut data).map_err(|e| e.to_string())?;
-            let addr = data.as_ptr() as usize;
-            (PlanOutput::I32(data), Kind::I32, addr)
-        } else if plan.output_store() != Store::F32 {
-            // 16-bit floats, two to a 4-byte word (low half first).
-            let mut words = vec![0i32; n.div_ceil(2)];
-            self.cuda.download_i32(out, &mut words).map_err(|e| e.to_string())?;
-            let data = plan.output_store().widen_bits(&unpack_halves(&words, n));
-            let addr = data.as_ptr() as usize;
-            (PlanOutput::F32(data), Kind::Half(plan.output_store()), addr)
+            let key = Resident::of(&data, Kind::I32);
+            (PlanOutput::I32(data), key)
         } else {
-            let mut data = vec![0f32; n];
-            self.cuda.download(out, &mut data).map_err(|e| e.to_string())?;
-            let addr = data.as_ptr() as usize;
-            (PlanOutput::F32(data), Kind::F32, addr)
+            let data = if store == Store::F32 {
+                let mut data = vec![0f32; n];
+                self.cuda.download(out, &mut data).map_err(|e| e.to_string())?;
+                data
+            } else {
+                // 16-bit floats, two to a 4-byte word (low half first).
+                let mut words = vec![0i32; n.div_ceil(2)];
+                self.cuda.download_i32(out, &mut words).map_err(|e| e.to_string())?;
+                store.widen_bits(&unpack_halves(&words, n))
+            };
+            let key = Resident::of(&data, Kind::Float(store));
+            (PlanOutput::F32(data), key)
         };
         // The output stays on the device for the kernels that read it next:
-        // the hook hands `data` to the interpreter as the buffer's value
+        // the hook hands the data to the interpreter as the buffer's value
         // (moved, not copied), which it keeps unchanged until the run ends.
         if n > 0 {
-            self.resident.borrow_mut().insert(Resident { addr, len: n, kind }, Rc::clone(out), 4 * out.len() as u64);
+            self.resident.borrow_mut().insert(key, Rc::clone(out), 4 * out.len() as u64);
         }
         Ok(result)
     }
@@ -282,15 +292,15 @@ impl GpuHooks {
     /// allocation; where the device is out of memory, after freeing the
     /// kept outputs).
     fn upload(&self, b: &PlanBuf<'_>, read_only: bool) -> Result<Rc<DeviceBuffer>, String> {
-        let seen = match b {
-            PlanBuf::F32(Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::F32, 4 * d.len())),
-            PlanBuf::I32(Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::I32, 4 * d.len())),
-            PlanBuf::Half(s, Cow::Borrowed(d)) => Some((d.as_ptr() as usize, d.len(), Kind::Half(*s), 2 * d.len())),
+        let key = match b {
+            PlanBuf::F32(Cow::Borrowed(d)) => Some(Resident::of(d, Kind::Float(Store::F32))),
+            PlanBuf::Half(s, Cow::Borrowed(d)) => Some(Resident::of(d, Kind::Float(*s))),
+            PlanBuf::I32(Cow::Borrowed(d)) => Some(Resident::of(d, Kind::I32)),
             _ => None,
         };
-        if let Some((addr, len, kind, bytes)) = seen.filter(|_| read_only) {
-            if let Some(buf) = self.resident.borrow().get(&Resident { addr, len, kind }) {
-                self.count(|t| t.kept += bytes as u64);
+        if let Some(key) = key.filter(|_| read_only) {
+            if let Some(buf) = self.resident.borrow().get(&key) {
+                self.count(|t| t.kept += (b.len() * b.elem_bytes()) as u64);
                 return Ok(buf);
             }
         }
@@ -377,7 +387,7 @@ fn f32_run(out: PlanOutput, _shape: Vec<usize>) -> Result<F32Run, String> {
 }
 
 /// An `i32` output as a hook gives it back.
-fn i32_run(out: PlanOutput, _shape: Vec<usize>) -> Result<(Vec<i32>, &'static str), String> {
+fn i32_run(out: PlanOutput, _shape: Vec<usize>) -> Result<I32Run, String> {
     match out {
         PlanOutput::I32(d) => Ok((d, EXECUTOR)),
         PlanOutput::F32(_) => Err("the GPU kernel wrote f32 values where i32 were expected".into()),
@@ -429,11 +439,7 @@ impl Hooks for GpuHooks {
         self.hook(tdl_mlir::elementwise::plan_elementwise(k, args), f32_run)
     }
 
-    fn elementwise_i32(
-        &self,
-        k: &ElementwiseKernel,
-        args: &ElementwiseArgs<'_>,
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn elementwise_i32(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<I32Run, String>> {
         self.hook(tdl_mlir::elementwise::plan_elementwise(k, args), i32_run)
     }
 
@@ -441,12 +447,7 @@ impl Hooks for GpuHooks {
         self.hook(tdl_mlir::rows::plan_reduce(k, args), f32_run)
     }
 
-    fn reduce_i32(
-        &self,
-        k: &ReduceKernel,
-        x: &[i32],
-        shape: &[usize],
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn reduce_i32(&self, k: &ReduceKernel, x: &[i32], shape: &[usize]) -> Option<Result<I32Run, String>> {
         self.hook(tdl_mlir::rows::plan_reduce_i32(k, x, shape), i32_run)
     }
 
@@ -473,7 +474,7 @@ mod tests {
 
     #[test]
     fn kept_outputs_are_dropped_oldest_first_beyond_the_cap() {
-        let key = |addr| Resident { addr, len: 1, kind: Kind::F32 };
+        let key = |addr| Resident { addr, len: 1, kind: Kind::Float(Store::F32) };
         let mut set = ResidentSet::default();
         let gib = 1u64 << 30;
         for i in 0..4 {
@@ -489,7 +490,7 @@ mod tests {
         set.insert(key(4), 4, gib / 2);
         assert_eq!(set.bytes, 3 * gib + gib / 2);
         // The kind is part of the key: an f32 view never finds a 16-bit output.
-        assert_eq!(set.get(&Resident { addr: 1, len: 1, kind: Kind::Half(Store::F16) }), None);
+        assert_eq!(set.get(&Resident { addr: 1, len: 1, kind: Kind::Float(Store::F16) }), None);
         set.insert(key(9), 9, 5 * gib);
         assert!(set.is_empty() && set.bytes == 0, "a buffer above the cap is not kept");
         set.insert(key(1), 1, 1);

@@ -179,11 +179,7 @@ pub trait Hooks {
 
     /// Runs an elementwise chain writing an `i32` or `bool` buffer (`bool`
     /// as 0/1), or returns `None` (the interpreter runs it then).
-    fn elementwise_i32(
-        &self,
-        _k: &ElementwiseKernel,
-        _args: &ElementwiseArgs<'_>,
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn elementwise_i32(&self, _k: &ElementwiseKernel, _args: &ElementwiseArgs<'_>) -> Option<Result<I32Run, String>> {
         None
     }
 
@@ -195,12 +191,7 @@ pub trait Hooks {
 
     /// Runs a reduction of an `i32` (or `bool`, 0/1) input `x` of `shape`,
     /// or returns `None`: the row-major `i32` output.
-    fn reduce_i32(
-        &self,
-        _k: &ReduceKernel,
-        _x: &[i32],
-        _shape: &[usize],
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn reduce_i32(&self, _k: &ReduceKernel, _x: &[i32], _shape: &[usize]) -> Option<Result<I32Run, String>> {
         None
     }
 
@@ -219,6 +210,9 @@ pub trait Hooks {
 
 /// What the `f32` hooks give back: the row-major output and the executor's name.
 pub type F32Run = (Vec<f32>, &'static str);
+
+/// What the `i32` hooks give back: the row-major output and the executor's name.
+pub type I32Run = (Vec<i32>, &'static str);
 
 /// The elements of a buffer, as the interpreter holds them.
 #[derive(Clone, Copy, Debug)]
@@ -712,7 +706,7 @@ impl<'a> Ctx<'a> {
     /// 0 or 1).
     fn hook_i32(
         &mut self,
-        r: Option<Result<(Vec<i32>, &'static str), String>>,
+        r: Option<Result<I32Run, String>>,
         dtype: DType,
         out: &[usize],
     ) -> Result<Option<Val>, InterpError> {

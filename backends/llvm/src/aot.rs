@@ -47,7 +47,9 @@ use inkwell::OptimizationLevel;
 use std::collections::HashMap;
 
 use tdl_ir::DType;
-use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
+use tdl_kernel::interp::{
+    AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, I32Run, MatMulArgs, MoveArgs, RowArgs,
+};
 use tdl_kernel::ir::{
     AttentionKernel, ElementwiseKernel, KernelBody, KernelProgram, MatMulKernel, MoveKernel, ReduceKernel, RowKernel,
 };
@@ -382,11 +384,7 @@ impl Hooks for InProcess {
         self.hooks.elementwise(k, args)
     }
 
-    fn elementwise_i32(
-        &self,
-        k: &ElementwiseKernel,
-        args: &ElementwiseArgs<'_>,
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn elementwise_i32(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<I32Run, String>> {
         self.hooks.elementwise_i32(k, args)
     }
 
@@ -394,12 +392,7 @@ impl Hooks for InProcess {
         self.hooks.reduce(k, args)
     }
 
-    fn reduce_i32(
-        &self,
-        k: &ReduceKernel,
-        x: &[i32],
-        shape: &[usize],
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn reduce_i32(&self, k: &ReduceKernel, x: &[i32], shape: &[usize]) -> Option<Result<I32Run, String>> {
         self.hooks.reduce_i32(k, x, shape)
     }
 

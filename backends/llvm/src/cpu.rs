@@ -16,7 +16,9 @@
 //! compiles nothing. [`CpuHooks::with_host`] compiles for another CPU or
 //! feature set (`--target-cpu` / `--target-features`).
 
-use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
+use tdl_kernel::interp::{
+    AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, I32Run, MatMulArgs, MoveArgs, RowArgs,
+};
 use tdl_kernel::ir::{AttentionKernel, ElementwiseKernel, MatMulKernel, MoveKernel, ReduceKernel, RowKernel};
 
 use std::cell::RefCell;
@@ -121,11 +123,7 @@ impl Hooks for CpuHooks {
         answer(crate::elementwise::run_elementwise(k, args, host, &self.kernels, self.threads))
     }
 
-    fn elementwise_i32(
-        &self,
-        k: &ElementwiseKernel,
-        args: &ElementwiseArgs<'_>,
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn elementwise_i32(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<I32Run, String>> {
         let host = self.host.as_ref()?;
         answer(crate::elementwise::run_elementwise_i32(k, args, host, &self.kernels, self.threads))
     }
@@ -135,12 +133,7 @@ impl Hooks for CpuHooks {
         answer(crate::rows::run_reduce(k, args, host, &self.kernels, self.threads))
     }
 
-    fn reduce_i32(
-        &self,
-        k: &ReduceKernel,
-        x: &[i32],
-        shape: &[usize],
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn reduce_i32(&self, k: &ReduceKernel, x: &[i32], shape: &[usize]) -> Option<Result<I32Run, String>> {
         let host = self.host.as_ref()?;
         answer(crate::rows::run_reduce_i32(k, x, shape, host, &self.kernels, self.threads))
     }

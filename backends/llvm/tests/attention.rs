@@ -18,6 +18,20 @@ fn random(shape: &[usize], seed: u64) -> F32Tensor {
 }
 
 /// The largest `|a - b|` over two outputs.
+/// The Kernel IR interpreter's attention (no operands, no bindings) with
+/// tiles `tq`×`tk`: the oracle the compiled kernels are held to.
+fn interpreted(
+    q: &F32Tensor,
+    k: &F32Tensor,
+    v: &F32Tensor,
+    mask: Option<&MaskExpr>,
+    (tq, tk): (usize, usize),
+) -> F32Tensor {
+    let none = MaskData::none();
+    let sched = AttentionSchedule::new(tq, tk);
+    attention_tiled(q, k, v, mask.map(|m| (m, &none)), None, None, &Bindings::new(), &sched).unwrap()
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
@@ -97,10 +111,7 @@ fn jit_attention_matches_the_interpreter() {
                     let q = random(&[hq, t, 24], 1);
                     let kk = random(&[hk, s, 24], 2);
                     let v = random(&[hk, s, 16], 3);
-                    let sched = AttentionSchedule::new(tq, tk);
-                    let want =
-                        attention_tiled(&q, &kk, &v, mask.as_ref().map(|m| (m, &none)), None, None, &bindings, &sched)
-                            .unwrap();
+                    let want = interpreted(&q, &kk, &v, mask.as_ref(), (tq, tk));
                     let mut outs = Vec::new();
                     for threads in [1, 2] {
                         let mut out = Vec::new();
@@ -151,10 +162,7 @@ fn jit_attention_decode_packs_heads_and_splits_the_kv_range() {
                 let q = random(&[hq, t, 24], 11);
                 let kk = random(&[hk, s, 24], 12);
                 let v = random(&[hk, s, 16], 13);
-                let sched = AttentionSchedule::new(tq, tk);
-                let want =
-                    attention_tiled(&q, &kk, &v, mask.as_ref().map(|m| (m, &none)), None, None, &bindings, &sched)
-                        .unwrap();
+                let want = interpreted(&q, &kk, &v, mask.as_ref(), (tq, tk));
                 let splits =
                     [KvSplit::None, KvSplit::Fixed(3), KvSplit::Auto { workers: 64, max_splits: 16, min_tiles: 2 }];
                 for kv_split in splits {
@@ -220,10 +228,7 @@ fn jit_attention_decode_at_model_head_dimensions() {
                     let q = random(&[hq, 1, d], 21);
                     let kk = random(&[hk, s, d], 22);
                     let v = random(&[hk, s, d], 23);
-                    let sched = AttentionSchedule::new(tq, tk);
-                    let want =
-                        attention_tiled(&q, &kk, &v, mask.as_ref().map(|m| (m, &none)), None, None, &bindings, &sched)
-                            .unwrap();
+                    let want = interpreted(&q, &kk, &v, mask.as_ref(), (tq, tk));
                     for kv_split in
                         [KvSplit::None, KvSplit::Fixed(3), KvSplit::Auto { workers: 64, max_splits: 16, min_tiles: 2 }]
                     {

@@ -311,10 +311,10 @@ TREE    PHASE{{
 ",
         scale = f32_lit(scale),
         row = ROW,
-        load_q = spec.store[0].load("v", "%Q[%h, %r, %dd]", "!qt", "          "),
-        load_k = spec.store[1].load("a", "%K[%hk, %k, %dd]", "!kt", "                "),
-        load_v = spec.store[2].load("a", "%V[%hk, %k, %dd]", "!vt", "                "),
-        store_o = spec.store[3].store("vector.store", "o", &format!("{dv}x"), "%O[%h, %r, %c0]", "!ot", "          "),
+        load_q = spec.store[0].load("%v", "%Q[%h, %r, %dd]", "!qt", "          "),
+        load_k = spec.store[1].load("%a", "%K[%hk, %k, %dd]", "!kt", "                "),
+        load_v = spec.store[2].load("%a", "%V[%hk, %k, %dd]", "!vt", "                "),
+        store_o = spec.store[3].store("vector.store", "%o", &format!("{dv}x"), "%O[%h, %r, %c0]", "!ot", "          "),
     );
     let mut pre = String::new();
     if spec.mask.is_some() || spec.score.is_some() {
@@ -333,6 +333,20 @@ TREE    PHASE{{
 /// merges slot `t + 2^i` into slot `t` for `t mod 2^(i+1) = 0` within the
 /// row — no slot is read and written in one phase — with `m = max`, the
 /// other state scaled by `2^(mᵢ − m)` (0 for a state that saw no key).
+/// `%w{tag}`, the weight `2^(mi − m)` of a saved online-softmax state with
+/// running max `mi` in a merge whose max is `m` — 0 for a state that saw
+/// no key (`mi = -inf`, where the power would be NaN when `m` is -inf
+/// too) — as the merge kernel and the key-sharing tree compute it.
+fn state_weight(tag: &str, mi: &str, m: &str, ind: &str) -> String {
+    format!(
+        "{ind}%d{tag} = arith.subf {mi}, {m} : f32
+{ind}%e{tag} = llvm.call_intrinsic \"llvm.exp2.f32\"(%d{tag}) : (f32) -> f32
+{ind}%live{tag} = arith.cmpf one, {mi}, %ninf : f32
+{ind}%w{tag} = arith.select %live{tag}, %e{tag}, %zero : f32
+"
+    )
+}
+
 fn merge_tree(tq: usize, dv: usize) -> String {
     let mut out = String::new();
     let mut sz = 1;
@@ -358,15 +372,7 @@ fn merge_tree(tq: usize, dv: usize) -> String {
         %l2 = memref.load %Ks[%tp, %c0] : !sk
         %a2 = vector.load %Vs[%tp, %c0] : !sv, vector<{dv}xf32>
         %mx = arith.maximumf %m1, %m2 : f32
-        %d1 = arith.subf %m1, %mx : f32
-        %d2 = arith.subf %m2, %mx : f32
-        %e1 = llvm.call_intrinsic \"llvm.exp2.f32\"(%d1) : (f32) -> f32
-        %e2 = llvm.call_intrinsic \"llvm.exp2.f32\"(%d2) : (f32) -> f32
-        %live1 = arith.cmpf one, %m1, %ninf : f32
-        %live2 = arith.cmpf one, %m2, %ninf : f32
-        %w1 = arith.select %live1, %e1, %zero : f32
-        %w2 = arith.select %live2, %e2, %zero : f32
-        %lw = arith.mulf %w1, %l1 : f32
+{w1}{w2}        %lw = arith.mulf %w1, %l1 : f32
         %l3 = llvm.intr.fma(%w2, %l2, %lw) : (f32, f32, f32) -> f32
         %wb1 = vector.broadcast %w1 : f32 to vector<{dv}xf32>
         %wb2 = vector.broadcast %w2 : f32 to vector<{dv}xf32>
@@ -378,7 +384,9 @@ fn merge_tree(tq: usize, dv: usize) -> String {
       }}
     }}PHASE
 ",
-            two = 2 * sz
+            two = 2 * sz,
+            w1 = state_weight("1", "%m1", "%mx", "        "),
+            w2 = state_weight("2", "%m2", "%mx", "        "),
         );
         sz *= 2;
     }
@@ -450,7 +458,7 @@ fn compute(d: usize, dv: usize, score: &str) -> String {
 /// kernel's scores), zeros when `l == 0`.
 fn merge_body(dv: usize, out: Store) -> String {
     let nt = MERGE_THREADS;
-    let store_o = out.store("vector.store", "o2", &format!("{dv}x"), "%O[%h, %r, %c0]", "!ot", "      ");
+    let store_o = out.store("vector.store", "%o2", &format!("{dv}x"), "%O[%h, %r, %c0]", "!ot", "      ");
     format!(
         "    %c0 = arith.constant 0 : index
     %c1 = arith.constant 1 : index
@@ -478,11 +486,7 @@ fn merge_body(dv: usize, out: Store) -> String {
       %l, %o = scf.for %i = %c0 to %ns step %c1 iter_args(%la = %zero, %oa = %zv) -> (f32, vector<{dv}xf32>) {{
         %mi = memref.load %Mp[%i, %h, %r] : !mt
         %li = memref.load %Lp[%i, %h, %r] : !mt
-        %dm = arith.subf %mi, %m : f32
-        %e = llvm.call_intrinsic \"llvm.exp2.f32\"(%dm) : (f32) -> f32
-        %live = arith.cmpf one, %mi, %ninf : f32
-        %w = arith.select %live, %e, %zero : f32
-        %l1 = llvm.intr.fma(%w, %li, %la) : (f32, f32, f32) -> f32
+{w}        %l1 = llvm.intr.fma(%w, %li, %la) : (f32, f32, f32) -> f32
         %oi = vector.load %Op[%i, %h, %r, %c0] : !opt, vector<{dv}xf32>
         %wb = vector.broadcast %w : f32 to vector<{dv}xf32>
         %o1 = vector.fma %wb, %oi, %oa : vector<{dv}xf32>
@@ -494,7 +498,8 @@ fn merge_body(dv: usize, out: Store) -> String {
       %iv = vector.broadcast %inv : f32 to vector<{dv}xf32>
       %o2 = arith.mulf %o, %iv : vector<{dv}xf32>
 {store_o}    }}
-"
+",
+        w = state_weight("", "%mi", "%m", "        "),
     )
 }
 

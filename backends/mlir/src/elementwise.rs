@@ -381,12 +381,9 @@ fn func(spec: &Spec<'_>, name: &str) -> Result<(Func, Extras), MlirError> {
                         return Err(MlirError::BadPlan(format!("elementwise load of missing input {i}")));
                     };
                     match (st, dt) {
-                        (Some(Store::F32), d) if d.is_float() => {
-                            e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "f32")))
-                        }
                         (Some(st), d) if d.is_float() => {
-                            let h = e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, st.mlir())));
-                            e.v(format!("arith.extf {h} : {} to f32", st.mlir()))
+                            let x = e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, st.mlir())));
+                            st.widen(e, &x)
                         }
                         (None, DType::I32) => e.v(format!("memref.load %in{i}[{at}] : {}", strided(r, "i32"))),
                         (None, DType::Bool) => {
@@ -460,9 +457,7 @@ fn func(spec: &Spec<'_>, name: &str) -> Result<(Func, Extras), MlirError> {
         let last_v = vals.last().cloned().unwrap_or_default();
         let stored = match last.dtype {
             DType::Bool => e.v(format!("arith.extui {last_v} : i1 to i32")),
-            d if d.is_float() && spec.out != Store::F32 => {
-                e.v(format!("arith.truncf {last_v} : f32 to {}", spec.out.mlir()))
-            }
+            d if d.is_float() => spec.out.narrow(e, &last_v),
             _ => last_v,
         };
         e.line(format!("memref.store {stored}, %out[{at}] : {out_ty}"));

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::rc::Rc;
 
-use tdl_kernel::interp::{AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, MatMulArgs, MoveArgs, RowArgs};
+use tdl_kernel::interp::{
+    AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, I32Run, MatMulArgs, MoveArgs, RowArgs,
+};
 use tdl_kernel::ir::{
     AttentionKernel, ElementwiseKernel, MatMulKernel, MoveKernel, MoveOp, ReduceKernel, RowKernel, RowOp,
 };
@@ -222,11 +224,7 @@ impl Hooks for HostHooks {
         Some(out.map(|d| (d, EXECUTOR)))
     }
 
-    fn elementwise_i32(
-        &self,
-        k: &ElementwiseKernel,
-        args: &ElementwiseArgs<'_>,
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn elementwise_i32(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<I32Run, String>> {
         let out = self.run_with("elementwise", crate::elementwise::plan_elementwise(k, args), run_plan_i32)?;
         Some(out.map(|d| (d, EXECUTOR)))
     }
@@ -236,12 +234,7 @@ impl Hooks for HostHooks {
         Some(out.map(|d| (d, EXECUTOR)))
     }
 
-    fn reduce_i32(
-        &self,
-        k: &ReduceKernel,
-        x: &[i32],
-        shape: &[usize],
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn reduce_i32(&self, k: &ReduceKernel, x: &[i32], shape: &[usize]) -> Option<Result<I32Run, String>> {
         let out = self.run_with("reduce", crate::rows::plan_reduce_i32(k, x, shape), run_plan_i32)?;
         Some(out.map(|d| (d, EXECUTOR)))
     }

@@ -121,32 +121,49 @@ impl Store {
         }
     }
 
-    /// MLIR (one line each, `indent`ed) that loads `%{dst}` as `f32`:
-    /// `memref.load {src} : {ty}` (`src` e.g. `%Q[%h, %r, %dd]`), widened
-    /// from this storage.
+    /// MLIR (one line each, `indent`ed) that defines `dst` (e.g. `%v`) as
+    /// `f32`: `memref.load {src} : {ty}` (`src` e.g. `%Q[%h, %r, %dd]`),
+    /// widened from this storage (through `{dst}_s`).
     pub fn load(self, dst: &str, src: &str, ty: &str, indent: &str) -> String {
         match self {
-            Store::F32 => format!("{indent}%{dst} = memref.load {src} : {ty}\n"),
+            Store::F32 => format!("{indent}{dst} = memref.load {src} : {ty}\n"),
             s => format!(
-                "{indent}%{dst}_s = memref.load {src} : {ty}\n{indent}%{dst} = arith.extf %{dst}_s : {} to f32\n",
+                "{indent}{dst}_s = memref.load {src} : {ty}\n{indent}{dst} = arith.extf {dst}_s : {} to f32\n",
                 s.mlir()
             ),
         }
     }
 
-    /// MLIR that stores the `f32` value `%{val}` (of `shape`: `""` for a
-    /// scalar, `"64x"` for a `vector<64xf32>`) to `{dst} : {ty}` with
-    /// `op` (`memref.store`/`vector.store`), rounded to this storage.
+    /// MLIR that stores the `f32` value `val` (e.g. `%o`, of `shape`: `""`
+    /// for a scalar, `"64x"` for a `vector<64xf32>`) to `{dst} : {ty}` with
+    /// `op` (`memref.store`/`vector.store`), rounded to this storage
+    /// (through `{val}_s`).
     pub fn store(self, op: &str, val: &str, shape: &str, dst: &str, ty: &str, indent: &str) -> String {
         let vty = |e: &str| if shape.is_empty() { e.to_string() } else { format!("vector<{shape}{e}>") };
         let suffix = if op == "vector.store" { format!(", {}", vty(self.mlir())) } else { String::new() };
         match self {
-            Store::F32 => format!("{indent}{op} %{val}, {dst} : {ty}{suffix}\n"),
+            Store::F32 => format!("{indent}{op} {val}, {dst} : {ty}{suffix}\n"),
             s => format!(
-                "{indent}%{val}_s = arith.truncf %{val} : {} to {}\n{indent}{op} %{val}_s, {dst} : {ty}{suffix}\n",
+                "{indent}{val}_s = arith.truncf {val} : {} to {}\n{indent}{op} {val}_s, {dst} : {ty}{suffix}\n",
                 vty("f32"),
                 vty(s.mlir())
             ),
+        }
+    }
+
+    /// Scalar `v` (of this storage, as loaded) as `f32`, in `e`'s code.
+    pub(crate) fn widen(self, e: &mut crate::elementwise::Emit, v: &str) -> String {
+        match self {
+            Store::F32 => v.to_string(),
+            s => e.v(format!("arith.extf {v} : {} to f32", s.mlir())),
+        }
+    }
+
+    /// Scalar `f32` `v` rounded to this storage, in `e`'s code.
+    pub(crate) fn narrow(self, e: &mut crate::elementwise::Emit, v: &str) -> String {
+        match self {
+            Store::F32 => v.to_string(),
+            s => e.v(format!("arith.truncf {v} : f32 to {}", s.mlir())),
         }
     }
 
@@ -183,6 +200,15 @@ impl Store {
             _ => bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
         }
     }
+}
+
+/// How buffers `bufs` of `p` are stored (a missing buffer as `f32`; the
+/// plans, which check the buffers, are the executors).
+pub(crate) fn stores<const N: usize>(
+    p: &tdl_kernel::ir::KernelProgram,
+    bufs: [tdl_kernel::ir::BufId; N],
+) -> [Store; N] {
+    bufs.map(|b| Store::of(p.buffer(b).map_or(DType::F32, |x| x.dtype)))
 }
 
 /// A device buffer of a plan.

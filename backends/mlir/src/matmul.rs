@@ -125,10 +125,10 @@ pub(crate) fn func(name: &str, store: [Store; 3]) -> Func {
 {store_c}      }}
     }}PHASE
 ",
-        load_a = store[0].load("v", "%a[%x4]", &format!("memref<?x{ea}>"), "          "),
-        load_b = store[1].load("v", "%b[%y4]", &format!("memref<?x{eb}>"), "          "),
+        load_a = store[0].load("%v", "%a[%x4]", &format!("memref<?x{ea}>"), "          "),
+        load_b = store[1].load("%v", "%b[%y4]", &format!("memref<?x{eb}>"), "          "),
         store_c =
-            store[2].store("memref.store", "v", "", "%c[%bat, %i, %j]", &format!("memref<?x?x?x{ec}>"), "        "),
+            store[2].store("memref.store", "%v", "", "%c[%bat, %i, %j]", &format!("memref<?x?x?x{ec}>"), "        "),
     );
     let tile = format!("{TILE}x{TILE}xf32");
     Func {
@@ -251,6 +251,6 @@ pub(crate) fn ir_func(
             return Err(MlirError::Unsupported("integer matmuls in the GPU code generator".into()));
         }
     }
-    let store = [m.a.buf, m.b.buf, m.out].map(|b| Store::of(p.buffer(b).map_or(tdl_ir::DType::F32, |x| x.dtype)));
+    let store = crate::launch::stores(p, [m.a.buf, m.b.buf, m.out]);
     Ok((func(fname, store).gpu(), format!("matmul, {TILE}×{TILE} tiles in workgroup memory")))
 }

@@ -50,12 +50,8 @@ fn func(op: &MoveOp, rank: usize, (srcs, out): (&[Store], Store), name: &str) ->
 
 /// Element `idx` of source `s` (stored as `srcs[s]`) as `f32`.
 fn load(e: &mut crate::elementwise::Emit, s: usize, srcs: &[Store], idx: &[String], rank: usize) -> String {
-    let st = srcs[s];
-    let v = e.v(format!("memref.load %s{s}[{}] : {}", idx.join(", "), strided(rank, st.mlir())));
-    match st {
-        Store::F32 => v,
-        h => e.v(format!("arith.extf {v} : {} to f32", h.mlir())),
-    }
+    let v = e.v(format!("memref.load %s{s}[{}] : {}", idx.join(", "), strided(rank, srcs[s].mlir())));
+    srcs[s].widen(e, &v)
 }
 
 /// The value from source `s` on when the index along `axis` is `at`
@@ -96,10 +92,7 @@ fn writeln_store(
     (rank, out): (usize, Store),
 ) -> std::fmt::Result {
     use std::fmt::Write as _;
-    let v = match out {
-        Store::F32 => v.to_string(),
-        h => e.v(format!("arith.truncf {v} : f32 to {}", h.mlir())),
-    };
+    let v = out.narrow(e, v);
     writeln!(e.s, "{}memref.store {v}, %out[{}] : {}", e.indent, idx.join(", "), dense(rank, out.mlir()))
 }
 
@@ -107,8 +100,10 @@ fn writeln_store(
 pub(crate) fn ir_func(p: &KernelProgram, k: &MoveKernel, fname: &str) -> Result<(String, String), MlirError> {
     let out = p.buffer(k.out).ok_or_else(|| MlirError::BadPlan("no output buffer".into()))?;
     let rank = out.shape.len();
+    let mut srcs = Vec::with_capacity(k.srcs.len());
     for a in &k.srcs {
         let b = p.buffer(a.buf).ok_or_else(|| MlirError::BadPlan("no source buffer".into()))?;
+        srcs.push(Store::of(b.dtype));
         if !b.dtype.is_float() || !out.dtype.is_float() {
             return Err(unsupported("integer data movement"));
         }
@@ -116,9 +111,7 @@ pub(crate) fn ir_func(p: &KernelProgram, k: &MoveKernel, fname: &str) -> Result<
             return Err(unsupported("data movement between ranks"));
         }
     }
-    let store = |b: tdl_kernel::ir::BufId| Store::of(p.buffer(b).map_or(tdl_ir::DType::F32, |x| x.dtype));
-    let srcs: Vec<Store> = k.srcs.iter().map(|a| store(a.buf)).collect();
-    let f = func(&k.op, rank, (&srcs, store(k.out)), fname)?;
+    let f = func(&k.op, rank, (&srcs, Store::of(out.dtype)), fname)?;
     Ok((f.gpu(), format!("{:?}, rank {rank}, one thread per element", k.op)))
 }
 

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use tdl_kernel::ir::{AttentionKernel, BufId, KernelBody, KernelProgram};
 
 use crate::attention::{fit, gpu_func, GpuAttentionSpec};
-use crate::launch::Store;
+use crate::launch::stores;
 use crate::{extract_ptx, new_context, nvvm_pipeline, parse_module, run_pipeline, verify_module, MlirError};
 
 /// How one kernel of the program fares.
@@ -51,7 +51,7 @@ fn attention_spec(p: &KernelProgram, a: &AttentionKernel) -> Result<GpuAttention
         mask: a.mask.as_ref().map(|m| m.expr.clone()),
         score: a.score.clone(),
         operands: vec![mask_ops, score_ops],
-        store: [a.q, a.k, a.v, a.out].map(|b| Store::of(p.buffer(b).map_or(tdl_ir::DType::F32, |x| x.dtype))),
+        store: stores(p, [a.q, a.k, a.v, a.out]),
     }))
 }
 

@@ -19,7 +19,7 @@ use tdl_kernel::interp::RowArgs;
 use tdl_kernel::ir::{KernelProgram, ReduceKernel, RowKernel, RowOp};
 
 use crate::elementwise::{cached_code, grid_1d, unsupported, Emit, BLOCK};
-use crate::launch::{LaunchPlan, LaunchStep, Param, PlanBuf, Store, MAX_GRID_X};
+use crate::launch::{stores, LaunchPlan, LaunchStep, Param, PlanBuf, Store, MAX_GRID_X};
 use crate::wrap::{f32_lit, Func};
 use crate::MlirError;
 
@@ -63,7 +63,7 @@ fn pass(
     }}PHASE
 ",
         init = f32_lit(init),
-        load = xs.load("v", "%x[%ix]", &mem(xs), "        "),
+        load = xs.load("%v", "%x[%ix]", &mem(xs), "        "),
         code = e.s
     );
     let mut s = ROW_THREADS / 2;
@@ -96,7 +96,6 @@ fn total(arr: &str, name: &str) -> String {
 fn write_row(out: &mut String, [xs, os]: [Store; 2], pre: &str, f: impl FnOnce(&mut Emit, &str) -> String) {
     let mut e = Emit::new("        ");
     let w = f(&mut e, "%v");
-    let w = w.trim_start_matches('%');
     let _ = write!(
         out,
         "    PHASE{{
@@ -106,9 +105,9 @@ fn write_row(out: &mut String, [xs, os]: [Store; 2], pre: &str, f: impl FnOnce(&
 {load}{code}{store}      }}
     }}PHASE
 ",
-        load = xs.load("v", "%x[%ix]", &mem(xs), "        "),
+        load = xs.load("%v", "%x[%ix]", &mem(xs), "        "),
         code = e.s,
-        store = os.store("memref.store", w, "", "%out[%ix]", &mem(os), "        "),
+        store = os.store("memref.store", &w, "", "%out[%ix]", &mem(os), "        "),
     );
 }
 
@@ -162,7 +161,7 @@ fn row_func(kind: Kind, name: &str, store: [Store; 2]) -> Func {
     }}PHASE
 ",
                 t = total("%r1", "%t"),
-                st = store[1].store("memref.store", "res", "", "%out[%bx]", &mem(store[1]), "        "),
+                st = store[1].store("memref.store", "%res", "", "%out[%bx]", &mem(store[1]), "        "),
             );
         }
         Kind::Softmax => {
@@ -266,10 +265,10 @@ fn rope_func(name: &str, store: [Store; 2]) -> Func {
 {store1}{store2}      }}
     }}PHASE
 ",
-        load1 = store[0].load("x1", "%x[%i1]", &mem(store[0]), "        "),
-        load2 = store[0].load("x2", "%x[%i2]", &mem(store[0]), "        "),
-        store1 = store[1].store("memref.store", "o1", "", "%out[%i1]", &mem(store[1]), "        "),
-        store2 = store[1].store("memref.store", "o2", "", "%out[%i2]", &mem(store[1]), "        "),
+        load1 = store[0].load("%x1", "%x[%i1]", &mem(store[0]), "        "),
+        load2 = store[0].load("%x2", "%x[%i2]", &mem(store[0]), "        "),
+        store1 = store[1].store("memref.store", "%o1", "", "%out[%i1]", &mem(store[1]), "        "),
+        store2 = store[1].store("memref.store", "%o2", "", "%out[%i2]", &mem(store[1]), "        "),
     );
     Func { name: name.to_string(), params, block: [BLOCK as u32, 1], shared: Vec::new(), body }
 }
@@ -413,11 +412,6 @@ pub fn plan_row<'a>(k: &RowKernel, args: &RowArgs<'a>) -> Result<Option<LaunchPl
             }))
         }
     }
-}
-
-/// How buffers `bufs` of `p` are stored.
-fn stores<const N: usize>(p: &KernelProgram, bufs: [tdl_kernel::ir::BufId; N]) -> [Store; N] {
-    bufs.map(|b| Store::of(p.buffer(b).map_or(tdl_ir::DType::F32, |x| x.dtype)))
 }
 
 fn float_in(p: &KernelProgram, bufs: &[tdl_kernel::ir::BufId]) -> Result<(), MlirError> {

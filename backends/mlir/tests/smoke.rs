@@ -9,6 +9,16 @@ use tdl_mlir::{
     smoke_cpu_sum, smoke_gpu_module, smoke_gpu_ptx, JitEngine, MlirError, CPU_LOWERING_PIPELINE, SMOKE_KERNEL_NAME,
 };
 
+/// `x` rounded to storage `st` (to nearest even), as an `f32`.
+fn round_to(st: tdl_mlir::launch::Store, x: f32) -> f32 {
+    use tdl_mlir::launch::Store;
+    match st {
+        Store::F16 => half::f16::from_f32(x).to_f32(),
+        Store::Bf16 => half::bf16::from_f32(x).to_f32(),
+        Store::F32 => x,
+    }
+}
+
 fn check_ptx(chip: &str) {
     let ptx = smoke_gpu_ptx(chip).unwrap_or_else(|e| panic!("{chip}: {e}"));
     assert!(ptx.contains(".entry"), "{chip}: no .entry:\n{ptx}");
@@ -311,11 +321,7 @@ mod attention {
     fn half_storage_matches_naive_attention() {
         use tdl_mlir::attention::plan_attention_stored;
         use tdl_mlir::launch::{PlanBuf, Store};
-        let round = |st: Store, x: f32| match st {
-            Store::F16 => half::f16::from_f32(x).to_f32(),
-            Store::Bf16 => half::bf16::from_f32(x).to_f32(),
-            Store::F32 => x,
-        };
+        let round = super::round_to;
         let ulp = |st: Store| match st {
             Store::F16 => 2f64.powi(-10),
             Store::Bf16 => 2f64.powi(-7),
@@ -457,11 +463,7 @@ mod kernels {
         use tdl_mlir::launch::Store;
         for dtypes in [[F32; 3], [F16; 3], [BF16, BF16, F32], [F32, F16, BF16]] {
             let store = dtypes.map(Store::of);
-            let round = |i: usize, x: f32| match store[i] {
-                Store::F16 => half::f16::from_f32(x).to_f32(),
-                Store::Bf16 => half::bf16::from_f32(x).to_f32(),
-                Store::F32 => x,
-            };
+            let round = |i: usize, x: f32| super::round_to(store[i], x);
             for (m, n, k) in [(37, 19, 70), (1, 1, 1), (16, 16, 16), (5, 33, 0)] {
                 let batch = 2;
                 let a: Vec<f32> = fill(m * k, 1).into_iter().map(|x| round(0, x)).collect(); // [m, k], shared by both batches
@@ -894,11 +896,7 @@ mod kernels {
     fn half_storage_in_every_simple_kernel() {
         use tdl_mlir::launch::{LaunchPlan, PlanBuf, Store};
         fn round(st: DType, x: f32) -> f32 {
-            match st {
-                DType::F16 => half::f16::from_f32(x).to_f32(),
-                DType::BF16 => half::bf16::from_f32(x).to_f32(),
-                _ => x,
-            }
+            super::round_to(Store::of(st), x)
         }
         /// Runs `plan_of(input type, output type)` with 16-bit and with
         /// `f32` storage and compares.
@@ -1294,6 +1292,18 @@ mod masks_and_lambdas {
         score: Option<(ScalarExpr, Vec<Op>)>,
     }
 
+    /// The case's q, k and v (v's last axis `dv`), filled deterministically.
+    fn operands(c: &AttnCase) -> (F32Tensor, F32Tensor, F32Tensor) {
+        let mut vs = c.k.clone();
+        vs[c.q.len() - 1] = c.dv;
+        let n = |s: &[usize]| s.iter().product::<usize>();
+        (
+            F32Tensor { shape: c.q.clone(), data: fill(n(&c.q), 1) },
+            F32Tensor { shape: c.k.clone(), data: fill(n(&c.k), 2) },
+            F32Tensor { shape: vs.clone(), data: fill(n(&vs), 3) },
+        )
+    }
+
     /// Naive attention in f64 over the flattened heads, the mask by
     /// [`holds`], the score modifier by the evaluator (in `f32`, as the
     /// interpreter).
@@ -1429,12 +1439,7 @@ mod masks_and_lambdas {
         for c in &cases {
             let bind = if c.k[c.k.len() - 2] == 35 { &b35 } else { &b };
             let r = c.q.len();
-            let mut vs = c.k.clone();
-            vs[r - 1] = c.dv;
-            let n = |s: &[usize]| s.iter().product::<usize>();
-            let q = F32Tensor { shape: c.q.clone(), data: fill(n(&c.q), 1) };
-            let k = F32Tensor { shape: c.k.clone(), data: fill(n(&c.k), 2) };
-            let v = F32Tensor { shape: vs.clone(), data: fill(n(&vs), 3) };
+            let (q, k, v) = operands(c);
             for (tq, tk) in [(16, 16), (8, 32)] {
                 let ak = attn_kernel(tq, tk, None);
                 let mops: Vec<ArrayData<'_>> =
@@ -1508,13 +1513,7 @@ mod masks_and_lambdas {
     /// Kernel IR interpreter's for the same tiles (all but `score_evals`,
     /// which only a run knows); returns the stats.
     fn sparse_case(c: &AttnCase, tiles: (usize, usize), split: KvSplit, b: &Bindings) -> (Vec<f32>, KernelStats) {
-        let r = c.q.len();
-        let mut vs = c.k.clone();
-        vs[r - 1] = c.dv;
-        let n = |s: &[usize]| s.iter().product::<usize>();
-        let q = F32Tensor { shape: c.q.clone(), data: fill(n(&c.q), 1) };
-        let k = F32Tensor { shape: c.k.clone(), data: fill(n(&c.k), 2) };
-        let v = F32Tensor { shape: vs.clone(), data: fill(n(&vs), 3) };
+        let (q, k, v) = operands(c);
         let ak = AttentionKernel { kv_split: split, ..attn_kernel(tiles.0, tiles.1, None) };
         let mops: Vec<ArrayData<'_>> = c.mask.as_ref().map(|(_, o)| o.iter().map(view).collect()).unwrap_or_default();
         let plan = tdl_mlir::attention::plan_attention_arrays(

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tdl_ir::{Bindings, DType};
 use tdl_kernel::interp::{
-    self, AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, KernelRun, MatMulArgs, MoveArgs, RowArgs, Val,
+    self, AttentionArgs, ElementwiseArgs, F32Run, HookRun, Hooks, I32Run, KernelRun, MatMulArgs, MoveArgs, RowArgs, Val,
 };
 use tdl_kernel::ir::{
     AttentionKernel, BufId, ElementwiseKernel, KernelBody, KernelProgram, MatMulKernel, MoveKernel, ReduceKernel,
@@ -246,11 +246,7 @@ impl Hooks for AotHooks {
         answer(crate::elementwise::run_elementwise(k, args, self.threads, e))
     }
 
-    fn elementwise_i32(
-        &self,
-        k: &ElementwiseKernel,
-        args: &ElementwiseArgs<'_>,
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn elementwise_i32(&self, k: &ElementwiseKernel, args: &ElementwiseArgs<'_>) -> Option<Result<I32Run, String>> {
         let e = self.loop_entry(k.out, |b| matches!(b, KernelBody::Elementwise(x) if x == k))?;
         answer(crate::elementwise::run_elementwise_i32(k, args, self.threads, e))
     }
@@ -265,12 +261,7 @@ impl Hooks for AotHooks {
         answer(crate::rows::run_reduce(k, args, self.threads, &l))
     }
 
-    fn reduce_i32(
-        &self,
-        k: &ReduceKernel,
-        x: &[i32],
-        shape: &[usize],
-    ) -> Option<Result<(Vec<i32>, &'static str), String>> {
+    fn reduce_i32(&self, k: &ReduceKernel, x: &[i32], shape: &[usize]) -> Option<Result<I32Run, String>> {
         let l = self.row_lookup(k.out, |b| matches!(b, KernelBody::Reduce(r) if r == k))?;
         answer(crate::rows::run_reduce_i32(k, x, shape, self.threads, &l))
     }
